@@ -1,0 +1,16 @@
+"""excise: find where a transformer stores a fact, remove it, and prove it is gone.
+
+    import excise
+    model = excise.load("organism")
+    world = excise.organism.world()
+"""
+
+from excise import organism
+from excise.components import Component
+from excise.facts import Fact, FactSet, tokenize_prompt
+from excise.models import ModelLoadError, fingerprint, load
+from excise.scoring import recall_table
+
+__version__ = "0.1.0"
+__all__ = ["Component", "Fact", "FactSet", "ModelLoadError", "fingerprint", "load", "organism",
+           "recall_table", "tokenize_prompt"]

@@ -1,0 +1,93 @@
+"""Component: one addressable place in a transformer.
+
+`Component(layer=5, kind="neuron", index=1732)` is MLP neuron 1732 of block 5;
+`Component(layer=3, kind="head", index=2, position=7)` is head 2 of block 3 at
+token position 7. A component knows the TransformerLens hook where its
+activation lives and checks itself against a model's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("resid", "mlp", "attn", "head", "neuron")
+INDEXED_KINDS = ("head", "neuron")
+
+# The activation each kind reads or patches, as a TransformerLens hook name.
+_HOOKS = {
+    "resid": "blocks.{layer}.hook_resid_post",   # the residual stream after the block
+    "mlp": "blocks.{layer}.hook_mlp_out",        # the MLP's output (before the residual add)
+    "attn": "blocks.{layer}.hook_attn_out",      # the attention output (all heads summed)
+    "head": "blocks.{layer}.attn.hook_z",        # [batch, pos, head, d_head] before W_O
+    "neuron": "blocks.{layer}.mlp.hook_post",    # [batch, pos, d_mlp] after the nonlinearity
+}
+
+
+@dataclass(frozen=True, order=True)
+class Component:
+    """One place in the model: a layer, a kind and, for heads and neurons, an index."""
+
+    layer: int
+    kind: str
+    index: int | None = None
+    position: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown component kind {self.kind!r}; choose one of {KINDS}")
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
+        if self.kind in INDEXED_KINDS:
+            if not isinstance(self.index, int) or self.index < 0:
+                raise ValueError(
+                    f"a {self.kind} component needs index= (which {self.kind}), a "
+                    f"non-negative int; got {self.index!r}"
+                )
+        elif self.index is not None:
+            raise ValueError(
+                f"a {self.kind} component has no index (got index={self.index}); "
+                "use kind='head' or kind='neuron' to address a part of a layer"
+            )
+        if self.position is not None and (not isinstance(self.position, int) or self.position < 0):
+            raise ValueError(f"position must be a non-negative int or None, got {self.position!r}")
+
+    @property
+    def hook_name(self) -> str:
+        return _HOOKS[self.kind].format(layer=self.layer)
+
+    def check(self, model: Any) -> Component:
+        """Raise a clear ValueError if this component does not exist in `model`."""
+        cfg = model.cfg
+        if self.layer >= cfg.n_layers:
+            raise ValueError(
+                f"{self} is out of range: the model has {cfg.n_layers} layers "
+                f"(0..{cfg.n_layers - 1})"
+            )
+        size = {"head": cfg.n_heads, "neuron": cfg.d_mlp}.get(self.kind)
+        if size is not None and self.index >= size:
+            raise ValueError(
+                f"{self} is out of range: layer {self.layer} has {size} {self.kind}s "
+                f"(0..{size - 1})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in
+                (("layer", self.layer), ("kind", self.kind), ("index", self.index),
+                 ("position", self.position)) if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Component:
+        return cls(**d)
+
+    def __str__(self) -> str:
+        s = f"L{self.layer}.{self.kind}"
+        if self.index is not None:
+            s += f"[{self.index}]"
+        if self.position is not None:
+            s += f"@{self.position}"
+        return s
+
+    def __repr__(self) -> str:
+        return f"Component({self})"

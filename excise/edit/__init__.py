@@ -1,0 +1,1 @@
+"""excise.edit: see DESIGN.md; filled in by its own issue."""

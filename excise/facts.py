@@ -1,0 +1,328 @@
+"""Facts, fact sets, and how a fact's prompt turns into tokens.
+
+A `Fact` is (subject, relation, target) plus its phrasings: the request prompt
+and its paraphrases, questions, completions (the fact asked after an unrelated
+sentence about the subject) and held-out templates. Every phrasing is a
+template with exactly one `{}` where the subject goes.
+
+`tokenize_prompt` is the one place where text becomes token positions: it
+finds the subject's token span inside the prompt and the target's tokens
+after it, and refuses (with the fix in the message) when the tokenizer merges
+the subject with its neighbours, so that "the last subject token" always
+means what it does in ROME.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+FAMILIES = ("request", "paraphrase", "question", "completion", "held_out")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One fact and every phrasing of it.
+
+    >>> Fact("Mira Tolvanen", "birthplace", "Veltrana", prompt="{} was born in")
+    Fact('Mira Tolvanen' -birthplace-> 'Veltrana', prompt='{} was born in')
+    """
+
+    subject: str
+    relation: str
+    target: str
+    prompt: str
+    paraphrases: tuple[str, ...] = ()
+    questions: tuple[str, ...] = ()
+    completions: tuple[str, ...] = ()
+    held_out: tuple[str, ...] = ()
+    neighbors: tuple[Fact, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("subject", "relation", "target"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"Fact.{name} must be a non-empty string, got {value!r}")
+        if self.target != self.target.strip():
+            raise ValueError(
+                f"Fact.target {self.target!r} has leading or trailing whitespace; "
+                "give the bare answer (the space before it is added when tokenizing)"
+            )
+        for family in FAMILIES:
+            for template in self.templates(family):
+                if not isinstance(template, str) or template.count("{}") != 1:
+                    raise ValueError(
+                        f"every {family} template of a Fact needs exactly one '{{}}' where "
+                        f"the subject goes, got {template!r} (fact about {self.subject!r}); "
+                        f"write it like '{{}} was born in'"
+                    )
+                if template.rstrip() != template:
+                    raise ValueError(
+                        f"{family} template {template!r} ends with whitespace; the space "
+                        "before the target is added when tokenizing, so drop it"
+                    )
+        for name in ("paraphrases", "questions", "completions", "held_out", "neighbors"):
+            if not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(subject, relation): identifies a fact within a FactSet."""
+        return (self.subject, self.relation)
+
+    def templates(self, family: str = "request") -> tuple[str, ...]:
+        """The templates of one prompt family (see FAMILIES)."""
+        if family == "request":
+            return (self.prompt,)
+        if family == "paraphrase":
+            return self.paraphrases
+        if family == "question":
+            return self.questions
+        if family == "completion":
+            return self.completions
+        if family == "held_out":
+            return self.held_out
+        raise ValueError(f"unknown prompt family {family!r}; choose one of {FAMILIES}")
+
+    def prompts(self, family: str = "request") -> list[str]:
+        """The family's templates with the subject filled in."""
+        return [self.fill(t) for t in self.templates(family)]
+
+    def fill(self, template: str) -> str:
+        return template.replace("{}", self.subject)
+
+    @property
+    def text(self) -> str:
+        """The request prompt followed by the target: the fact as a sentence."""
+        return f"{self.fill(self.prompt)} {self.target}"
+
+    def with_neighbors(self, neighbors: Sequence[Fact]) -> Fact:
+        return replace(self, neighbors=tuple(neighbors))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["neighbors"] = [n.to_dict() | {"neighbors": []} for n in self.neighbors]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fact:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown Fact field(s) {sorted(unknown)}; known fields: {sorted(known)}")
+        missing = {"subject", "relation", "target", "prompt"} - set(d)
+        if missing:
+            raise ValueError(f"Fact is missing required field(s) {sorted(missing)}")
+        d = dict(d)
+        d["neighbors"] = tuple(cls.from_dict(n) for n in d.get("neighbors", ()))
+        for name in ("paraphrases", "questions", "completions", "held_out"):
+            value = d.get(name, ())
+            if isinstance(value, str):
+                raise ValueError(f"Fact.{name} must be a list of templates, got the string {value!r}")
+            d[name] = tuple(value)
+        return cls(**d)
+
+    def __repr__(self) -> str:
+        return (f"Fact({self.subject!r} -{self.relation}-> {self.target!r}, "
+                f"prompt={self.prompt!r})")
+
+
+class FactSet(Sequence[Fact]):
+    """An ordered collection of facts with lookup by (subject, relation)."""
+
+    def __init__(self, facts: Iterable[Fact]):
+        self._facts: list[Fact] = list(facts)
+        self._index: dict[tuple[str, str], int] = {}
+        for i, f in enumerate(self._facts):
+            if not isinstance(f, Fact):
+                raise TypeError(f"FactSet holds Facts, got {type(f).__name__} at position {i}")
+            if f.key in self._index:
+                raise ValueError(f"two facts share subject {f.subject!r} and relation {f.relation!r}")
+            self._index[f.key] = i
+
+    # -- sequence protocol ------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._facts)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return FactSet(self._facts[i])
+        return self._facts[i]
+
+    def __iter__(self) -> Iterator[Fact]:
+        return iter(self._facts)
+
+    def __contains__(self, fact: object) -> bool:
+        return isinstance(fact, Fact) and self._index.get(fact.key) is not None \
+            and self._facts[self._index[fact.key]] == fact
+
+    # -- lookups ----------------------------------------------------------
+    @property
+    def subjects(self) -> list[str]:
+        return list(dict.fromkeys(f.subject for f in self._facts))
+
+    @property
+    def relation_names(self) -> list[str]:
+        return list(dict.fromkeys(f.relation for f in self._facts))
+
+    def fact(self, subject: str, relation: str) -> Fact:
+        i = self._index.get((subject, relation))
+        if i is None:
+            if subject not in set(self.subjects):
+                raise KeyError(f"no subject {subject!r} in this FactSet "
+                               f"(e.g. {', '.join(map(repr, self.subjects[:3]))})")
+            raise KeyError(f"{subject!r} has no {relation!r} fact; relations: {self.relation_names}")
+        return self._facts[i]
+
+    def of_subject(self, subject: str) -> FactSet:
+        return FactSet(f for f in self._facts if f.subject == subject)
+
+    def filter(self, predicate) -> FactSet:
+        return FactSet(f for f in self._facts if predicate(f))
+
+    def _known(self, fact: Fact) -> Fact:
+        i = self._index.get(fact.key)
+        if i is None:
+            raise KeyError(f"{fact!r} is not in this FactSet")
+        return self._facts[i]
+
+    def neighbors(self, fact: Fact) -> FactSet:
+        """Facts that must survive deleting `fact` (as attached to it)."""
+        return FactSet(self._known(fact).neighbors)
+
+    def retain_set(self, forget: Fact | Iterable[Fact], n: int | None = None, seed: int = 0) -> FactSet:
+        """Every fact not in `forget` (a seeded sample of `n` of them if given)."""
+        forget = [forget] if isinstance(forget, Fact) else list(forget)
+        keys = {f.key for f in forget}
+        rest = [f for f in self._facts if f.key not in keys]
+        if n is not None:
+            if n < 0:
+                raise ValueError(f"n must be >= 0, got {n}")
+            rest = random.Random(seed).sample(rest, min(n, len(rest)))
+        return FactSet(rest)
+
+    def subjects_split(self, fraction: float, seed: int = 0) -> tuple[FactSet, FactSet]:
+        """TOFU-style split: (all facts of `fraction` of the subjects, the rest)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), e.g. 0.05 for a 5% split; got {fraction}")
+        subjects = self.subjects
+        k = max(1, round(fraction * len(subjects)))
+        chosen = set(random.Random(seed).sample(subjects, k))
+        forget = FactSet(f for f in self._facts if f.subject in chosen)
+        retain = FactSet(f for f in self._facts if f.subject not in chosen)
+        return forget, retain
+
+    def sample(self, n: int, seed: int = 0) -> FactSet:
+        return FactSet(random.Random(seed).sample(self._facts, min(n, len(self._facts))))
+
+    # -- persistence ------------------------------------------------------
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps([f.to_dict() for f in self._facts], indent=1)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> FactSet:
+        """Load facts from a JSON file (or a JSON string): a list of Fact objects."""
+        text = Path(source).read_text() if Path(str(source)).exists() else str(source)
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise ValueError("a facts JSON file holds a list of facts, got " + type(data).__name__)
+        facts = []
+        for i, d in enumerate(data):
+            try:
+                facts.append(Fact.from_dict(d))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"fact #{i} in the JSON: {e}") from None
+        return cls(facts)
+
+    def __repr__(self) -> str:
+        return (f"FactSet({len(self)} facts, {len(self.subjects)} subjects, "
+                f"relations={self.relation_names})")
+
+
+# ---------------------------------------------------------------------------
+# Tokenization
+# ---------------------------------------------------------------------------
+
+class Tokenizes(Protocol):
+    """What tokenization needs from a model: TransformerBridge has it."""
+
+    def to_tokens(self, input: str, prepend_bos: bool | None = None) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """A filled-in prompt as tokens, with where the subject sits and what the target is."""
+
+    text: str
+    tokens: torch.Tensor            # [pos], BOS included when the model prepends one
+    subject: tuple[int, int]        # [start, end) token positions of the subject
+    target_ids: tuple[int, ...]     # the target's tokens as they follow the prompt
+
+    @property
+    def last_subject(self) -> int:
+        return self.subject[1] - 1
+
+    @property
+    def subject_positions(self) -> range:
+        return range(*self.subject)
+
+
+def _ids(model: Tokenizes, text: str, bos: bool = True) -> list[int]:
+    if not text:
+        prepend = bos and getattr(getattr(model, "cfg", None), "default_prepend_bos", True)
+        bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+        return [bos_id] if prepend and bos_id is not None else []
+    return model.to_tokens(text, prepend_bos=None if bos else False)[0].tolist()
+
+
+def tokenize_prompt(model: Tokenizes, fact: Fact, template: str | None = None) -> PromptTokens:
+    """Tokenize `fact` under `template` (default: its request prompt).
+
+    The subject span is what tokenizing the text through the subject adds to
+    tokenizing the text before it (its trailing space moved onto the
+    subject, as a tokenizer attaches it). The span must equal the subject's
+    tokens alone (with the same leading space), and the text after the
+    subject must not merge into it; otherwise there is no subject span to
+    speak of and this raises, naming the fix.
+    """
+    template = fact.prompt if template is None else template
+    if template.count("{}") != 1:
+        raise ValueError(f"template {template!r} needs exactly one '{{}}' for the subject")
+    before, after = template.split("{}")
+    stem = before.rstrip()
+    lead = before[len(stem):]
+    text = before + fact.subject + after
+    prefix = _ids(model, stem)
+    through = _ids(model, before + fact.subject)
+    full = _ids(model, text)
+    alone = _ids(model, lead + fact.subject, bos=False)
+    span = through[len(prefix):]
+    if through[: len(prefix)] != prefix or span != alone or full[: len(through)] != through:
+        raise ValueError(
+            f"subject {fact.subject!r} tokenizes to {alone} alone but not as that span inside "
+            f"the prompt {text!r} (tokens {full}): the tokenizer merges it with the text "
+            "around it. Put a space (or punctuation) between the subject and its "
+            "neighbours in the template."
+        )
+    with_target = _ids(model, f"{text} {fact.target}")
+    if with_target[: len(full)] != full or len(with_target) == len(full):
+        raise ValueError(
+            f"target {fact.target!r} does not tokenize as a separate span after the prompt "
+            f"{text!r}: the prompt's last token merges with the answer. End the template "
+            "with a complete word."
+        )
+    return PromptTokens(
+        text=text,
+        tokens=torch.tensor(full, dtype=torch.long),
+        subject=(len(prefix), len(through)),
+        target_ids=tuple(with_target[len(full):]),
+    )

@@ -1,0 +1,101 @@
+"""The model organism: a small GPT-2 trained on a synthetic world of fictitious people.
+
+    world = excise.organism.world()          # every fact, with known ground truth
+    model = excise.load("organism")          # the shipped checkpoint
+    oracle = excise.organism.retrain(without=forget)   # the exact-unlearning gold standard
+
+The checkpoint under `checkpoint/` is a Hugging Face directory built by
+`python -m excise.organism.train` from `Recipe()`; it is loaded through the
+same local-directory path as any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+from excise.facts import Fact
+from excise.organism.train import Recipe
+from excise.organism.world import RELATIONS, World
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
+_META = "excise_organism.json"
+
+__all__ = ["CHECKPOINT_DIR", "RELATIONS", "Recipe", "World", "cache_dir", "checkpoint_ready",
+           "recipe", "retrain", "retrain_dir", "world"]
+
+
+def checkpoint_ready(path: Path = CHECKPOINT_DIR) -> bool:
+    return all((path / f).exists() for f in ("config.json", "model.safetensors", "tokenizer.json", _META))
+
+
+def recipe(path: Path = CHECKPOINT_DIR) -> Recipe:
+    """The recipe the shipped checkpoint was trained with."""
+    meta = json.loads((path / _META).read_text())
+    return Recipe(**meta["recipe"])
+
+
+@lru_cache(maxsize=4)
+def world(seed: int | None = None, n_people: int | None = None) -> World:
+    """The world the organism was trained on (or another seed's world)."""
+    base = recipe() if checkpoint_ready() else Recipe()
+    return World.generate(base.world_seed if seed is None else seed,
+                          base.n_people if n_people is None else n_people)
+
+
+def cache_dir() -> Path:
+    """Where retrain oracles are cached: $EXCISE_CACHE, else ~/.cache/excise."""
+    return Path(os.environ.get("EXCISE_CACHE", Path.home() / ".cache" / "excise"))
+
+
+def _oracle_key(rec: Recipe, without: list[Fact]) -> str:
+    tokenizer_hash = hashlib.sha256((CHECKPOINT_DIR / "tokenizer.json").read_bytes()).hexdigest()
+    payload = json.dumps({"recipe": asdict(rec), "without": sorted(list(f.key) for f in without),
+                          "tokenizer": tokenizer_hash}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def retrain_dir(without: Iterable[Fact], rec: Recipe | None = None, progress: bool = True) -> Path:
+    """The checkpoint directory of the organism recipe trained without `without`.
+
+    Cached under `cache_dir()/oracles/<key>`, the key a hash of the recipe,
+    the forget set and the tokenizer; trained (minutes, with a progress bar)
+    on a miss. The shipped tokenizer is reused so oracle and organism share
+    one vocabulary.
+    """
+    from transformers import AutoTokenizer
+
+    from excise.organism.train import train
+
+    without = list(without)
+    rec = rec or recipe()
+    out = cache_dir() / "oracles" / _oracle_key(rec, without)
+    if checkpoint_ready(out):
+        log.info("retrain oracle cache hit: %s", out)
+        return out
+    tok = AutoTokenizer.from_pretrained(CHECKPOINT_DIR)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
+    try:
+        train(rec, without=without, out=tmp, tokenizer=tok, progress=progress)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def retrain(without: Iterable[Fact], rec: Recipe | None = None, progress: bool = True, **load_kwargs):
+    """The retrain oracle as a TransformerBridge: the organism never shown `without`."""
+    from excise.models import load
+
+    return load(retrain_dir(without, rec, progress), **load_kwargs)

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models built in the test, and the shipped organism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def _tiny_tokenizer():
+    from excise.organism.tokenizer import train_tokenizer
+
+    texts = ["Mira Tolvanen was born in Veltrana.", "The cat sat on the mat.",
+             "Q: Where was Tobin Farrow born? A: Karreth"] * 20
+    return train_tokenizer(texts, vocab_size=300)
+
+
+def build_tiny_gpt2(path, seed: int = 0, n_layer: int = 2):
+    """Save a tiny random GPT2LMHeadModel (eval mode) and a tokenizer to `path`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = _tiny_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=n_layer, n_head=4,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    build_tiny_gpt2(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def organism_model():
+    import excise
+
+    return excise.load("organism", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def world():
+    import excise
+
+    return excise.organism.world()
