@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -188,3 +189,67 @@ def fingerprint(model: torch.nn.Module) -> str:
         h.update(str(tuple(p.shape)).encode() + str(p.dtype).encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Weight views: a model's linear maps in one orientation, whatever the source
+# ---------------------------------------------------------------------------
+
+LINEARS = ("mlp.in", "mlp.gate", "mlp.out", "attn.q", "attn.k", "attn.v", "attn.o")
+
+
+@dataclass(frozen=True)
+class LinearView:
+    """One linear map of a block, seen as `x @ W + b` with W of shape [d_in, d_out].
+
+    Hugging Face GPT-2 stores `Conv1D` weights as [in, out], Llama stores
+    `nn.Linear` weights as [out, in]; `W` is the parameter itself or its
+    transpose, a view either way, so in-place edits of `W` land in the model.
+    """
+
+    name: str
+    layer: int
+    weight: torch.nn.Parameter
+    bias: torch.nn.Parameter | None
+    transposed: bool
+
+    @property
+    def W(self) -> torch.Tensor:
+        return self.weight.T if self.transposed else self.weight
+
+    def canonical(self, like_weight: torch.Tensor) -> torch.Tensor:
+        """Put a tensor shaped like the parameter (e.g. its gradient) into [d_in, d_out]."""
+        return like_weight.T if self.transposed else like_weight
+
+
+def linear(model: Any, layer: int, name: str) -> LinearView:
+    """The linear map `name` (one of LINEARS) of block `layer`."""
+    if name not in LINEARS:
+        raise ValueError(f"unknown linear {name!r}; choose one of {LINEARS}")
+    n_layers = model.cfg.n_layers
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+    module = model.blocks[layer]
+    for part in name.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            raise ValueError(f"block {layer} of this model has no {name!r} (architecture "
+                             f"{getattr(model.cfg, 'architecture', '?')})")
+    inner = getattr(module, "_original_component", module)
+    if isinstance(inner, torch.nn.Linear):
+        transposed = True
+    elif type(inner).__name__ == "Conv1D":
+        transposed = False
+    else:
+        raise ValueError(f"{name} of block {layer} is a {type(inner).__name__}; excise reads "
+                         "nn.Linear and Conv1D weights")
+    return LinearView(name, layer, inner.weight, getattr(inner, "bias", None), transposed)
+
+
+def has_linear(model: Any, name: str) -> bool:
+    module = model.blocks[0]
+    for part in name.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return False
+    return True

@@ -14,13 +14,14 @@ def _tiny_tokenizer():
     return train_tokenizer(texts, vocab_size=300)
 
 
-def build_tiny_gpt2(path, seed: int = 0, n_layer: int = 2):
+def build_tiny_gpt2(path, seed: int = 0, n_layer: int = 2, init_range: float = 0.02):
     """Save a tiny random GPT2LMHeadModel (eval mode) and a tokenizer to `path`."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = _tiny_tokenizer()
     cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=n_layer, n_head=4,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                     initializer_range=init_range)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = GPT2LMHeadModel(cfg).eval()

@@ -1,0 +1,104 @@
+"""Rank-one writes into an MLP output matrix (the maths of ROME's update).
+
+`rank_one_update` is the closed form: the smallest change of W (in the
+metric C) after which key k maps to value v. `planted` uses it to write a
+new fact at a chosen MLP layer, the ground truth that locate methods are
+checked against; weights are restored when the context exits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from excise.facts import Fact, tokenize_prompt
+from excise.models import linear
+
+
+def rank_one_update(
+    W: Float[Tensor, "d_in d_out"], k: Float[Tensor, " d_in"], v: Float[Tensor, " d_out"],
+    C_inv: Float[Tensor, "d_in d_in"] | None = None,
+) -> Float[Tensor, "d_in d_out"]:
+    """W + u (v - W^T k)^T / (u . k) with u = C^-1 k: afterwards W_new^T k == v."""
+    u = k if C_inv is None else C_inv @ k           # the whitened key (C = I: minimum-norm change)
+    denom = u @ k
+    if not torch.isfinite(denom) or denom.abs() < 1e-12:
+        raise ValueError("the key is (numerically) zero; a rank-one write needs a non-zero key")
+    return W + torch.outer(u, v - W.T @ k) / denom
+
+
+def _mlp_key(model: Any, tokens: Tensor, layer: int, position: int) -> Tensor:
+    store = {}
+
+    def keep(act, hook):
+        store["k"] = act[0, position].detach().clone()
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
+        model(tokens[None])
+    return store["k"]
+
+
+def _optimize_value(model: Any, tokens: Tensor, layer: int, position: int, target_id: int,
+                    steps: int, lr: float, stop_prob: float) -> Tensor:
+    """The change of the MLP output at (layer, position) that makes target_id the next token."""
+    last = tokens.shape[0] - 1
+    delta = torch.zeros(model.cfg.d_model, device=tokens.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=lr)
+
+    def add(act, hook):
+        act = act.clone()
+        act[0, position] = act[0, position] + delta
+        return act
+
+    with torch.enable_grad():
+        for _ in range(steps):
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", add)]):
+                logp = model(tokens[None])[0, last].float().log_softmax(-1)[target_id]
+            if logp.exp().item() >= stop_prob:
+                break
+            (delta.grad,) = torch.autograd.grad(-logp, [delta])   # leaves the model's .grad alone
+            opt.step()
+    return delta.detach()
+
+
+@contextmanager
+def planted(
+    model: Any, fact: Fact, layer: int, *, position: str | int = "last_subject",
+    steps: int = 300, lr: float = 0.5, stop_prob: float = 0.9,
+) -> Iterator[dict[str, Any]]:
+    """Within the block, the model states `fact` through a rank-one write at MLP `layer`.
+
+    The key is the MLP hidden activation at `position` of the fact's prompt
+    ("last_subject" as in ROME, "last" for the prompt's last token, or an
+    index); the value is that position's MLP output plus an optimized change
+    (Adam on the output, `steps` at `lr`) that makes the target the top next
+    token (until its probability reaches `stop_prob`). Yields {"key",
+    "value", "delta_norm", "p_target"}; the weights are restored on exit,
+    exception or not.
+    """
+    pt = tokenize_prompt(model, fact)
+    device = next(iter(model.parameters())).device
+    tokens = pt.tokens.to(device)
+    view = linear(model, layer, "mlp.out")
+    n_pos = tokens.shape[0]
+    position = {"last_subject": pt.last_subject, "last": n_pos - 1}.get(position, position)
+    if not isinstance(position, int) or not 0 <= position < n_pos:
+        raise ValueError(f"position must be 'last_subject', 'last' or an index in 0..{n_pos - 1}")
+    k = _mlp_key(model, tokens, layer, position)
+    delta = _optimize_value(model, tokens, layer, position, pt.target_ids[0], steps, lr, stop_prob)
+    original = view.weight.detach().clone()
+    try:
+        with torch.no_grad():
+            W = view.W
+            v = W.T @ k + delta          # value = old output of this key + the change
+            W.copy_(rank_one_update(W, k, v))
+            p = model(tokens[None])[0, -1].float().softmax(-1)[pt.target_ids[0]]
+        yield {"key": k, "value": v, "delta_norm": float(delta.norm()), "p_target": float(p)}
+    finally:
+        with torch.no_grad():
+            view.weight.copy_(original)

@@ -1,0 +1,231 @@
+"""The batched patching engine shared by causal tracing and activation patching.
+
+A *plan* is one intervention: a list of `Restore`s (put the clean value of
+one hook's activation back, at one position or all, for one head or neuron
+or the whole vector). `run_plans` runs many plans x many noise samples as
+rows of a few big forwards: row r carries plan r // n_samples with noise
+sample r % n_samples, and each hook overwrites, with one `torch.where`, the
+rows and cells its plans name. Hooks live only inside `model.hooks(...)`, so
+an exception anywhere (a metric callback included) leaves the model clean.
+
+Cost: ceil(len(plans) * n_samples / batch_size) forwards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
+
+# How a hook's activation is cut into cells: a whole vector per position
+# (resid/mlp/attn outputs), one cell per head ([.., head, d_head]), or one
+# cell per unit of the last axis (MLP neurons).
+GRAIN = {"vector", "head", "unit"}
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Put back the clean activation of `hook` at `position` (None: all) and `index` (None: all)."""
+
+    hook: str
+    grain: str = "vector"
+    position: int | None = None
+    index: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.grain not in GRAIN:
+            raise ValueError(f"grain must be one of {sorted(GRAIN)}, got {self.grain!r}")
+        if self.grain == "vector" and self.index is not None:
+            raise ValueError("a vector restore has no index")
+
+    @property
+    def layer(self) -> int | None:
+        m = re.match(r"blocks\.(\d+)\.", self.hook)
+        return int(m.group(1)) if m else None
+
+
+def is_noop(plan: Sequence[Restore], first_diff: int, n_layers: int, read_at: int) -> bool:
+    """True when restoring `plan` provably cannot change the metric.
+
+    Two exact reasons, both from causality: a cell before `first_diff` (the
+    first position where the corrupted input differs from the clean one)
+    already holds its clean value; a cell of the last block at a position
+    other than `read_at` (where the metric reads the logits) reaches the
+    logits only at its own position.
+    """
+    for rs in plan:
+        if rs.position is None:
+            return False
+        if rs.position < first_diff:
+            continue
+        if rs.layer == n_layers - 1 and rs.position != read_at:
+            continue
+        return False
+    return True
+
+
+def embedding_std(model: Any) -> float:
+    """Standard deviation of the token-embedding entries (the noise unit of causal tracing)."""
+    return float(model.embed.W_E.detach().float().std())
+
+
+def subject_noise(
+    n_samples: int, n_pos: int, d_model: int, subject: tuple[int, int], scale: float, seed: int,
+) -> Float[Tensor, "n_samples pos d_model"]:
+    """Seeded Gaussian noise of std `scale` on the subject's positions, zero elsewhere."""
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.zeros(n_samples, n_pos, d_model)
+    start, end = subject
+    noise[:, start:end] = scale * torch.randn(n_samples, end - start, d_model, generator=gen)
+    return noise
+
+
+def _cache_clean(model: Any, tokens: Int[Tensor, " pos"], hooks: set[str]) -> dict[str, Tensor]:
+    store: dict[str, Tensor] = {}
+
+    def keeper(name: str):  # by the requested name: an alias's hook.name is the canonical one
+        def keep(act: Tensor, hook: Any) -> None:
+            store[name] = act[0].detach().clone()
+        return keep
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(h, keeper(h)) for h in sorted(hooks)]):
+        model(tokens[None])
+    missing = hooks - set(store)
+    if missing:
+        raise RuntimeError(f"hooks never fired during the clean run: {sorted(missing)}")
+    return store
+
+
+def _masks(plans: Sequence[Sequence[Restore]], rows: Sequence[int], clean: dict[str, Tensor],
+           grains: dict[str, str]) -> dict[str, Tensor]:
+    """Per hook, a boolean mask over (row, position[, head | unit]) of the cells to restore."""
+    masks: dict[str, Tensor] = {}
+    for hook, grain in grains.items():
+        act = clean[hook]
+        n_pos = act.shape[0]
+        shape = {"vector": (len(rows), n_pos), "head": (len(rows), n_pos, act.shape[1]),
+                 "unit": (len(rows), n_pos, act.shape[-1])}[grain]
+        masks[hook] = torch.zeros(shape, dtype=torch.bool)
+    for r, plan_id in enumerate(rows):
+        for rs in plans[plan_id]:
+            pos = slice(None) if rs.position is None else rs.position
+            if rs.grain == "vector":
+                masks[rs.hook][r, pos] = True
+            else:
+                idx = slice(None) if rs.index is None else rs.index
+                masks[rs.hook][r, pos, idx] = True
+    return masks
+
+
+def run_plans(
+    model: Any,
+    tokens: Int[Tensor, " pos"],
+    plans: Sequence[Sequence[Restore]],
+    metric: Metric,
+    *,
+    clean_tokens: Int[Tensor, " pos"] | None = None,
+    noise: Float[Tensor, "n_samples pos d_model"] | None = None,
+    batch_size: int = 256,
+    skip: Sequence[bool] | None = None,
+) -> Float[Tensor, "n_plans n_samples"]:
+    """Run every plan on the corrupted input and return the metric per plan and sample.
+
+    The corrupted input is `tokens` with `noise` added to the token
+    embeddings (causal tracing), or `tokens` itself when it differs from
+    `clean_tokens` (a clean/corrupt prompt pair). Restored values come from
+    one clean run on `clean_tokens` (default: `tokens` without noise).
+    Plans flagged in `skip` (see `is_noop`) are not run: they get the
+    corrupted run's value, which they provably equal.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    clean_tokens = tokens if clean_tokens is None else clean_tokens
+    if clean_tokens.shape != tokens.shape:
+        raise ValueError(
+            f"clean and corrupt prompts must have the same number of tokens to patch "
+            f"position by position; got {clean_tokens.shape[-1]} and {tokens.shape[-1]}. "
+            "Choose a corrupt prompt whose subject has as many tokens."
+        )
+    n_samples = 1 if noise is None else noise.shape[0]
+    grains: dict[str, str] = {}
+    for plan in plans:
+        for rs in plan:
+            if grains.setdefault(rs.hook, rs.grain) != rs.grain:
+                raise ValueError(f"hook {rs.hook} restored at two grains in one run")
+    clean = _cache_clean(model, clean_tokens, set(grains))
+    device = tokens.device
+    skip = [False] * len(plans) if skip is None else list(skip)
+    if len(skip) != len(plans):
+        raise ValueError(f"skip has {len(skip)} flags for {len(plans)} plans")
+    if any(skip):
+        plans = [[] if sk else list(p) for p, sk in zip(plans, skip, strict=True)]
+        live = [i for i, sk in enumerate(skip) if not sk]
+        values = run_plans(model, tokens, [plans[i] for i in live] + [[]], metric,
+                           clean_tokens=clean_tokens, noise=noise, batch_size=batch_size)
+        out = values[-1:].expand(len(plans), -1).clone()       # the corrupted run's value
+        out[live] = values[:-1]
+        return out
+    out = torch.empty(len(plans) * n_samples)
+    all_rows = [(p, s) for p in range(len(plans)) for s in range(n_samples)]
+    for start in range(0, len(all_rows), batch_size):
+        chunk = all_rows[start:start + batch_size]
+        plan_ids = [p for p, _ in chunk]
+        masks = {h: m.to(device) for h, m in _masks(plans, plan_ids, clean, grains).items()}
+        hooks = []
+        if noise is not None:
+            sample_ids = torch.tensor([s for _, s in chunk])
+            batch_noise = noise[sample_ids].to(device)
+
+            def add_noise(act: Tensor, hook: Any) -> Tensor:
+                return act + batch_noise.to(act.dtype)
+
+            hooks.append(("hook_embed", add_noise))
+        for hook_name, mask in masks.items():
+            hooks.append((hook_name, _restorer(mask, clean[hook_name], grains[hook_name])))
+        batch = tokens[None].expand(len(chunk), -1)
+        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+            values = metric(model(batch))
+        if values.shape != (len(chunk),):
+            raise ValueError(f"metric must return one number per batch row, shape ({len(chunk)},); "
+                             f"got {tuple(values.shape)}")
+        out[start:start + len(chunk)] = values.float().cpu()
+    return out.view(len(plans), n_samples)
+
+
+def _restorer(mask: Tensor, clean: Tensor, grain: str):
+    cell_mask = mask[..., None] if grain in ("vector", "head") else mask
+
+    def restore(act: Tensor, hook: Any) -> Tensor:
+        return torch.where(cell_mask, clean.to(act.dtype)[None], act)
+
+    return restore
+
+
+def target_metric(position: int, target_id: int, kind: str = "prob") -> Metric:
+    """Probability (or log-probability) of `target_id` at `position`."""
+    if kind not in ("prob", "logprob"):
+        raise ValueError(f"kind must be 'prob' or 'logprob', got {kind!r}")
+
+    def metric(logits: Tensor) -> Tensor:
+        logp = logits[:, position].float().log_softmax(-1)[:, target_id]
+        return logp.exp() if kind == "prob" else logp
+
+    return metric
+
+
+def logit_diff_metric(position: int, good_id: int, bad_id: int) -> Metric:
+    """Logit of `good_id` minus logit of `bad_id` at `position`."""
+
+    def metric(logits: Tensor) -> Tensor:
+        return (logits[:, position, good_id] - logits[:, position, bad_id]).float()
+
+    return metric
