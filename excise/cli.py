@@ -1,6 +1,7 @@
 """The `excise` command line.
 
-    excise demo        load the built-in organism and print how well it knows its world
+    excise demo            load the built-in organism and print how well it knows its world
+    excise bench locate    speed and faithfulness of the locate methods (writes locate.json/.md)
 
 The demo grows into the full locate -> edit -> verify run as those land.
 """
@@ -44,6 +45,20 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.suite == "locate":
+        from excise.bench.locate import run, to_markdown
+
+        n, loop, planted = (5, 1, 2) if args.quick else (args.facts, 5, 10)
+        results = run(args.out, n_facts=n, loop_facts=loop, planted_facts=planted, seed=args.seed)
+        print(to_markdown(results))
+        print(f"wrote {Path(args.out) / 'locate.json'} and {Path(args.out) / 'locate.md'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="excise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="excise-report", help="report folder (default: ./excise-report)")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="run a benchmark and write its tables")
+    bench.add_argument("suite", choices=["locate"], help="which benchmark")
+    bench.add_argument("--out", default="benchmarks/results", help="output folder")
+    bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--quick", action="store_true", help="5 facts: a smoke run for CI")
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

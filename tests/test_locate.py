@@ -213,6 +213,23 @@ def test_planted_fact_is_stated_then_undone(organism_model, world):
     assert Component(1, "mlp").check(organism_model).hook_name == "blocks.1.hook_mlp_out"
 
 
+@pytest.mark.parametrize("layer", [1, 2])
+def test_causal_trace_finds_a_planted_layer(organism_model, world, layer):
+    """A whitened rank-one write at MLP `layer` (ROME's update): the trace ranks that layer first."""
+    from excise.edit.rank_one import key_second_moment, planted
+
+    base = world[13]
+    fact = Fact(base.subject, base.relation, world.alternatives(base)[0], base.prompt)
+    others = [f for f in world if f.relation == base.relation and f.subject != base.subject][:150]
+    C = key_second_moment(organism_model, layer, others, position="last")
+    with planted(organism_model, fact, layer, position="last", C=C) as info:
+        assert info["p_target"] >= 0.9
+        # whitened: the write leaves the relation's other facts alone
+        assert excise.recall_table(organism_model, others[:40], ("request",)).rate("request") >= 0.95
+        trace = causal_trace(organism_model, fact, kinds=("mlp",))
+        assert int(trace.layer_scores("mlp").argmax()) == layer
+
+
 def test_rank_one_update_maps_key_to_value():
     from excise.edit.rank_one import rank_one_update
 

@@ -8,7 +8,7 @@ checked against; weights are restored when the context exits.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,10 +66,40 @@ def _optimize_value(model: Any, tokens: Tensor, layer: int, position: int, targe
     return delta.detach()
 
 
+def _position(pt, position: str | int) -> int:
+    n_pos = len(pt.tokens)
+    index = {"last_subject": pt.last_subject, "last": n_pos - 1}.get(position, position)
+    if not isinstance(index, int) or not 0 <= index < n_pos:
+        raise ValueError(f"position must be 'last_subject', 'last' or an index in 0..{n_pos - 1}, "
+                         f"got {position!r}")
+    return index
+
+
+@torch.no_grad()
+def key_second_moment(
+    model: Any, layer: int, facts: Sequence[Fact], position: str = "last_subject", ridge: float = 1e-2,
+) -> Float[Tensor, "d_mlp d_mlp"]:
+    """E[k k^T] of MLP keys at `layer` over the facts' request prompts, plus ridge * mean(diag) * I.
+
+    The metric of ROME's update: writing along C^-1 k changes the output of
+    keys like k (this subject) and as little as possible of the typical key.
+    """
+    if not facts:
+        raise ValueError("key_second_moment needs at least one fact")
+    keys = []
+    for f in facts:
+        pt = tokenize_prompt(model, f)
+        keys.append(_mlp_key(model, pt.tokens.to(next(iter(model.parameters())).device), layer,
+                             _position(pt, position)))
+    K = torch.stack(keys).float()
+    C = K.T @ K / len(keys)
+    return C + ridge * C.diagonal().mean() * torch.eye(C.shape[0], device=C.device)
+
+
 @contextmanager
 def planted(
     model: Any, fact: Fact, layer: int, *, position: str | int = "last_subject",
-    steps: int = 300, lr: float = 0.5, stop_prob: float = 0.9,
+    steps: int = 300, lr: float = 0.5, stop_prob: float = 0.9, C: Tensor | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Within the block, the model states `fact` through a rank-one write at MLP `layer`.
 
@@ -77,18 +107,16 @@ def planted(
     ("last_subject" as in ROME, "last" for the prompt's last token, or an
     index); the value is that position's MLP output plus an optimized change
     (Adam on the output, `steps` at `lr`) that makes the target the top next
-    token (until its probability reaches `stop_prob`). Yields {"key",
-    "value", "delta_norm", "p_target"}; the weights are restored on exit,
-    exception or not.
+    token (until its probability reaches `stop_prob`). With `C` (see
+    `key_second_moment`) the write is whitened as in ROME, so it stays
+    specific to this key. Yields {"key", "value", "delta_norm", "p_target"};
+    the weights are restored on exit, exception or not.
     """
     pt = tokenize_prompt(model, fact)
     device = next(iter(model.parameters())).device
     tokens = pt.tokens.to(device)
     view = linear(model, layer, "mlp.out")
-    n_pos = tokens.shape[0]
-    position = {"last_subject": pt.last_subject, "last": n_pos - 1}.get(position, position)
-    if not isinstance(position, int) or not 0 <= position < n_pos:
-        raise ValueError(f"position must be 'last_subject', 'last' or an index in 0..{n_pos - 1}")
+    position = _position(pt, position)
     k = _mlp_key(model, tokens, layer, position)
     delta = _optimize_value(model, tokens, layer, position, pt.target_ids[0], steps, lr, stop_prob)
     original = view.weight.detach().clone()
@@ -96,7 +124,7 @@ def planted(
         with torch.no_grad():
             W = view.W
             v = W.T @ k + delta          # value = old output of this key + the change
-            W.copy_(rank_one_update(W, k, v))
+            W.copy_(rank_one_update(W, k, v, None if C is None else torch.linalg.inv(C)))
             p = model(tokens[None])[0, -1].float().softmax(-1)[pt.target_ids[0]]
         yield {"key": k, "value": v, "delta_norm": float(delta.norm()), "p_target": float(p)}
     finally:

@@ -1,0 +1,1 @@
+"""Benchmarks behind `excise bench ...`; results go to benchmarks/."""
