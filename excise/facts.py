@@ -19,7 +19,7 @@ import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -252,6 +252,7 @@ class FactSet(Sequence[Fact]):
 # Tokenization
 # ---------------------------------------------------------------------------
 
+@runtime_checkable
 class Tokenizes(Protocol):
     """What tokenization needs from a model: TransformerBridge has it."""
 

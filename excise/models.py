@@ -21,7 +21,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import torch
@@ -29,6 +29,7 @@ import torch
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
 class HookedModel(Protocol):
     """What excise needs from a model; TransformerBridge provides it."""
 

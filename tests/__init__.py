@@ -1,0 +1,1 @@
+from tests import typecheck  # noqa: F401  (jaxtyping resolves tests.typecheck.typechecker)

@@ -243,3 +243,5 @@ def test_rank_one_update_maps_key_to_value():
         assert torch.linalg.matrix_rank(W_new - W) == 1
     with pytest.raises(ValueError, match="non-zero key"):
         rank_one_update(W, torch.zeros(6), v)
+    with pytest.raises(Exception, match="d_in"):    # shapes in the signature are checked under pytest
+        rank_one_update(W, torch.randn(5), v)
