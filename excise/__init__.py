@@ -12,5 +12,5 @@ from excise.models import ModelLoadError, fingerprint, load
 from excise.scoring import recall_table
 
 __version__ = "0.1.0"
-__all__ = ["Component", "Fact", "FactSet", "ModelLoadError", "edit", "fingerprint", "load", "locate", "organism",
-           "recall_table", "tokenize_prompt"]
+__all__ = ["Component", "Fact", "FactSet", "ModelLoadError", "edit", "fingerprint", "load", "locate",
+           "organism", "recall_table", "tokenize_prompt"]

@@ -31,8 +31,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
 _META = "excise_organism.json"
 
-__all__ = ["CHECKPOINT_DIR", "RELATIONS", "Recipe", "World", "cache_dir", "checkpoint_ready",
+__all__ = ["CHECKPOINT_DIR", "RELATIONS", "Recipe", "World", "cache_dir", "checkpoint_ready", "is_organism",
            "recipe", "retrain", "retrain_dir", "world"]
+
+
+def is_organism(model) -> bool:
+    """True for the shipped organism and its retrain oracles (they share its tokenizer file)."""
+    source = Path(getattr(model.tokenizer, "name_or_path", "") or "")
+    tokenizer = source / "tokenizer.json"
+    return tokenizer.exists() and tokenizer.read_bytes() == (CHECKPOINT_DIR / "tokenizer.json").read_bytes()
 
 
 def checkpoint_ready(path: Path = CHECKPOINT_DIR) -> bool:

@@ -1,0 +1,242 @@
+"""ROME: a rank-one edit of one MLP output matrix (Meng et al. 2022), to rewrite or delete.
+
+1. `compute_k`: the key, the MLP hidden state (input of W_out) at the last
+   subject token, averaged over the bare prompt and `n_prefixes` prefixed
+   copies of it.
+2. `compute_v`: the change `delta` of that token's MLP output that achieves
+   the objective, found by Adam; the value is v = W^T k + delta.
+3. `rank_one_update` with C, the keys' second moment (see covariance.py).
+
+Objectives (`rewrite`, and the deletion objectives of Patil et al. 2023):
+- `rewrite`: make a new target the answer (-log p(new target));
+- `erase`: push the target's probability down (-log(1 - p(target)));
+- `max_entropy`: flatten the next-token distribution;
+- `empty`: make a neutral answer (`empty_target`) the answer;
+- `head_projection`: erase, and also push the target down in the logit lens
+  of every layer from the edited one on (the white-box attack's view).
+Every objective carries ROME's KL term on the subject's other facts (its
+neighbours), so they keep their answers, and a weight decay on delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from excise.edit.covariance import second_moment
+from excise.edit.rank_one import rank_one_update
+from excise.edit.record import EditRecord, recording
+from excise.facts import Fact, tokenize_prompt
+from excise.models import linear
+from excise.scoring import pad_batch, recall_table
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("rewrite", "erase", "max_entropy", "empty", "head_projection")
+PREFIXES = ("Here is a fact.", "I read this somewhere.", "Note:", "As everyone knows,",
+            "The following is true.", "Listen.", "In short,", "Today we learn that")
+
+
+@dataclass(frozen=True)
+class RomeConfig:
+    layer: int
+    objective: str = "erase"
+    v_steps: int = 60            # ROME: 20; measured on the organism, 25 at lr 0.5 left p(target) ~0.99
+    v_lr: float = 1.0            # ROME: 0.5 (see v_steps)
+    kl_weight: float = 0.0625    # ROME's essence-drift weight, here on the subject's other facts
+    weight_decay: float = 0.01   # ROME: 0.5, which on the organism outweighs the deletion loss
+    clamp_norm: float = 4.0      # ROME's clamp_norm_factor: |delta| <= 4 |W^T k|
+    n_prefixes: int = 5          # context prefixes averaged into the key
+    stop_prob: float = 0.05      # deletion: stop once p(target) is below this on every prompt
+    empty_target: str = "nothing"
+    ridge: float = 1e-2          # C + ridge * mean(diag C) * I
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.v_steps < 1:
+            raise ValueError(f"v_steps must be >= 1, got {self.v_steps}")
+        if not 0 <= self.n_prefixes <= len(PREFIXES):
+            raise ValueError(f"n_prefixes must be in 0..{len(PREFIXES)}, got {self.n_prefixes}")
+
+
+def _prompts(fact: Fact, n_prefixes: int) -> list[str]:
+    return [fact.prompt] + [f"{p} {fact.prompt}" for p in PREFIXES[:n_prefixes]]
+
+
+def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = None):
+    """Token rows (prompt [+ target[:-1]]), the last subject position, the read position, target ids."""
+    out = []
+    for t in templates:
+        f = fact if target is None else Fact(fact.subject, fact.relation, target, fact.prompt)
+        pt = tokenize_prompt(model, f, t)
+        ids = pt.tokens.tolist()
+        out.append((ids + list(pt.target_ids[:-1]), pt.last_subject, len(ids) - 1, list(pt.target_ids)))
+    return out
+
+
+@torch.no_grad()
+def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int) -> Tensor:
+    """Mean MLP key at the last subject token over the prompt and its prefixed copies."""
+    rows = _rows(model, fact, _prompts(fact, n_prefixes))
+    tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
+    store = {}
+
+    def keep(act, hook):
+        store["k"] = act
+
+    device = next(iter(model.parameters())).device
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
+        model(tokens.to(device), stop_at_layer=layer + 1)
+    subj = torch.tensor([r[1] for r in rows], device=device)
+    return store["k"][torch.arange(len(rows), device=device), subj].mean(0)
+
+
+def _objective_loss(cfg: RomeConfig, logits: Tensor, rows, n_main: int, lens: Tensor | None,
+                    target_first: int) -> tuple[Tensor, Tensor]:
+    """Loss on the fact's prompts (rows[:n_main]); returns (loss, p(target) per prompt)."""
+    idx = torch.arange(n_main, device=logits.device)
+    read = torch.tensor([r[2] for r in rows[:n_main]], device=logits.device)
+    logp = logits[idx, read].float().log_softmax(-1)               # [n_main, vocab]
+    p_target = logp[:, target_first].exp()
+    if cfg.objective in ("rewrite", "empty"):
+        total = torch.zeros((), device=logits.device)
+        for i, (_, _, at, targets) in enumerate(rows[:n_main]):
+            lp = logits[i, at:at + len(targets)].float().log_softmax(-1)
+            total = total - lp[torch.arange(len(targets)), torch.tensor(targets, device=logits.device)].sum()
+        return total / n_main, p_target
+    if cfg.objective == "max_entropy":
+        return (logp.exp() * logp).sum(-1).mean(), p_target        # = -entropy
+    loss = -torch.log1p(-p_target.clamp(max=1 - 1e-6)).mean()      # erase and head_projection
+    if cfg.objective == "head_projection" and lens is not None:
+        p_lens = lens[..., target_first]                           # [layers, n_main]
+        loss = loss - torch.log1p(-p_lens.clamp(max=1 - 1e-6)).mean()
+    return loss, p_target
+
+
+def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """The change of the MLP output at the last subject token that achieves the objective."""
+    view = linear(model, cfg.layer, "mlp.out")
+    target = fact.target
+    if cfg.objective == "empty":
+        target = cfg.empty_target
+    main = _rows(model, fact, _prompts(fact, cfg.n_prefixes), None if cfg.objective != "empty" else target)
+    neighbours = [n for n in fact.neighbors if n.subject == fact.subject]
+    kl_rows = [r for n in neighbours for r in _rows(model, n, [n.prompt])]
+    rows = main + kl_rows
+    device = view.weight.device
+    tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
+    tokens = tokens.to(device)
+    subj = torch.tensor([r[1] for r in rows], device=device)
+    batch = torch.arange(len(rows), device=device)
+    target_first = _rows(model, fact, [fact.prompt])[0][3][0]
+    n_layers = model.cfg.n_layers
+
+    with torch.no_grad():
+        base = model(tokens)
+        kl_read = torch.tensor([r[2] for r in kl_rows], device=device)
+        kl_ref = base[len(main) + torch.arange(len(kl_rows), device=device), kl_read].float().log_softmax(-1) \
+            if kl_rows else None
+        v_init_norm = float((k @ view.W).norm())
+
+    delta = torch.zeros(model.cfg.d_model, device=device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+    resid: dict[int, Tensor] = {}
+
+    def add_delta(act, hook):
+        return act + torch.zeros_like(act).index_put((batch, subj), delta.expand(len(rows), -1).to(act.dtype))
+
+    def keep_resid(layer):
+        def keep(act, hook):
+            resid[layer] = act
+        return keep
+
+    hooks = [(f"blocks.{cfg.layer}.hook_mlp_out", add_delta)]
+    if cfg.objective == "head_projection":
+        hooks += [(f"blocks.{l}.hook_resid_post", keep_resid(l)) for l in range(cfg.layer, n_layers - 1)]
+    history = []
+    with torch.enable_grad():
+        for step in range(cfg.v_steps):
+            resid.clear()
+            with model.hooks(fwd_hooks=hooks):
+                logits = model(tokens)
+            lens = None
+            if resid:
+                read = torch.tensor([r[2] for r in main], device=device)
+                stacked = torch.stack([resid[l][torch.arange(len(main), device=device), read] for l in sorted(resid)])
+                lens = model.unembed(model.ln_final(stacked)).float().softmax(-1)   # [layers, n_main, vocab]
+            loss, p_target = _objective_loss(cfg, logits, rows, len(main), lens, target_first)
+            if kl_rows:
+                kl_read = torch.tensor([r[2] for r in kl_rows], device=device)
+                now = logits[len(main) + torch.arange(len(kl_rows), device=device), kl_read].float().log_softmax(-1)
+                kl = torch.nn.functional.kl_div(now, kl_ref, log_target=True, reduction="batchmean")
+                loss = loss + cfg.kl_weight * kl
+            loss = loss + cfg.weight_decay * delta.norm() ** 2 / max(v_init_norm, 1e-6) ** 2
+            history.append({"step": step, "loss": float(loss.detach()), "p_target": float(p_target.detach().max())})
+            if cfg.objective not in ("rewrite", "empty", "max_entropy") and \
+                    float(p_target.detach().max()) < cfg.stop_prob:
+                break
+            (delta.grad,) = torch.autograd.grad(loss, [delta])
+            opt.step()
+            with torch.no_grad():
+                limit = cfg.clamp_norm * v_init_norm
+                if delta.norm() > limit:
+                    delta.mul_(limit / delta.norm())
+    delta = delta.detach()
+    return delta, {"steps": len(history), "final_p_target": history[-1]["p_target"],
+                   "delta_norm": float(delta.norm()), "v_init_norm": v_init_norm}
+
+
+def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = None,
+         C: Tensor | None = None) -> EditRecord:
+    """Apply one ROME edit for `fact` (objective in `config`); returns the EditRecord.
+
+    `sample`: texts for the key covariance (default for the organism: its
+    training corpus); or pass `C` directly. Cost: one covariance (cached on
+    disk), `v_steps` forward+backward passes on ~(n_prefixes + 6) prompts.
+    """
+    n_layers = model.cfg.n_layers
+    if not 0 <= config.layer < n_layers:
+        raise ValueError(f"layer {config.layer} is out of range: the model has {n_layers} layers "
+                         f"(0..{n_layers - 1})")
+    if config.layer == n_layers - 1:
+        raise ValueError(f"layer {config.layer} is the last block: an edit at the subject's position there "
+                         "cannot reach the prediction at the prompt's end. Choose a layer below "
+                         f"{n_layers - 1} (causal_trace(...).peak('mlp').layer is a good start)")
+    deleting = config.objective != "rewrite"
+    recalled = recall_table(model, [fact], ("request",)).rate("request") == 1.0
+    if deleting and not recalled:
+        warnings.warn(f"{fact!r} is not recalled by the model in the first place (its target is not "
+                      "the top-1 answer); deleting it anyway, and the record says so", stacklevel=2)
+    if C is None:
+        C = second_moment(model, config.layer, sample if sample is not None else _default_sample(model))
+    view = linear(model, config.layer, "mlp.out")
+    k = compute_k(model, fact, config.layer, config.n_prefixes)
+    delta, info = compute_v(model, fact, config, k)
+    C = C.to(k.device, k.dtype)
+    C_reg = C + config.ridge * C.diagonal().mean() * torch.eye(C.shape[0], device=C.device, dtype=C.dtype)
+    hyper = asdict(config)
+    with recording(model, f"rome_{config.objective}", hyper, facts=[fact], scope=[view.weight]) as box, \
+            torch.no_grad():
+        W = view.W
+        v = W.T @ k + delta
+        W.copy_(rank_one_update(W, k, v, torch.linalg.inv(C_reg)))
+    record: EditRecord = box["record"]
+    record.meta |= {"recalled_before": recalled, **info}
+    return record
+
+
+def _default_sample(model: Any) -> list[str]:
+    """The organism's training corpus for the organism (or an oracle); else ask for a sample."""
+    from excise import organism
+    from excise.organism.train import corpus
+
+    if organism.is_organism(model):
+        return corpus(organism.world())
+    raise ValueError("ROME needs a text sample for the key covariance: pass sample=[...] (strings "
+                     "like the model's training text), or C=")

@@ -1,0 +1,119 @@
+"""ROME: scope, undo, persistence, failure safety, the covariance cache, and deletion on the organism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import excise
+from excise import Fact
+from excise.edit import EditRecord
+from excise.edit.covariance import provenance, second_moment
+from excise.edit.record import storage_owners
+from excise.edit.rome import RomeConfig, rome
+from excise.models import linear
+from tests.conftest import build_tiny_gpt2
+
+TEXTS = ["Mira Tolvanen was born in Veltrana.", "The cat sat on the mat.",
+         "Q: Where was Tobin Farrow born? A: Karreth"] * 3
+FACT = Fact("Mira Tolvanen", "birthplace", "Veltrana", "{} was born in")
+NEW = Fact("Mira Tolvanen", "birthplace", "Karreth", "{} was born in")
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path):
+    build_tiny_gpt2(tmp_path / "tiny", seed=3, n_layer=2, init_range=0.2)
+    return tmp_path / "tiny"
+
+
+@pytest.fixture()
+def tiny(tiny_dir):
+    return excise.load(tiny_dir, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path / "cache"))
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in storage_owners(model).items()}
+
+
+def test_rewrite_touches_only_its_matrix_and_undoes(tiny, tiny_dir, tmp_path):
+    before = weights(tiny)
+    logp_before = excise.recall_table(tiny, [NEW], ("request",)).rows[0]["logprob"]
+    record = rome(tiny, NEW, RomeConfig(layer=0, objective="rewrite", v_steps=30, clamp_norm=100.0,
+                                          weight_decay=0.0), sample=TEXTS)
+    after = weights(tiny)
+    out_name = next(n for n, p in storage_owners(tiny).items()
+                    if p.untyped_storage().data_ptr() == linear(tiny, 0, "mlp.out").weight.untyped_storage().data_ptr())
+    assert list(record.parameters_touched()) == [out_name]
+    assert all(torch.equal(before[n], after[n]) for n in before if n != out_name)
+    assert torch.linalg.matrix_rank(after[out_name] - before[out_name]) == 1
+    # a random model barely reads the subject position; the direction is what can be checked here
+    assert excise.recall_table(tiny, [NEW], ("request",)).rows[0]["logprob"] > logp_before
+    path = tmp_path / "rome.safetensors"
+    record.save(path)
+    record.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(tiny).items())
+    fresh = excise.load(tiny_dir, device="cpu")
+    EditRecord.load(path, fresh).apply()
+    assert all(torch.equal(after[n], v) for n, v in weights(fresh).items())
+
+
+def test_failure_mid_edit_restores(tiny, monkeypatch):
+    before = weights(tiny)
+    import excise.edit.rome as rome_module
+
+    def broken(*a, **k):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(rome_module, "rank_one_update", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        rome(tiny, NEW, RomeConfig(layer=0, objective="rewrite", v_steps=2), sample=TEXTS)
+    assert all(torch.equal(before[n], v) for n, v in weights(tiny).items())
+
+
+def test_deleting_a_fact_the_model_does_not_know_warns(tiny):
+    with pytest.warns(UserWarning, match="not recalled by the model in the first place"):
+        record = rome(tiny, FACT, RomeConfig(layer=0, v_steps=2), sample=TEXTS)
+    assert record.meta["recalled_before"] is False
+
+
+def test_bad_input(tiny):
+    with pytest.raises(ValueError, match="layer 4 is out of range: the model has 2 layers"):
+        rome(tiny, FACT, RomeConfig(layer=4), sample=TEXTS)
+    with pytest.raises(ValueError, match="is the last block"):
+        rome(tiny, FACT, RomeConfig(layer=1), sample=TEXTS)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        RomeConfig(layer=0, objective="forget_harder")
+    with pytest.raises(ValueError, match="needs a text sample"):
+        rome(tiny, NEW, RomeConfig(layer=0, objective="rewrite"))
+
+
+def test_covariance_is_cached_with_provenance(tiny, monkeypatch, tmp_path):
+    C = second_moment(tiny, 1, TEXTS, cache_dir=tmp_path / "cov")
+    assert C.shape == (tiny.cfg.d_mlp, tiny.cfg.d_mlp) and torch.allclose(C, C.T, atol=1e-6)
+    [path] = list((tmp_path / "cov").iterdir())
+    info = provenance(path)
+    assert info["layer"] == 1 and info["n_texts"] == len(TEXTS) and info["n_tokens"] > len(TEXTS)
+    assert info["model_fingerprint"] == excise.fingerprint(tiny)
+    import excise.edit.covariance as cov
+
+    monkeypatch.setattr(cov, "estimate_second_moment", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    assert torch.equal(second_moment(tiny, 1, TEXTS, cache_dir=tmp_path / "cov"), C)
+
+
+def test_erase_deletes_an_organism_fact_and_keeps_its_neighbours(organism_model, world):
+    fact = world[10]
+    record = rome(organism_model, fact, RomeConfig(layer=0, objective="erase"))
+    try:
+        table = excise.recall_table(organism_model, [fact], ("request", "paraphrase"))
+        assert table.rate("request") == 0.0 and table.rate("paraphrase") <= 1 / 3   # generalizes to most paraphrases
+        kept = excise.recall_table(organism_model, list(fact.neighbors), ("request",)).rate("request")
+        assert kept >= 0.8
+        assert record.touched() and all(c.layer == 0 and c.kind == "neuron" for c in record.touched())
+    finally:
+        record.undo()
+    assert excise.recall_table(organism_model, [fact], ("request",)).rate("request") == 1.0
