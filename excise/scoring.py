@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from excise.facts import FAMILIES, Fact
+from excise.facts import FAMILIES, Fact, tokenize_prompt
 
 
 def encode(model: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -140,3 +140,45 @@ def recall_table(
         for (f, fam, t), rk, lp, tp in zip(probes, ranks, logps, tops, strict=True)
     ]
     return RecallTable(rows)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A prompt followed by its answer, as model input: `ids` = prompt + answer[:-1]."""
+
+    ids: tuple[int, ...]
+    start: int                     # position of the first answer token in prompt + answer
+    answer: tuple[int, ...]
+
+
+def answer_examples(model: Any, facts: Iterable[Fact], families: Sequence[str] = ("request",),
+                    answers: dict[tuple[str, str], str] | None = None) -> list[Example]:
+    """One Example per fact and template of `families`; `answers` overrides a fact's target."""
+    out = []
+    for f in facts:
+        if answers is not None:
+            f = Fact(f.subject, f.relation, answers[f.key], f.prompt, f.paraphrases, f.questions,
+                     f.completions, f.held_out)
+        for fam in families:
+            for template in f.templates(fam):
+                pt = tokenize_prompt(model, f, template)
+                prompt = pt.tokens.tolist()
+                out.append(Example(tuple(prompt + list(pt.target_ids[:-1])), len(prompt), pt.target_ids))
+    return out
+
+
+def answer_logprobs(model: Any, examples: Sequence[Example]) -> Float[Tensor, " n"]:
+    """Sum of log p(answer token) per example, in one padded forward (with grad if enabled)."""
+    device = next(iter(model.parameters())).device
+    ids, _ = pad_batch([e.ids for e in examples], model.tokenizer.pad_token_id or 0)
+    logp = model(ids.to(device)).float().log_softmax(-1)
+    rows, cols, tgts, owner = [], [], [], []
+    for i, e in enumerate(examples):
+        n = len(e.answer)
+        rows += [i] * n
+        cols += list(range(e.start - 1, e.start - 1 + n))
+        tgts += list(e.answer)
+        owner += [i] * n
+    picked = logp[torch.tensor(rows, device=device), torch.tensor(cols, device=device),
+                  torch.tensor(tgts, device=device)]
+    return torch.zeros(len(examples), device=device).index_add(0, torch.tensor(owner, device=device), picked)

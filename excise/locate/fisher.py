@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from excise.facts import Fact, tokenize_prompt
+from excise.facts import Fact
 from excise.locate.localization import Localization
 from excise.models import has_linear, linear
-from excise.scoring import pad_batch
+from excise.scoring import answer_examples, answer_logprobs
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,6 @@ class FisherConfig:
             raise ValueError("families must name at least one prompt family")
 
 
-def _examples(model: Any, facts: Sequence[Fact], families: Sequence[str]) -> list[tuple[list[int], int, list[int]]]:
-    """(input ids, index of the first target token, target ids) per fact and template."""
-    out = []
-    for f in facts:
-        for fam in families:
-            for template in f.templates(fam):
-                pt = tokenize_prompt(model, f, template)
-                prompt = pt.tokens.tolist()
-                out.append((prompt + list(pt.target_ids[:-1]), len(prompt), list(pt.target_ids)))
-    return out
-
-
 def fisher_diagonal(model: Any, facts: Iterable[Fact], config: FisherConfig | None = None,
                     desc: str = "fisher") -> dict[int, torch.Tensor]:
     """Mean squared gradient of the target log-likelihood, keyed by id(parameter)."""
@@ -64,25 +52,18 @@ def fisher_diagonal(model: Any, facts: Iterable[Fact], config: FisherConfig | No
     facts = list(facts)
     if not facts:
         raise ValueError("fisher needs at least one fact; got an empty list")
-    examples = _examples(model, facts, config.families)
+    examples = answer_examples(model, facts, config.families)
     if not examples:
         raise ValueError(f"the facts have no templates in families {config.families}")
     params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
     if not params:
         raise ValueError("no parameter of the model requires grad; fisher needs gradients")
     acc = [torch.zeros_like(p) for p in params]
-    device = params[0].device
     step = 1 if config.per_example else config.batch_size
-    pad = model.tokenizer.pad_token_id or 0
     batches = [examples[i:i + step] for i in range(0, len(examples), step)]
     for batch in tqdm(batches, desc=desc, disable=not config.progress or len(batches) < 20):
-        ids, _ = pad_batch([e[0] for e in batch], pad)
         with torch.enable_grad():
-            logp = model(ids.to(device)).float().log_softmax(-1)
-            loss = torch.zeros((), device=device)
-            for row, (_, start, targets) in enumerate(batch):
-                positions = torch.arange(start - 1, start - 1 + len(targets), device=device)
-                loss = loss - logp[row, positions, torch.tensor(targets, device=device)].sum()
+            loss = -answer_logprobs(model, batch).sum()
             grads = torch.autograd.grad(loss, params, allow_unused=True)
         for a, g in zip(acc, grads, strict=True):
             if g is not None:

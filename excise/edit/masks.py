@@ -1,0 +1,90 @@
+"""Parameter masks: which weight entries an edit may change, built from Components.
+
+A neuron owns its W_in (and W_gate) column, its b_in entry and its W_out row;
+a head owns its Q, K, V column blocks and bias blocks and its W_O row block;
+`mlp` / `attn` own their whole layer's MLP / attention weights (biases
+included). Masks are keyed by the parameter the forward pass uses (for GPT-2
+under TransformerBridge: q, k, v, not the fused qkv they view).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from excise.components import Component
+from excise.models import has_linear, linear
+
+
+def _set(masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]], p: torch.nn.Parameter | None,
+         view_transposed: bool, index: tuple) -> None:
+    if p is None:
+        return
+    if id(p) not in masks:
+        masks[id(p)] = (p, torch.zeros(p.shape, dtype=torch.bool, device=p.device))
+    m = masks[id(p)][1]
+    (m.T if view_transposed else m)[index] = True
+
+
+def parameter_masks(model: Any, components: Iterable[Component]) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """(parameter, boolean mask of its editable entries) for every parameter the components own."""
+    comps = list(components)
+    if not comps:
+        raise ValueError("the mask is empty: pass at least one component (or mask=None for all parameters)")
+    cfg = model.cfg
+    H, dh = cfg.n_heads, cfg.d_head
+    n_kv = getattr(cfg, "n_key_value_heads", None) or H
+    masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    for c in comps:
+        c.check(model)
+        if c.kind in ("resid",):
+            raise ValueError(f"{c} owns no weights; mask neurons, heads, mlp or attn components")
+        l = c.layer
+        everything = (slice(None), slice(None))
+        if c.kind in ("neuron", "mlp"):
+            cols = slice(None) if c.kind == "mlp" else c.index
+            for name in ("mlp.in", "mlp.gate"):
+                if has_linear(model, name):
+                    v = linear(model, l, name)
+                    _set(masks, v.weight, v.transposed, (slice(None), cols))
+                    _set(masks, v.bias, False, (cols,))
+            v = linear(model, l, "mlp.out")
+            _set(masks, v.weight, v.transposed, (cols, slice(None)) if c.kind == "neuron" else everything)
+            if c.kind == "mlp":
+                _set(masks, v.bias, False, (slice(None),))
+        else:
+            heads = range(H) if c.kind == "attn" else [c.index]
+            for h in heads:
+                for name in ("attn.q", "attn.k", "attn.v"):
+                    v = linear(model, l, name)
+                    hh = h if name == "attn.q" else h // (H // n_kv)
+                    block = slice(hh * dh, (hh + 1) * dh)
+                    _set(masks, v.weight, v.transposed, (slice(None), block))
+                    _set(masks, v.bias, False, (block,))
+                v = linear(model, l, "attn.o")
+                _set(masks, v.weight, v.transposed, (slice(h * dh, (h + 1) * dh), slice(None)))
+            if c.kind == "attn":
+                _set(masks, linear(model, l, "attn.o").bias, False, (slice(None),))
+    return list(masks.values())
+
+
+def all_parameter_masks(model: Any) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Every parameter the forward pass uses (the ones a loss reaches), fully editable."""
+    seen, out = set(), []
+    owners = {}
+    for p in model.parameters():
+        owners.setdefault(p.untyped_storage().data_ptr(), []).append(p)
+    for group in owners.values():
+        # a fused matrix and its views share storage; the forward uses the views when there are any
+        used = [p for p in group if p.numel() < max(q.numel() for q in group)] or group
+        for p in used:
+            if id(p) not in seen and p.requires_grad:
+                seen.add(id(p))
+                out.append((p, torch.ones(p.shape, dtype=torch.bool, device=p.device)))
+    return out
+
+
+def count(masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> int:
+    return int(sum(int(m.sum()) for _, m in masks))
