@@ -67,6 +67,22 @@ def test_npo_forgets_and_keeps_the_rest(organism_model, world):
         record.undo()
 
 
+def test_task_vector_negation(organism_model, world):
+    from excise.edit.unlearn import TaskVectorConfig, task_vector
+
+    forget = world.of_subject(world.people[7])
+    before = weights(organism_model)
+    record = task_vector(organism_model, forget, mask=[Component(0, "mlp"), Component(1, "mlp")],
+                         config=TaskVectorConfig(steps=3, alpha=2.0, progress=False))
+    try:
+        changed = {n for n, v in weights(organism_model).items() if not torch.equal(before[n], v)}
+        assert changed and all(".mlp." in n and (".h.0." in n or ".h.1." in n) for n in changed)
+        assert {c.layer for c in record.touched()} == {0, 1}
+    finally:
+        record.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(organism_model).items())
+
+
 def test_bad_input(organism_model, world):
     with pytest.raises(ValueError, match="needs a retain set"):
         unlearn(organism_model, world[:1], [], config=UnlearnConfig(method="graddiff"))

@@ -185,3 +185,54 @@ def _retain_loss(model: Any, batch: list[Example], kl_ref: dict[Example, torch.T
                                                         torch.tensor(cols, device=device)]
     ref = torch.cat([kl_ref[e] for e in batch]).to(device)
     return torch.nn.functional.kl_div(now, ref, log_target=True, reduction="batchmean")
+
+
+@dataclass(frozen=True)
+class TaskVectorConfig:
+    alpha: float = 1.0                # theta - alpha * (theta_finetuned - theta)
+    steps: int = 30                   # fine-tuning steps on the forget set
+    lr: float = 1e-3
+    batch_size: int = 32
+    families: tuple[str, ...] = ("request", "paraphrase")
+    seed: int = 0
+    progress: bool = True
+
+
+def task_vector(
+    model: Any, forget: Iterable[Fact], mask: Sequence[Component] | None = None,
+    config: TaskVectorConfig | None = None,
+) -> EditRecord:
+    """Task-vector negation (Ilharco et al. 2023): fine-tune on `forget`, subtract alpha x the change.
+
+    The fine-tuning runs on the model itself inside the edit (masked like
+    `unlearn`), then every masked entry is set to theta - alpha * tau.
+    """
+    config = config or TaskVectorConfig()
+    forget = list(forget)
+    if not forget:
+        raise ValueError("task_vector needs at least one fact to forget")
+    masks = _masks(model, mask)
+    params = [p for p, _ in masks]
+    examples = answer_examples(model, forget, config.families)
+    rng = random.Random(config.seed)
+    hyper = asdict(config) | {"mask_size": count(masks),
+                              "mask": [c.to_dict() for c in mask] if mask is not None else "all"}
+    with recording(model, "task_vector", hyper, facts=forget, scope=params) as box:
+        start = [p.detach().clone() for p in params]
+        opt = torch.optim.Adam(params, lr=config.lr)
+        batches = _batches(examples, config.batch_size, rng)
+        for _ in tqdm(range(config.steps), desc="task vector: fine-tune", disable=not config.progress):
+            with torch.enable_grad():
+                loss = -answer_logprobs(model, next(batches)).mean()
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for p, (_, m), g in zip(params, masks, grads, strict=True):
+                p.grad = None if g is None else g * m
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, s0, (_, m) in zip(params, start, masks, strict=True):
+                tau = p - s0
+                p.copy_(torch.where(m, s0 - config.alpha * tau, s0))
+    record: EditRecord = box["record"]
+    record.meta |= {"parameters_in_mask": count(masks)}
+    return record
