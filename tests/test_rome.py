@@ -119,3 +119,70 @@ def test_erase_deletes_an_organism_fact_and_keeps_its_neighbours(organism_model,
     finally:
         record.undo()
     assert excise.recall_table(organism_model, [fact], ("request",)).rate("request") == 1.0
+
+
+def test_memit_scope_undo_and_null_space(organism_model, world):
+    from excise.edit.memit import MemitConfig, _keys_and_hidden, memit
+
+    facts = list(world.sample(4, seed=5))
+    preserve = list(world.filter(lambda f: f.subject not in {g.subject for g in facts}).sample(60, seed=6))
+    before = weights(organism_model)
+    cfg = MemitConfig(layers=(0, 1), null_space=True, v=RomeConfig(layer=1, v_steps=5), progress=False)
+    K0_before = _keys_and_hidden(organism_model, preserve, 0, 1, 0)[0]
+    out0 = linear(organism_model, 0, "mlp.out").W.detach().clone()
+    record = memit(organism_model, facts, cfg, preserve=preserve)
+    try:
+        changed = {n for n, v in weights(organism_model).items() if not torch.equal(before[n], v)}
+        assert changed and all("mlp" in n and "c_proj" in n for n in changed)
+        assert {c.layer for c in record.touched()} <= {0, 1}
+        # the layer-0 update lives in the preserved keys' null space: their outputs barely move
+        delta = linear(organism_model, 0, "mlp.out").W - out0
+        moved = (K0_before.T @ delta).norm() / (K0_before.T @ out0).norm()
+        assert moved < 0.05
+    finally:
+        record.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(organism_model).items())
+
+
+def test_memit_bad_input(organism_model, world):
+    from excise.edit.memit import MemitConfig, memit
+
+    with pytest.raises(ValueError, match="increasing range"):
+        MemitConfig(layers=(2, 1))
+    with pytest.raises(ValueError, match="ends at the last block"):
+        memit(organism_model, world[:2], MemitConfig(layers=(2, 3)))
+    with pytest.raises(ValueError, match="layer 9 is out of range"):
+        memit(organism_model, world[:2], MemitConfig(layers=(1, 9)))
+    with pytest.raises(ValueError, match="at least one fact"):
+        memit(organism_model, [], MemitConfig(layers=(0,)))
+
+
+def test_sequence_applies_in_order_and_undoes_all(organism_model, world):
+    from excise.edit import sequence
+
+    facts = list(world.sample(3, seed=9))
+    before = weights(organism_model)
+    seen = []
+
+    def measure(i, record):
+        seen.append(i)
+        return {"recall_of_this_fact": excise.recall_table(organism_model, [facts[i]], ("request",)).rate("request")}
+
+    seq = sequence(organism_model, facts, lambda m, f: rome(m, f, RomeConfig(layer=0)), after_each=measure,
+                   progress=False)
+    assert len(seq) == 3 and seen == [0, 1, 2]
+    assert [m["after"] for m in seq.measurements] == [1, 2, 3]
+    assert all(m["recall_of_this_fact"] == 0.0 for m in seq.measurements)
+    seq.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(organism_model).items())
+
+    def flaky(model, fact):
+        if fact is facts[1]:
+            raise RuntimeError("request rejected")
+        return rome(model, fact, RomeConfig(layer=0))
+
+    with pytest.raises(RuntimeError, match="request rejected") as info:
+        sequence(organism_model, facts, flaky, progress=False)
+    assert len(info.value.sequence) == 1
+    info.value.sequence.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(organism_model).items())

@@ -10,8 +10,12 @@ the weights before it propagates.
 
 from excise.edit.ablation import ablate, mean_activations
 from excise.edit.rank_one import key_second_moment, planted, rank_one_update
+from excise.edit.memit import MemitConfig, memit
 from excise.edit.record import EditRecord, recording
 from excise.edit.rome import RomeConfig, rome
+from excise.edit.sequence import EditSequence, sequence
+from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
-__all__ = ["EditRecord", "RomeConfig", "ablate", "key_second_moment", "mean_activations", "planted",
-           "rank_one_update", "recording", "rome"]
+__all__ = ["EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
+           "ablate", "key_second_moment", "mean_activations", "memit", "planted", "rank_one_update",
+           "recording", "rome", "sequence", "task_vector", "unlearn"]
