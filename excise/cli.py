@@ -2,6 +2,7 @@
 
     excise demo            load the built-in organism and print how well it knows its world
     excise bench locate    speed and faithfulness of the locate methods (writes locate.json/.md)
+    excise bench edit      efficacy, specificity and cost of every edit method (writes edit.json/.md)
 
 The demo grows into the full locate -> edit -> verify run as those land.
 """
@@ -56,6 +57,13 @@ def _bench(args: argparse.Namespace) -> int:
         results = run(args.out, n_facts=n, loop_facts=loop, planted_facts=planted, seed=args.seed)
         print(to_markdown(results))
         print(f"wrote {Path(args.out) / 'locate.json'} and {Path(args.out) / 'locate.md'}")
+    elif args.suite == "edit":
+        from excise.bench.edit import run, to_markdown
+
+        sizes = dict(n_facts=3, n_memit=5, n_sequential=10) if args.quick else dict(n_facts=args.facts)
+        results = run(args.out, **sizes)
+        print(to_markdown(results))
+        print(f"wrote {Path(args.out) / 'edit.json'} and {Path(args.out) / 'edit.md'}")
     return 0
 
 
@@ -68,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)

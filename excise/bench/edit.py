@@ -1,0 +1,203 @@
+"""`excise bench edit`: efficacy, specificity and cost of every edit method on the organism.
+
+Writes DIR/edit.json and DIR/edit.md:
+- ROME delete, each objective: facts one at a time, undo between: efficacy
+  (request prompt no longer answers the target), paraphrase_forget,
+  neighbor_kept (recall of the fact's neighbours), seconds_per_fact (the key
+  covariance cached beforehand; its one-off cost is reported apart);
+- ROME rewrite to a wrong object: rewrite_efficacy (the new object is top-1);
+- MEMIT delete of 100 facts at once (plain and with AlphaEdit's null space):
+  efficacy, retain_kept, seconds;
+- sequential ROME deletions: retain recall after every 10;
+- a 5% subject split: Fisher-located neuron ablation (zero, mean) and the
+  gradient methods (GA, GradDiff, KL, NPO, DPO, task vector) at all parameters
+  and at the Fisher-located neurons: efficacy, retain recall, seconds,
+  parameters touched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+import excise
+from excise.edit import (
+    MemitConfig, RomeConfig, TaskVectorConfig, UnlearnConfig, ablate, memit, rome, sequence, task_vector,
+    unlearn,
+)
+from excise.edit.covariance import second_moment
+from excise.facts import Fact
+from excise.locate import FisherConfig, fisher
+from excise.organism.train import corpus
+from excise.scoring import recall_table
+
+LAYER = 0   # on the organism, the layer where subject-position edits reach the answer (see README)
+TARGETS = {"efficacy": (">=", 0.98), "paraphrase_forget": (">=", 0.9), "neighbor_kept": (">=", 0.95),
+           "seconds_per_fact": ("<=", 2.0), "rewrite_efficacy": (">=", 0.98)}
+
+
+def _rate(model, facts, family="request") -> float:
+    return recall_table(model, facts, (family,)).rate(family)
+
+
+def bench_rome(model, facts: list[Fact], objectives: list[str]) -> dict[str, Any]:
+    out = {}
+    for objective in objectives:
+        eff, para, kept, seconds = [], [], [], 0.0
+        for f in tqdm(facts, desc=f"rome {objective}"):
+            start = time.perf_counter()
+            record = rome(model, f, RomeConfig(layer=LAYER, objective=objective))
+            seconds += time.perf_counter() - start
+            eff.append(1 - _rate(model, [f]))
+            para.append(1 - _rate(model, [f], "paraphrase"))
+            kept.append(_rate(model, list(f.neighbors)))
+            record.undo()
+        out[f"rome_{objective}"] = {"facts": len(facts), "efficacy": sum(eff) / len(eff),
+                                    "paraphrase_forget": sum(para) / len(para),
+                                    "neighbor_kept": sum(kept) / len(kept), "seconds_per_fact": seconds / len(facts)}
+    return out
+
+
+def bench_rewrite(model, world, facts: list[Fact]) -> dict[str, Any]:
+    hits, seconds = 0, 0.0
+    for f in tqdm(facts, desc="rome rewrite"):
+        new = Fact(f.subject, f.relation, world.alternatives(f)[0], f.prompt, f.paraphrases, f.questions,
+                   f.completions, f.held_out, f.neighbors)
+        start = time.perf_counter()
+        record = rome(model, new, RomeConfig(layer=LAYER, objective="rewrite"))
+        seconds += time.perf_counter() - start
+        hits += _rate(model, [new]) == 1.0
+        record.undo()
+    return {"rome_rewrite": {"facts": len(facts), "rewrite_efficacy": hits / len(facts),
+                             "seconds_per_fact": seconds / len(facts)}}
+
+
+def bench_memit(model, world, n: int, retain_eval) -> dict[str, Any]:
+    facts = list(world.sample(n, seed=2))
+    subjects = {f.subject for f in facts}
+    preserve = list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=4))
+    out = {}
+    for name, cfg in [("memit", MemitConfig(layers=(LAYER,), mom2_weight=300.0, progress=False)),
+                      ("memit_null_space", MemitConfig(layers=(LAYER,), null_space=True, progress=False))]:
+        start = time.perf_counter()
+        record = memit(model, facts, cfg, preserve=preserve)
+        seconds = time.perf_counter() - start
+        out[name] = {"facts": n, "efficacy": 1 - _rate(model, facts),
+                     "paraphrase_forget": 1 - _rate(model, facts, "paraphrase"),
+                     "retain_kept": _rate(model, retain_eval), "seconds": seconds}
+        record.undo()
+    return out
+
+
+def bench_sequential(model, world, n: int, retain_eval) -> dict[str, Any]:
+    facts = list(world.sample(n, seed=11))
+
+    def measure(i, record):
+        if (i + 1) % 10 == 0:
+            return {"retain_recall": _rate(model, retain_eval),
+                    "deleted_still_forgotten": 1 - _rate(model, facts[: i + 1])}
+        return None
+
+    start = time.perf_counter()
+    seq = sequence(model, facts, lambda m, f: rome(m, f, RomeConfig(layer=LAYER)), after_each=measure)
+    seconds = time.perf_counter() - start
+    seq.undo()
+    return {"rome_sequential": {"requests": n, "seconds": seconds, "curve": seq.measurements}}
+
+
+def bench_split(model, world, fraction: float, k_neurons: int) -> dict[str, Any]:
+    forget, retain = world.subjects_split(fraction, seed=0)
+    retain_train = retain.sample(600, seed=1)
+    retain_eval = retain.sample(400, seed=3)
+    start = time.perf_counter()
+    located = fisher(model, forget, retain=retain.sample(300, seed=5), config=FisherConfig(progress=False))
+    fisher_seconds = time.perf_counter() - start
+    neurons = located.to_components(k_neurons, kind="neuron")
+    out: dict[str, Any] = {"split": {"fraction": fraction, "forget_facts": len(forget),
+                                     "fisher_seconds": fisher_seconds, "located_neurons": k_neurons}}
+
+    def run(name, fn):
+        start = time.perf_counter()
+        record = fn()
+        seconds = time.perf_counter() - start
+        out[name] = {"efficacy": 1 - _rate(model, forget), "paraphrase_forget": 1 - _rate(model, forget, "paraphrase"),
+                     "retain_recall": _rate(model, retain_eval), "seconds": seconds,
+                     "parameters_touched": record.n_changed}
+        record.undo()
+
+    sample = list(world.general)
+    run("ablate_zero_located", lambda: ablate(model, neurons, "zero"))
+    run("ablate_mean_located", lambda: ablate(model, neurons, "mean", sample=sample))
+    for method in ("ga", "graddiff", "kl", "npo", "dpo"):
+        cfg = UnlearnConfig(method=method, progress=False)
+        run(f"{method}_all", lambda cfg=cfg: unlearn(model, forget, retain_train, config=cfg))
+        run(f"{method}_located", lambda cfg=cfg: unlearn(model, forget, retain_train, mask=neurons, config=cfg))
+    run("task_vector_all", lambda: task_vector(model, forget, config=TaskVectorConfig(progress=False)))
+    return out
+
+
+def run(out: str | Path, n_facts: int = 50, n_memit: int = 100, n_sequential: int = 100,
+        objectives: tuple[str, ...] = ("erase", "max_entropy", "empty", "head_projection")) -> dict:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = excise.load("organism", device="cpu")
+    world = excise.organism.world()
+    start = time.perf_counter()
+    second_moment(model, LAYER, corpus(world))
+    results: dict[str, Any] = {"layer": LAYER, "covariance_seconds": time.perf_counter() - start}
+    facts = list(world.sample(n_facts, seed=0))
+    retain_eval = list(world.sample(300, seed=21))
+    results |= bench_rome(model, facts, list(objectives))
+    results |= bench_rewrite(model, world, facts)
+    results |= bench_memit(model, world, n_memit, retain_eval)
+    results |= bench_sequential(model, world, n_sequential, retain_eval)
+    results |= bench_split(model, world, 0.05, 64)
+    results["total_seconds"] = time.perf_counter() - start
+    (out / "edit.json").write_text(json.dumps(results, indent=1))
+    (out / "edit.md").write_text(to_markdown(results))
+    return results
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    lines = ["# edit benchmark (organism)", "",
+             f"Layer {r['layer']}; key covariance computed once in {r['covariance_seconds']:.1f}s; "
+             f"total {r['total_seconds']:.0f}s.", ""]
+    rows = {k: v for k, v in r.items() if isinstance(v, dict) and "curve" not in v and k != "split"}
+    cols = ["efficacy", "paraphrase_forget", "neighbor_kept", "rewrite_efficacy", "retain_kept",
+            "retain_recall", "seconds_per_fact", "seconds", "parameters_touched"]
+    cols = [c for c in cols if any(c in v for v in rows.values())]
+    lines += ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, v in rows.items():
+        cells = []
+        for c in cols:
+            if c not in v:
+                cells.append("")
+                continue
+            miss = ""
+            if c in TARGETS and name.startswith("rome"):
+                op, bound = TARGETS[c]
+                miss = "" if (v[c] >= bound if op == ">=" else v[c] <= bound) else " (miss)"
+            cells.append(_fmt(v[c]) + miss)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    split = r.get("split")
+    if split:
+        lines += ["", f"5% split rows: {split['forget_facts']} forget facts; located = top {split['located_neurons']} "
+                      f"Fisher (forget/retain) neurons, found in {split['fisher_seconds']:.1f}s."]
+    seq = r.get("rome_sequential")
+    if seq:
+        lines += ["", f"Sequential ROME deletions ({seq['requests']} requests, {seq['seconds']:.0f}s):", "",
+                  "| after | retain recall | deleted still forgotten |", "|---|---|---|"]
+        lines += [f"| {m['after']} | {m['retain_recall']:.3f} | {m['deleted_still_forgotten']:.3f} |"
+                  for m in seq["curve"]]
+    targets = ", ".join(f"{k} {op} {b}" for k, (op, b) in TARGETS.items())
+    lines += ["", f"Targets (issue 4) for the ROME rows: {targets}; MEMIT: efficacy >= 0.95, retain_kept >= 0.95, "
+                  "seconds <= 60; sequential: retain recall >= 0.9 after 100."]
+    return "\n".join(lines) + "\n"
