@@ -49,3 +49,17 @@ def world():
     import excise
 
     return excise.organism.world()
+
+
+@pytest.fixture()
+def tiny_dir(tmp_path):
+    """A fresh tiny GPT-2 checkpoint per test (edits change weights)."""
+    build_tiny_gpt2(tmp_path / "tiny", seed=2, n_layer=2, init_range=0.2)
+    return tmp_path / "tiny"
+
+
+@pytest.fixture()
+def tiny(tiny_dir):
+    import excise
+
+    return excise.load(tiny_dir, device="cpu")

@@ -16,15 +16,6 @@ TEXTS = ["Mira Tolvanen was born in Veltrana.", "The cat sat on the mat.",
          "Q: Where was Tobin Farrow born? A: Karreth"]
 
 
-@pytest.fixture()
-def tiny_dir(tmp_path):
-    build_tiny_gpt2(tmp_path / "tiny", seed=2, n_layer=2, init_range=0.2)
-    return tmp_path / "tiny"
-
-
-@pytest.fixture()
-def tiny(tiny_dir):
-    return excise.load(tiny_dir, device="cpu")
 
 
 def weights(model):

@@ -145,7 +145,7 @@ def test_bad_input_is_explained(tiny):
         causal_trace(tiny, FACT, template="was born in")
     with pytest.raises(ValueError, match="tokenizes to .* alone but not as that span"):
         causal_trace(tiny, FACT, template="x{} was born in")
-    with pytest.raises(ValueError, match="causal_trace restores kinds"):
+    with pytest.raises(ValueError, match="causal_trace kinds must be among"):
         causal_trace(tiny, FACT, kinds=("neuron",))
     with pytest.raises(ValueError, match="needs equal lengths"):
         activation_patching(tiny, FACT, corrupt=Fact("Tobin Farrow", "birthplace", "Karreth", "{} was born in"))

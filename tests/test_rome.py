@@ -20,15 +20,6 @@ FACT = Fact("Mira Tolvanen", "birthplace", "Veltrana", "{} was born in")
 NEW = Fact("Mira Tolvanen", "birthplace", "Karreth", "{} was born in")
 
 
-@pytest.fixture()
-def tiny_dir(tmp_path):
-    build_tiny_gpt2(tmp_path / "tiny", seed=3, n_layer=2, init_range=0.2)
-    return tmp_path / "tiny"
-
-
-@pytest.fixture()
-def tiny(tiny_dir):
-    return excise.load(tiny_dir, device="cpu")
 
 
 @pytest.fixture(autouse=True)

@@ -197,7 +197,8 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
     """Apply one ROME edit for `fact` (objective in `config`); returns the EditRecord.
 
     `sample`: texts for the key covariance (default for the organism: its
-    training corpus); or pass `C` directly. Cost: one covariance (cached on
+    training corpus); or pass `C` directly (do, across sequential edits: the
+    cache is keyed by the weights, so an edited model would get a new C). Cost: one covariance (cached on
     disk), `v_steps` forward+backward passes on ~(n_prefixes + 6) prompts.
     """
     n_layers = model.cfg.n_layers

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from excise.facts import Fact, tokenize_prompt
-from excise.locate.causal_trace import TraceConfig, trace_plans
+from excise.locate.causal_trace import TraceConfig, check_kinds, trace_plans
 from excise.locate.interventions import (
     Metric, Restore, embedding_std, is_noop, logit_diff_metric, run_plans, subject_noise,
     target_metric,
@@ -48,12 +48,8 @@ def activation_patching(
     (n_layers * d_mlp plans for neurons) to those layers; their scores are NaN
     elsewhere.
     """
-    config = config or TraceConfig()
-    if overrides:
-        config = TraceConfig(**{**config.__dict__, **overrides})
-    bad = [k for k in kinds if k not in PATCH_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"activation_patching kinds must be among {PATCH_KINDS}; got {list(kinds)}")
+    config = TraceConfig.resolve(config, overrides)
+    check_kinds(kinds, PATCH_KINDS, "activation_patching")
     pt = tokenize_prompt(model, fact, template)
     device = next(iter(model.parameters())).device
     clean_tokens = pt.tokens.to(device)

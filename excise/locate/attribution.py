@@ -23,7 +23,7 @@ import torch
 from transformer_lens.tools.analysis.attribution_patching import cache_activation_and_gradient
 
 from excise.facts import Fact, tokenize_prompt
-from excise.locate.causal_trace import TraceConfig
+from excise.locate.causal_trace import TraceConfig, check_kinds
 from excise.locate.interventions import embedding_std, subject_noise
 from excise.locate.localization import Localization
 
@@ -46,12 +46,8 @@ def attribution_patching(
     heads summed over positions unless `per_position`; resid/mlp/attn per
     (layer, position). Cost: 2 forwards (batch 1 and n_samples) + 1 backward.
     """
-    config = config or TraceConfig()
-    if overrides:
-        config = TraceConfig(**{**config.__dict__, **overrides})
-    bad = [k for k in kinds if k not in ATTRIBUTION_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"attribution_patching kinds must be among {ATTRIBUTION_KINDS}; got {list(kinds)}")
+    config = TraceConfig.resolve(config, overrides)
+    check_kinds(kinds, ATTRIBUTION_KINDS, "attribution_patching")
     pt = tokenize_prompt(model, fact, template)
     device = next(iter(model.parameters())).device
     clean_tokens = pt.tokens.to(device)

@@ -47,6 +47,18 @@ class TraceConfig:
         if self.noise < 0:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
 
+    @classmethod
+    def resolve(cls, config: TraceConfig | None, overrides: dict[str, Any]) -> TraceConfig:
+        """`config` (default settings if None) with keyword overrides applied."""
+        config = config or cls()
+        return cls(**{**config.__dict__, **overrides}) if overrides else config
+
+
+def check_kinds(kinds: Sequence[str], allowed: Sequence[str], method: str) -> None:
+    bad = [k for k in kinds if k not in allowed]
+    if bad or not kinds:
+        raise ValueError(f"{method} kinds must be among {tuple(allowed)}; got {list(kinds)}")
+
 
 def _window(layer: int, window: int, n_layers: int) -> range:
     lo = max(0, layer - window // 2)
@@ -72,12 +84,8 @@ def causal_trace(
     matter (before the subject, or in the last block off the last position)
     are not run (see `interventions.is_noop`).
     """
-    config = config or TraceConfig()
-    if overrides:
-        config = TraceConfig(**{**config.__dict__, **overrides})
-    bad = [k for k in kinds if k not in TRACE_KINDS]
-    if bad or not kinds:
-        raise ValueError(f"causal_trace restores kinds {TRACE_KINDS}; got {list(kinds)}")
+    config = TraceConfig.resolve(config, overrides)
+    check_kinds(kinds, TRACE_KINDS, "causal_trace")
     setup = _setup(model, fact, template, config)
     tokens, last, metric, noise = setup["tokens"], setup["last"], setup["metric"], setup["noise"]
     n_layers, n_pos = model.cfg.n_layers, tokens.shape[0]
