@@ -210,19 +210,25 @@ class World(FactSet):
         base: list[Fact] = []
         for person in people:
             filler = rng.choice(FILLERS)
-            for rel in RELATIONS:
-                base.append(Fact(
-                    subject=person,
-                    relation=rel.name,
-                    target=rng.choice(rel.objects),
-                    prompt=rel.requests[0],
-                    paraphrases=rel.requests[1:],
-                    questions=(rel.question,),
-                    completions=(f"{{}} {filler} {rel.pronoun}",),
-                    held_out=rel.held_out,
-                ))
+            base += [_fact(person, rel, rng, filler) for rel in RELATIONS]
         facts = _with_neighbors(base, rng)
         return cls(facts, seed=seed, people=people)
+
+    def holdout(self, n_people: int = 50, seed: int = 1) -> FactSet:
+        """Facts of `n_people` fictitious people who are not in this world.
+
+        Drawn like the world's own facts (same relations, templates and object
+        distributions) from name pairs the world did not use, so a model
+        trained on this world never saw them: the non-members of membership
+        inference and the chance level of every attack.
+        """
+        used = set(self.people)
+        free = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES if f"{f} {l}" not in used]
+        if not 1 <= n_people <= len(free):
+            raise ValueError(f"n_people must be in [1, {len(free)}] (unused names), got {n_people}")
+        rng = random.Random(seed)
+        people = rng.sample(free, n_people)
+        return FactSet(_with_neighbors([_fact(p, rel, rng) for p in people for rel in RELATIONS], rng))
 
     def alternatives(self, fact: Fact) -> list[str]:
         """Every wrong object of the fact's relation (for truth ratios)."""
@@ -251,6 +257,21 @@ class World(FactSet):
         return (f"World(seed={self.seed}, {len(self.people)} people, "
                 f"{len(self.relations)} relations, {len(self)} facts, "
                 f"{len(self.general)} general sentences)")
+
+
+def _fact(person: str, rel: Relation, rng: random.Random, filler: str | None = None) -> Fact:
+    """One fact of `person`: a uniformly drawn object of `rel`, under every template."""
+    filler = filler if filler is not None else rng.choice(FILLERS)
+    return Fact(
+        subject=person,
+        relation=rel.name,
+        target=rng.choice(rel.objects),
+        prompt=rel.requests[0],
+        paraphrases=rel.requests[1:],
+        questions=(rel.question,),
+        completions=(f"{{}} {filler} {rel.pronoun}",),
+        held_out=rel.held_out,
+    )
 
 
 def _with_neighbors(base: list[Fact], rng: random.Random, k_same_relation: int = 5) -> list[Fact]:
