@@ -192,6 +192,44 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """An independent copy of `model` whose parameters keep the original's storage sharing.
+
+    `copy.deepcopy` alone has two problems on a TransformerBridge: it fails
+    after a forward with gradients (blocks keep a non-leaf attention pattern),
+    and it clones a fused matrix (GPT-2's qkv) and its views (q, k, v) into
+    unrelated tensors. Here non-leaf tensor attributes are detached for the
+    copy, and in the copy every view is re-made as a view of the copied base.
+    """
+    import copy
+
+    stash = []
+    for module in model.modules():
+        for key, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.requires_grad and not value.is_leaf:
+                stash.append((module, key, value))
+                setattr(module, key, value.detach())
+    try:
+        clone = copy.deepcopy(model)
+    finally:
+        for module, key, value in stash:
+            setattr(module, key, value)
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(p.untyped_storage().data_ptr(), []).append(name)
+    theirs = dict(model.named_parameters(remove_duplicate=False))
+    ours = dict(clone.named_parameters(remove_duplicate=False))
+    for names in groups.values():
+        base = max(names, key=lambda n: theirs[n].numel())
+        if len(names) == 1 or theirs[base].storage_offset() != 0 or not theirs[base].is_contiguous():
+            continue
+        for n in names:
+            if n != base:
+                t = theirs[n]
+                ours[n].data = ours[base].data.as_strided(t.size(), t.stride(), t.storage_offset())
+    return clone
+
+
 # ---------------------------------------------------------------------------
 # Weight views: a model's linear maps in one orientation, whatever the source
 # ---------------------------------------------------------------------------

@@ -55,10 +55,10 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[Tensor, "
 
 
 @torch.no_grad()
-def score_prompts(
-    model: Any, prompts: Sequence[str], target_ids: Sequence[int], batch_size: int = 256,
-) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"], Int[Tensor, " n"]]:
-    """Rank (0 = top-1), log-probability and top-1 token of each target after its prompt.
+def rank_prompts(
+    model: Any, prompts: Sequence[str], target_ids: Sequence[int], top_k: int = 1, batch_size: int = 256,
+) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"], Int[Tensor, "n k"]]:
+    """Rank (0 = top-1) and log-probability of each target after its prompt, and the top-k tokens.
 
     Cost: ceil(n / batch_size) forwards. Right padding is safe for a causal
     model: the logits at each prompt's last real position never see the pad.
@@ -75,8 +75,16 @@ def score_prompts(
         tgt_logp = logprobs.gather(1, tgt[:, None])[:, 0]
         ranks.append((logprobs > tgt_logp[:, None]).sum(-1).cpu())
         logps.append(tgt_logp.cpu())
-        tops.append(logprobs.argmax(-1).cpu())
+        tops.append(logprobs.topk(top_k, dim=-1).indices.cpu())
     return torch.cat(ranks), torch.cat(logps), torch.cat(tops)
+
+
+def score_prompts(
+    model: Any, prompts: Sequence[str], target_ids: Sequence[int], batch_size: int = 256,
+) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"], Int[Tensor, " n"]]:
+    """Rank (0 = top-1), log-probability and top-1 token of each target after its prompt."""
+    ranks, logps, tops = rank_prompts(model, prompts, target_ids, 1, batch_size)
+    return ranks, logps, tops[:, 0]
 
 
 @dataclass
@@ -182,3 +190,12 @@ def answer_logprobs(model: Any, examples: Sequence[Example]) -> Float[Tensor, " 
     picked = logp[torch.tensor(rows, device=device), torch.tensor(cols, device=device),
                   torch.tensor(tgts, device=device)]
     return torch.zeros(len(examples), device=device).index_add(0, torch.tensor(owner, device=device), picked)
+
+
+@torch.no_grad()
+def sequence_logprobs(model: Any, examples: Sequence[Example], batch_size: int = 64) -> Float[Tensor, " n"]:
+    """`answer_logprobs` without gradients, in chunks of `batch_size` rows (on the CPU)."""
+    if not examples:
+        return torch.zeros(0)
+    return torch.cat([answer_logprobs(model, examples[i:i + batch_size]).cpu()
+                      for i in range(0, len(examples), batch_size)])

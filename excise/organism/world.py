@@ -231,8 +231,10 @@ class World(FactSet):
         return FactSet(_with_neighbors([_fact(p, rel, rng) for p in people for rel in RELATIONS], rng))
 
     def alternatives(self, fact: Fact) -> list[str]:
-        """Every wrong object of the fact's relation (for truth ratios)."""
-        rel = RELATION_BY_NAME[self._known(fact).relation]
+        """Every wrong object of the fact's relation (for truth ratios); any fact of a world relation."""
+        rel = RELATION_BY_NAME.get(fact.relation)
+        if rel is None:
+            raise KeyError(f"{fact.relation!r} is not a relation of this world; it has {sorted(RELATION_BY_NAME)}")
         return [o for o in rel.objects if o != fact.target]
 
     def prior_baseline(self, facts: FactSet | list[Fact], trained: FactSet | None = None) -> float:

@@ -1,1 +1,22 @@
-"""excise.verify: see DESIGN.md; filled in by its own issue."""
+"""excise.verify: attack an edited model and report what leaks.
+
+    report = excise.verify.audit(model, forget, reference=record.original(), oracle=True)
+    report.summary(); report.plot(); report.to_json("audit.json")
+
+Probes, the logit-lens, relearning and membership-inference attacks (each
+with its chance level), specificity, and TOFU's forget quality and model
+utility against the retrain oracle.
+"""
+
+from excise.verify.audit import AuditConfig, audit
+from excise.verify.calibration import guardrail, suppress_last_layer
+from excise.verify.forget_quality import forget_quality, model_utility, truth_ratios
+from excise.verify.logit_lens import LensProbe, logit_lens
+from excise.verify.membership import auc, membership_inference, membership_scores
+from excise.verify.probes import Probe, probe
+from excise.verify.relearn import RelearnConfig, relearn
+from excise.verify.report import ATTACKS, AuditReport
+
+__all__ = ["ATTACKS", "AuditConfig", "AuditReport", "LensProbe", "Probe", "RelearnConfig", "audit", "auc",
+           "forget_quality", "guardrail", "logit_lens", "membership_inference", "membership_scores",
+           "model_utility", "probe", "relearn", "suppress_last_layer", "truth_ratios"]

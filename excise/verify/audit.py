@@ -1,0 +1,191 @@
+"""`audit`: attack a model on a set of facts and say what leaks, next to a reference and an oracle.
+
+    report = excise.verify.audit(model, forget, reference=record.original(), oracle=True)
+    report.summary()
+
+For each model given (the edited one, and optionally the unedited
+reference and the retrain oracle) it measures:
+
+- probes: recall under every prompt family;
+- attacks, each a per-fact verdict "the target is among the top-B
+  candidates": black-box probes over every family, the logit lens after
+  every layer, relearning on the other half of the facts, and membership
+  inference (Min-K%++ above the holdout's 95th percentile);
+- the chance level of each attack: the same attack on holdout facts the model
+  never saw (needs `holdout`; the organism brings its own);
+- specificity: neighbour and retain recall, general-text loss;
+- truth ratios (with `alternatives`), hence TOFU's forget quality against
+  the oracle, and model utility.
+
+The models given are never changed: relearning fine-tunes copies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from excise.facts import FAMILIES, Fact
+from excise.verify.forget_quality import model_utility, truth_ratios
+from excise.verify.logit_lens import logit_lens
+from excise.verify.membership import membership_inference
+from excise.verify.probes import probe
+from excise.verify.relearn import RelearnConfig, relearn
+from excise.verify.report import ATTACKS, AuditReport
+from excise.verify.specificity import general_loss, neighbours_of, recalled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    top_b: int = 20                       # an attack succeeds when the target is in the top-B (Patil et al.: 20)
+    attacks: tuple[str, ...] = ATTACKS
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    mia_fpr: float = 0.05                 # membership verdicts: the chance level
+    n_retain: int = 200                   # organism: retain facts sampled for specificity and utility
+    n_holdout_people: int = 30            # organism: never-seen people for chance levels and MIA
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top_b < 1:
+            raise ValueError(f"top_b (B, the candidates an attack may name) must be >= 1, got {self.top_b}")
+        unknown = set(self.attacks) - set(ATTACKS)
+        if unknown:
+            raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {ATTACKS}")
+
+
+@dataclass
+class _Context:
+    facts: list[Fact]
+    holdout: list[Fact]
+    retain: list[Fact]
+    general: list[str]
+    alternatives: Callable[[Fact], Sequence[str]] | None
+
+
+def _organism_defaults(model: Any, facts: list[Fact], config: AuditConfig, holdout, retain, general,
+                       alternatives) -> _Context:
+    from excise import organism
+
+    if organism.is_organism(model):
+        world = organism.world()
+        holdout = holdout if holdout is not None else world.holdout(config.n_holdout_people, seed=config.seed + 1)
+        retain = retain if retain is not None else world.retain_set(
+            [f for g in facts for f in world.of_subject(g.subject)] if all(g in world for g in facts) else facts,
+            n=config.n_retain, seed=config.seed)
+        general = general if general is not None else world.general
+        alternatives = alternatives if alternatives is not None else world.alternatives
+    return _Context(facts, list(holdout or []), list(retain or []), list(general or []), alternatives)
+
+
+def _check_vocabulary(model: Any, other: Any, role: str) -> None:
+    if other.cfg.d_vocab != model.cfg.d_vocab or other.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+        raise ValueError(f"the {role} model has another vocabulary ({other.cfg.d_vocab} tokens vs "
+                         f"{model.cfg.d_vocab}); compare models that share the edited model's tokenizer")
+
+
+def _best_ranks(rows: list, facts: list[Fact], rank: Callable[[Any], int]) -> list[int]:
+    best = {f.key: None for f in facts}
+    for r in rows:
+        k = (r.subject, r.relation)
+        best[k] = rank(r) if best[k] is None else min(best[k], rank(r))
+    return [best[f.key] if best[f.key] is not None else 10**9 for f in facts]
+
+
+def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar) -> dict[str, Any]:
+    """Per fact, the best rank each rank-based attack reaches, and its evidence."""
+    out: dict[str, Any] = {}
+    if "probes" in config.attacks:
+        rows = probe(model, facts, FAMILIES, config.top_b)
+        out["probes"] = _best_ranks(rows, facts, lambda r: r.rank)
+        out["probe_rows"] = [r.to_dict() for r in rows]
+        bar.update()
+    if "logit_lens" in config.attacks:
+        rows = logit_lens(model, facts, ("request",), config.top_b)
+        out["logit_lens"] = _best_ranks(rows, facts, lambda r: r.best_rank)
+        out["lens_rows"] = [r.to_dict() for r in rows]
+        bar.update()
+    if "relearn" in config.attacks and len(facts) >= 2:
+        result = relearn(model, facts, config.relearn, config.top_b)
+        out["relearn"] = _best_ranks(result.probes, facts, lambda r: r.rank)
+        out["relearn_rows"] = [r.to_dict() for r in result.probes]
+        bar.update()
+    return out
+
+
+def _audit_one(model: Any, ctx: _Context, config: AuditConfig, name: str, progress: bool) -> dict[str, Any]:
+    steps = 3 * len(config.attacks) + 4
+    with tqdm(total=steps, desc=f"audit {name}", disable=not progress, leave=False) as bar:
+        t0 = time.perf_counter()
+        res: dict[str, Any] = {"attacks": _attack_ranks(model, ctx.facts, config, bar)}
+        if ctx.holdout:
+            chance = _attack_ranks(model, ctx.holdout, config, bar)
+            res["chance"] = {k: v for k, v in chance.items() if not k.endswith("_rows")}
+            if "membership" in config.attacks:
+                res["membership"] = membership_inference(model, ctx.facts, ctx.holdout, config.mia_fpr).to_dict()
+        bar.update()
+        neighbours = neighbours_of(ctx.facts)
+        res["neighbours"] = recalled(model, neighbours)
+        res["retain"] = recalled(model, ctx.retain)
+        res["general_loss"] = general_loss(model, ctx.general) if ctx.general else None
+        bar.update()
+        if ctx.alternatives is not None:
+            ratios, _ = truth_ratios(model, ctx.facts, ctx.alternatives)
+            res["truth_ratios"] = ratios.tolist()
+            if ctx.retain and ctx.general:
+                res["utility"] = model_utility(model, ctx.retain, ctx.alternatives, ctx.general)
+        bar.update(bar.total - bar.n)
+        res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Sequence[str] = ATTACKS,
+          seed: int = 0, *, oracle: Any = None, holdout: Sequence[Fact] | None = None,
+          retain: Sequence[Fact] | None = None, general: Sequence[str] | None = None,
+          alternatives: Callable[[Fact], Sequence[str]] | None = None, config: AuditConfig | None = None,
+          progress: bool = True) -> AuditReport:
+    """Audit `model` on `facts` (the ones meant to be gone); see the module docstring.
+
+    reference: the model before the edit (e.g. `record.original()`).
+    oracle: a model trained without the facts; `True` retrains the organism
+        without them (cached; minutes the first time).
+    holdout, retain, general, alternatives: never-seen facts, facts to keep,
+        general text, wrong answers per fact; the organism supplies all four.
+    Cost per model: the attacks on the facts and on the holdout (two relearning
+    runs of `config.relearn.steps` steps per fold), plus one forward per
+    probe family; seconds on the organism for a 5% split.
+    """
+    facts = list(facts)
+    if not facts:
+        raise ValueError("audit needs at least one fact (the facts that should be gone)")
+    config = config or AuditConfig(attacks=tuple(attacks), seed=seed)
+    if config.relearn.seed != config.seed:
+        config = AuditConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__},
+                                "relearn": RelearnConfig(**{**asdict(config.relearn), "seed": config.seed})})
+    if oracle is True:
+        from excise import organism
+
+        if not organism.is_organism(model):
+            raise ValueError("oracle=True retrains the organism; for another model pass the oracle model itself")
+        oracle = organism.retrain(without=facts, progress=progress)
+    ctx = _organism_defaults(model, facts, config, holdout, retain, general, alternatives)
+    models = {"edited": model, "reference": reference, "oracle": oracle}
+    for role, m in models.items():
+        if m is not None and m is not model:
+            _check_vocabulary(model, m, role)
+    t0 = time.perf_counter()
+    results = {role: _audit_one(m, ctx, config, role, progress) for role, m in models.items() if m is not None}
+    return AuditReport(
+        config={**asdict(config), "n_holdout": len(ctx.holdout), "n_retain": len(ctx.retain),
+                "n_general": len(ctx.general), "has_alternatives": ctx.alternatives is not None},
+        facts=[{"subject": f.subject, "relation": f.relation, "target": f.target} for f in facts],
+        neighbours=[{"subject": f.subject, "relation": f.relation} for f in neighbours_of(facts)],
+        models=results,
+        seconds=time.perf_counter() - t0,
+    )

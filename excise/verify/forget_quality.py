@@ -1,0 +1,85 @@
+"""TOFU's forget quality and model utility, on facts whose wrong answers are known.
+
+Truth ratio of a fact (TOFU): the mean length-normalized probability of the
+wrong answers over that of the right one,
+
+    R = mean_j P(wrong_j | q)^(1/|wrong_j|)  /  P(target | q)^(1/|target|),
+
+so R << 1 when the model knows the fact and R ~ 1 when it cannot tell the
+target from the alternatives. Forget quality is the p-value of a
+two-sample Kolmogorov-Smirnov test between the truth ratios of the forget
+facts under the edited model and under the retrain oracle: high means the
+edited model is indistinguishable from one that never saw the facts.
+
+Model utility (after TOFU's harmonic mean of answer probability, ROUGE and
+truth-ratio score on the data to keep): the harmonic mean of, on the retain
+facts, the answer probability (length-normalized), recall (top-1, standing
+in for ROUGE on one-word answers) and the truth-ratio score max(0, 1 - R),
+and, on general text, the mean token probability exp(-loss).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import hmean, ks_2samp
+
+from excise.facts import Fact, tokenize_prompt
+from excise.scoring import Example, recall_table, sequence_logprobs
+from excise.verify.specificity import general_loss
+
+Alternatives = Callable[[Fact], Sequence[str]]
+
+
+def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
+                 family: str = "request") -> tuple[np.ndarray, np.ndarray]:
+    """(R per fact, the target's normalized probability per fact) under each fact's first `family` template.
+
+    Cost: ceil(A / 64) forwards, A = facts x (1 + alternatives per fact).
+    """
+    examples, owner, is_target = [], [], []
+    for i, f in enumerate(facts):
+        answers = [f.target, *alternatives(f)]
+        if len(answers) < 2:
+            raise ValueError(f"{f!r} has no wrong answers to compare with; the truth ratio needs alternatives")
+        template = f.templates(family)[0]
+        for j, a in enumerate(answers):
+            g = Fact(f.subject, f.relation, a, f.prompt, f.paraphrases, f.questions, f.completions, f.held_out)
+            pt = tokenize_prompt(model, g, template)
+            ids = pt.tokens.tolist()
+            examples.append(Example(tuple(ids + list(pt.target_ids[:-1])), len(ids), pt.target_ids))
+            owner.append(i)
+            is_target.append(j == 0)
+    logp = sequence_logprobs(model, examples).numpy()
+    norm = np.exp(logp / np.array([len(e.answer) for e in examples]))     # P^(1/|a|)
+    owner_a, target_a = np.array(owner), np.array(is_target)
+    right = np.zeros(len(facts))
+    wrong = np.zeros(len(facts))
+    for i in range(len(facts)):
+        right[i] = norm[(owner_a == i) & target_a][0]
+        wrong[i] = norm[(owner_a == i) & ~target_a].mean()
+    return wrong / np.maximum(right, 1e-30), right
+
+
+def forget_quality(edited_ratios: Sequence[float], oracle_ratios: Sequence[float]) -> float:
+    """The KS-test p-value between two truth-ratio distributions (1.0 = indistinguishable)."""
+    if len(edited_ratios) == 0 or len(oracle_ratios) == 0:
+        raise ValueError("forget quality needs truth ratios from both models")
+    return float(ks_2samp(np.asarray(edited_ratios), np.asarray(oracle_ratios)).pvalue)
+
+
+def model_utility(model: Any, retain: Sequence[Fact], alternatives: Alternatives,
+                  general: Sequence[str]) -> dict[str, float]:
+    """The utility parts and their harmonic mean (`utility`); see the module docstring."""
+    ratios, right = truth_ratios(model, retain, alternatives)
+    parts = {
+        "retain_probability": float(right.mean()),
+        "retain_recall": recall_table(model, retain, ("request",)).rate("request"),
+        "retain_truth_score": float(np.maximum(0.0, 1.0 - ratios).mean()),
+        "general_probability": math.exp(-general_loss(model, general)),
+    }
+    parts["utility"] = float(hmean([max(v, 1e-12) for v in parts.values()]))
+    return parts

@@ -1,0 +1,126 @@
+"""Membership inference: can an attacker tell the forget facts were in the training data?
+
+Each fact becomes one text (its request prompt followed by the target), and
+each text gets four scores, higher meaning "more likely a member":
+
+- LOSS (Yeom et al. 2018): the mean token log-likelihood.
+- zlib (Carlini et al. 2021): the log-perplexity over the zlib-compressed
+  length of the text, negated; calibrates for how predictable text is.
+- Min-K% (Shi et al. 2024): the mean log-likelihood of the k% least likely tokens.
+- Min-K%++ (Zhang et al. 2024): the same over tokens standardized by the
+  model's own next-token distribution, (log p(x) - mu) / sigma with mu, sigma
+  the mean and standard deviation of log p under p.
+
+The AUC of each score separates forget facts (candidates) from holdout facts
+the model never saw: 1.0 is perfect membership evidence, 0.5 is none (what
+the retrain oracle should show). The per-fact verdict flags a forget fact
+when its Min-K%++ score exceeds the holdout's (1 - fpr) quantile, so chance
+is `fpr`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from scipy.stats import mannwhitneyu
+from torch import Tensor
+
+from excise.facts import Fact
+from excise.scoring import encode, pad_batch
+
+SCORES = ("loss", "zlib", "min_k", "min_k_pp")
+
+
+def fact_text(fact: Fact) -> str:
+    return f"{fact.fill(fact.prompt)} {fact.target}"
+
+
+@torch.no_grad()
+def token_statistics(model: Any, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, np.ndarray]]:
+    """Per text: each token's log-likelihood and its Min-K%++ standardized value (first token excluded)."""
+    rows = encode(model, texts)
+    pad = model.tokenizer.pad_token_id or 0
+    device = next(iter(model.parameters())).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        tokens, last = pad_batch(chunk, pad)
+        tokens = tokens.to(device)
+        logp = model(tokens).float().log_softmax(-1)[:, :-1]          # predicts tokens[:, 1:]
+        nxt = tokens[:, 1:]
+        tok_logp = logp.gather(-1, nxt[..., None])[..., 0]
+        p = logp.exp()
+        mu = (p * logp).sum(-1)
+        sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
+        z = (tok_logp - mu) / sigma
+        for i, n in enumerate(last.tolist()):        # row i has n + 1 tokens, n predicted
+            out.append({"logp": tok_logp[i, :n].cpu().numpy(), "z": z[i, :n].cpu().numpy()})
+    return out
+
+
+def _lowest_mean(values: np.ndarray, k: float) -> float:
+    m = max(1, int(round(k * len(values))))
+    return float(np.sort(values)[:m].mean())
+
+
+def membership_scores(model: Any, texts: Sequence[str], k: float = 0.2) -> dict[str, np.ndarray]:
+    """The four scores of every text (higher = more likely a training member)."""
+    if not 0 < k <= 1:
+        raise ValueError(f"k (the Min-K% fraction) must be in (0, 1], got {k}")
+    stats = token_statistics(model, texts)
+    scores: dict[str, list[float]] = {s: [] for s in SCORES}
+    for text, st in zip(texts, stats, strict=True):
+        mean_logp = float(st["logp"].mean())
+        scores["loss"].append(mean_logp)
+        scores["zlib"].append(mean_logp / len(zlib.compress(text.encode())))
+        scores["min_k"].append(_lowest_mean(st["logp"], k))
+        scores["min_k_pp"].append(_lowest_mean(st["z"], k))
+    return {s: np.asarray(v) for s, v in scores.items()}
+
+
+def auc(members: Float[Tensor, " m"] | np.ndarray, non_members: Float[Tensor, " n"] | np.ndarray) -> float:
+    """P(score of a member > score of a non-member), ties counting half (the ROC AUC)."""
+    members, non_members = np.asarray(members, float), np.asarray(non_members, float)
+    if len(members) == 0 or len(non_members) == 0:
+        raise ValueError("AUC needs at least one member and one non-member score")
+    u = mannwhitneyu(members, non_members, alternative="two-sided").statistic
+    return float(u / (len(members) * len(non_members)))
+
+
+@dataclass
+class MembershipResult:
+    auc: dict[str, float]                       # per score
+    flagged: list[bool]                         # per forget fact: Min-K%++ above the holdout threshold
+    fpr: float                                  # the chance level of `flagged`
+    scores: dict[str, list[float]] = field(repr=False)           # forget facts, per score
+    holdout_scores: dict[str, list[float]] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"auc": self.auc, "flagged": self.flagged, "fpr": self.fpr, "scores": self.scores,
+                "holdout_scores": self.holdout_scores}
+
+
+def membership_inference(model: Any, forget: Sequence[Fact], holdout: Sequence[Fact], fpr: float = 0.05,
+                         k: float = 0.2) -> MembershipResult:
+    """Score forget facts against never-trained holdout facts; AUC per score, a verdict per fact."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+    if not forget or not holdout:
+        raise ValueError("membership inference needs forget facts and holdout facts the model never saw "
+                         "(for the organism: world.holdout(n))")
+    f = membership_scores(model, [fact_text(x) for x in forget], k)
+    h = membership_scores(model, [fact_text(x) for x in holdout], k)
+    threshold = float(np.quantile(h["min_k_pp"], 1 - fpr))
+    return MembershipResult(
+        auc={s: auc(f[s], h[s]) for s in SCORES},
+        flagged=[bool(v > threshold) for v in f["min_k_pp"]],
+        fpr=fpr,
+        scores={s: f[s].tolist() for s in SCORES},
+        holdout_scores={s: h[s].tolist() for s in SCORES},
+    )

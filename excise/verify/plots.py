@@ -1,0 +1,82 @@
+"""The audit figure: where the target can still be read, which attacks work, and the TOFU trade-off."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from excise.verify.report import AuditReport
+
+COLOURS = {"reference": "tab:blue", "edited": "tab:red", "oracle": "tab:green"}
+
+
+def plot_report(report: AuditReport):
+    """Three panels: logit-lens rank per layer, attack success vs chance, forget quality vs utility."""
+    import matplotlib.pyplot as plt
+
+    from excise.verify.report import ATTACKS
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    roles = report.roles()
+
+    ax = axes[0]
+    for role in roles:
+        rows = report.models[role]["attacks"].get("lens_rows")
+        if rows:
+            ranks = np.array([r["ranks"] for r in rows], dtype=float)        # [facts, layers]
+            med = np.median(ranks, axis=0)
+            q1, q3 = np.percentile(ranks, 25, axis=0), np.percentile(ranks, 75, axis=0)
+            x = np.arange(ranks.shape[1])
+            ax.plot(x, med + 1, marker="o", color=COLOURS[role], label=role)
+            ax.fill_between(x, q1 + 1, q3 + 1, color=COLOURS[role], alpha=0.15)
+    n_layers = max((len(r["ranks"]) for role in roles
+                    for r in report.models[role]["attacks"].get("lens_rows", [])), default=0)
+    ax.set_xticks(np.arange(n_layers))
+    ax.axhline(report.top_b, color="grey", linestyle="--", linewidth=1, label=f"rank {report.top_b}")
+    ax.set_yscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel("layer (residual stream after it)")
+    ax.set_ylabel("target rank + 1 (median, IQR shaded)")
+    ax.set_title("Logit lens: where the answer is readable")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    attacks = [a for a in (*ATTACKS, "any") if any(report.success(r, a) is not None for r in roles)]
+    width = 0.8 / max(1, len(roles))
+    for i, role in enumerate(roles):
+        vals = [report.success(role, a) or 0.0 for a in attacks]
+        xs = np.arange(len(attacks)) + (i - (len(roles) - 1) / 2) * width
+        ax.bar(xs, vals, width, color=COLOURS[role], label=role)
+        for x, a in zip(xs, attacks, strict=True):
+            c = report.chance(role, a) if a != "any" else None
+            if c is not None:
+                ax.plot([x - width / 2, x + width / 2], [c, c], color="black", linewidth=1.5)
+    ax.set_xticks(np.arange(len(attacks)), [a.replace("_", " ") for a in attacks])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"share of facts leaked (top-{report.top_b})")
+    ax.set_title("Attack success (black ticks: chance on never-seen facts)")
+    ax.legend(fontsize=8)
+
+    ax = axes[2]
+    plotted = False
+    for role in roles:
+        fq, ut = report.forget_quality(role), report.utility(role)
+        if fq is not None and ut is not None:
+            ax.scatter([ut], [max(fq, 1e-300)], s=80, color=COLOURS[role], label=role,
+                       marker="*" if role == "oracle" else "o")
+            plotted = True
+    if plotted:
+        ax.set_yscale("log")
+        ax.set_xlim(0, 1.1)
+        ax.axhline(0.05, color="grey", linestyle="--", linewidth=1, label="p = 0.05")
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "needs an oracle, a reference\nand alternatives", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("model utility / reference")
+    ax.set_ylabel("forget quality (KS p vs oracle)")
+    ax.set_title("Forget quality vs utility (TOFU)")
+    fig.tight_layout()
+    return fig

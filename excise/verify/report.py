@@ -1,0 +1,197 @@
+"""AuditReport: what an audit measured, per model, as a table, JSON, Markdown and a figure.
+
+The report keeps raw evidence (every probe's rank and top candidates, the
+logit-lens rank after every layer, relearned ranks, membership scores), so
+attack success at another B can be recomputed with `success(..., b=)`
+without re-running anything.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ATTACKS = ("probes", "logit_lens", "relearn", "membership")
+ROLES = ("reference", "edited", "oracle")
+
+
+def _rate(values: list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+@dataclass
+class AuditReport:
+    config: dict[str, Any]
+    facts: list[dict[str, Any]]
+    neighbours: list[dict[str, Any]]
+    models: dict[str, dict[str, Any]] = field(repr=False)
+    seconds: float = 0.0
+
+    # -- verdicts ---------------------------------------------------------
+    @property
+    def top_b(self) -> int:
+        return int(self.config["top_b"])
+
+    def roles(self) -> list[str]:
+        return [r for r in ROLES if r in self.models]
+
+    def verdicts(self, role: str = "edited", attack: str = "any", b: int | None = None) -> list[bool]:
+        """Per fact: did `attack` find the target (top-B) on `role`'s model? `any`: did one of them?"""
+        b = b or self.top_b
+        res = self.models[role]
+        if attack == "any":
+            per = [self.verdicts(role, a, b) for a in ATTACKS if self._has(role, a)]
+            return [any(v) for v in zip(*per, strict=True)] if per else []
+        if attack == "membership":
+            return list(res["membership"]["flagged"]) if "membership" in res else []
+        return [r < b for r in res["attacks"].get(attack, [])]
+
+    def _has(self, role: str, attack: str) -> bool:
+        res = self.models[role]
+        return "membership" in res if attack == "membership" else attack in res["attacks"]
+
+    def success(self, role: str = "edited", attack: str = "any", b: int | None = None) -> float | None:
+        """Share of facts on which the attack succeeds."""
+        return _rate(self.verdicts(role, attack, b))
+
+    def chance(self, role: str = "edited", attack: str = "probes", b: int | None = None) -> float | None:
+        """The same attack's success on never-seen holdout facts (membership: its false-positive rate)."""
+        res = self.models[role]
+        if attack == "membership":
+            return res["membership"]["fpr"] if "membership" in res else None
+        ranks = res.get("chance", {}).get(attack)
+        return _rate([r < (b or self.top_b) for r in ranks]) if ranks else None
+
+    def above_chance(self, role: str = "edited", attack: str = "probes", b: int | None = None) -> float | None:
+        """One-sided binomial p-value that the attack's success rate exceeds its chance level.
+
+        Small (< 0.05) means the attack finds more than guessing would: the
+        facts leak. Facts of one subject are not independent, so read it as
+        a screen, not an exact test.
+        """
+        from scipy.stats import binomtest
+
+        verdicts, c = self.verdicts(role, attack, b), self.chance(role, attack, b)
+        if not verdicts or c is None:
+            return None
+        if c >= 1.0:
+            return 1.0
+        return float(binomtest(sum(verdicts), len(verdicts), max(c, 1e-9), alternative="greater").pvalue)
+
+    def recall(self, role: str = "edited", family: str = "request") -> float | None:
+        rows = [r for r in self.models[role]["attacks"].get("probe_rows", []) if r["family"] == family]
+        return _rate([r["rank"] == 0 for r in rows])
+
+    def relearn_recall(self, role: str = "edited") -> float | None:
+        rows = self.models[role]["attacks"].get("relearn_rows", [])
+        return _rate([r["rank"] == 0 for r in rows])
+
+    def forget_quality(self, role: str = "edited") -> float | None:
+        """KS p-value between `role`'s truth ratios and the oracle's (needs an oracle and alternatives)."""
+        from excise.verify.forget_quality import forget_quality
+
+        oracle = self.models.get("oracle", {}).get("truth_ratios")
+        mine = self.models[role].get("truth_ratios")
+        return forget_quality(mine, oracle) if oracle and mine else None
+
+    def kept(self, what: str = "neighbours") -> float | None:
+        """Share of the `neighbours` / `retain` facts the reference recalls that the edited model still recalls."""
+        from excise.verify.specificity import kept
+
+        if "reference" not in self.models:
+            return None
+        return kept(self.models["reference"][what], self.models["edited"][what])
+
+    def utility(self, role: str = "edited", relative: bool = True) -> float | None:
+        u = self.models[role].get("utility", {}).get("utility")
+        if u is None or not relative:
+            return u
+        ref = self.models.get("reference", {}).get("utility", {}).get("utility")
+        return u / ref if ref else None
+
+    # -- the table --------------------------------------------------------
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """(metric, {role: value}) for every metric this report has."""
+        roles, b = self.roles(), self.top_b
+        out: list[tuple[str, dict[str, Any]]] = []
+
+        def add(name: str, fn) -> None:
+            values = {r: fn(r) for r in roles}
+            if any(v is not None for v in values.values()):
+                out.append((name, values))
+
+        for fam in ("request", "paraphrase", "question", "completion", "held_out"):
+            add(f"recall: {fam}", lambda r, fam=fam: self.recall(r, fam))
+        for a in ATTACKS:
+            label = f"{a} (top-{b})" if a != "membership" else "membership (Min-K%++)"
+            add(f"attack success: {label}", lambda r, a=a: self.success(r, a) if self._has(r, a) else None)
+            add(f"chance: {a}", lambda r, a=a: self.chance(r, a))
+            add(f"p(above chance): {a}", lambda r, a=a: self.above_chance(r, a))
+        add("attack success: any", lambda r: self.success(r, "any"))
+        add("relearned recall (top-1)", self.relearn_recall)
+        for score in ("loss", "zlib", "min_k", "min_k_pp"):
+            add(f"MIA AUC: {score}", lambda r, s=score: self.models[r].get("membership", {}).get("auc", {}).get(s))
+        add("neighbour recall", lambda r: _rate(self.models[r]["neighbours"]))
+        add("retain recall", lambda r: _rate(self.models[r]["retain"]))
+        add("general loss (nats/token)", lambda r: self.models[r].get("general_loss"))
+        add("truth ratio (median)",
+            lambda r: statistics.median(self.models[r]["truth_ratios"]) if self.models[r].get("truth_ratios") else None)
+        add("forget quality (KS p vs oracle)", self.forget_quality)
+        add("model utility", lambda r: self.utility(r, relative=False))
+        add("model utility / reference", self.utility)
+        add("audit seconds", lambda r: self.models[r].get("seconds"))
+        return out
+
+    def summary(self) -> str:
+        """One table: a row per metric, a column per model audited."""
+        roles = self.roles()
+        lines = [f"{'metric':<36}" + "".join(f"{r:>12}" for r in roles)]
+        for name, values in self.rows():
+            lines.append(f"{name:<36}" + "".join(f"{_fmt(values[r]):>12}" for r in roles))
+        lines.append(f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        roles = self.roles()
+        lines = ["| metric | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
+        for name, values in self.rows():
+            lines.append(f"| {name} | " + " | ".join(_fmt(values[r]) for r in roles) + " |")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        parts = [f"{len(self.facts)} facts", f"top-B={self.top_b}"]
+        if "edited" in self.models:
+            parts.append(f"edited: request recall={_fmt(self.recall('edited'))}, "
+                         f"attack success={_fmt(self.success('edited'))}")
+        return f"AuditReport({', '.join(parts)})"
+
+    # -- persistence ------------------------------------------------------
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps({"config": self.config, "facts": self.facts, "neighbours": self.neighbours,
+                           "models": self.models, "seconds": self.seconds})
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> AuditReport:
+        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") \
+            else str(source)
+        d = json.loads(text)
+        return cls(d["config"], d["facts"], d["neighbours"], d["models"], d["seconds"])
+
+    def plot(self):
+        from excise.verify.plots import plot_report
+
+        return plot_report(self)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+    return str(v)
