@@ -3,6 +3,7 @@
     excise demo            load the built-in organism and print how well it knows its world
     excise bench locate    speed and faithfulness of the locate methods (writes locate.json/.md)
     excise bench edit      efficacy, specificity and cost of every edit method (writes edit.json/.md)
+    excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
 
 The demo grows into the full locate -> edit -> verify run as those land.
 """
@@ -64,6 +65,12 @@ def _bench(args: argparse.Namespace) -> int:
         results = run(args.out, **sizes)
         print(to_markdown(results))
         print(f"wrote {Path(args.out) / 'edit.json'} and {Path(args.out) / 'edit.md'}")
+    elif args.suite == "verify":
+        from excise.bench.verify import run
+
+        run(args.out, fraction=0.05, seed=args.seed)
+        print((Path(args.out) / "verify.md").read_text())
+        print(f"wrote {Path(args.out) / 'verify.json'} and {Path(args.out) / 'verify.md'}")
     return 0
 
 
@@ -76,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "verify"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)

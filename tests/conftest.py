@@ -63,3 +63,20 @@ def tiny(tiny_dir):
     import excise
 
     return excise.load(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def oracle_5pct(world, tmp_path_factory):
+    """(forget, retain, oracle, cache dir): the organism retrained without the 5% split, once per session.
+
+    About 3 minutes on 2 cores; every slow test that needs this oracle shares it.
+    """
+    import excise
+
+    cache = tmp_path_factory.mktemp("excise_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("EXCISE_CACHE", str(cache))
+    forget, retain = world.subjects_split(0.05, seed=0)
+    oracle = excise.organism.retrain(without=forget, progress=False, device="cpu")
+    yield forget, retain, oracle, cache
+    patch.undo()

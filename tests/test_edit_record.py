@@ -175,3 +175,15 @@ def test_bad_input(tiny):
         ablate(tiny, [Component(0, "neuron", 1)], mode="mean")
     with pytest.raises(ValueError, match="only neuron, head"):
         ablate(tiny, [Component(0, "resid")])
+
+
+def test_original_is_the_unedited_copy_and_leaves_the_model_edited(tiny):
+    before = excise.fingerprint(tiny)
+    record = ablate(tiny, COMPONENTS)
+    after = excise.fingerprint(tiny)
+    assert after != before
+    reference = record.original()
+    assert excise.fingerprint(reference) == before
+    assert excise.fingerprint(tiny) == after
+    assert record.original() is reference                       # made once
+    assert torch.equal(logits(reference), logits(record.undo()))

@@ -36,11 +36,10 @@ def test_recall_rows_carry_evidence(table):
 
 
 @pytest.mark.slow
-def test_retrain_oracle_forgets_only_what_it_never_saw(world, tmp_path, monkeypatch):
+def test_retrain_oracle_forgets_only_what_it_never_saw(world, oracle_5pct, monkeypatch):
     """Trained without 5% of people: chance on them, the rest intact."""
-    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path))
-    forget, retain = world.subjects_split(0.05, seed=0)
-    oracle = excise.organism.retrain(without=forget, progress=False, device="cpu")
+    forget, retain, oracle, cache = oracle_5pct
+    monkeypatch.setenv("EXCISE_CACHE", str(cache))
     forgot = recall_table(oracle, forget, ("request",)).rate("request")
     kept = recall_table(oracle, retain, ("request",)).rate("request")
     baseline = world.prior_baseline(forget)

@@ -84,6 +84,7 @@ class EditRecord:
     after_hash: str
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    _original: torch.nn.Module | None = field(default=None, repr=False, compare=False)
 
     # -- applying ---------------------------------------------------------
     def _params(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -136,6 +137,21 @@ class EditRecord:
     def apply(self, model: torch.nn.Module | None = None, force: bool = False) -> torch.nn.Module:
         """Write the after values (bit for bit); refused unless the model is in the before state."""
         return self._write(model, "after", self.before_hash, force)
+
+    def original(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        """A copy of the model as it was before this edit: the reference for an audit.
+
+        Made on first call (one copy of the weights) and kept; the model
+        itself is not touched.
+        """
+        from excise.models import copy_model
+
+        if self._original is None:
+            model = model if model is not None else self.model
+            if model is None:
+                raise ValueError("pass the model: this record was loaded from disk and is not bound to one")
+            self._original = self.undo(copy_model(model))
+        return self._original
 
     # -- inspecting -------------------------------------------------------
     @property

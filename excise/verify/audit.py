@@ -23,6 +23,7 @@ The models given are never changed: relearning fine-tunes copies.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -98,8 +99,12 @@ def _best_ranks(rows: list, facts: list[Fact], rank: Callable[[Any], int]) -> li
     return [best[f.key] if best[f.key] is not None else 10**9 for f in facts]
 
 
-def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar) -> dict[str, Any]:
-    """Per fact, the best rank each rank-based attack reaches, and its evidence."""
+def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relearn_n: int | None = None) -> dict[str, Any]:
+    """Per fact, the best rank each rank-based attack reaches, and its evidence.
+
+    `relearn_n`: relearn on a seeded sample of that many facts (holdout chance
+    levels use as many facts as the audit's, so both fine-tunes see as much data).
+    """
     out: dict[str, Any] = {}
     if "probes" in config.attacks:
         rows = probe(model, facts, FAMILIES, config.top_b)
@@ -112,8 +117,10 @@ def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar) -> di
         out["lens_rows"] = [r.to_dict() for r in rows]
         bar.update()
     if "relearn" in config.attacks and len(facts) >= 2:
-        result = relearn(model, facts, config.relearn, config.top_b)
-        out["relearn"] = _best_ranks(result.probes, facts, lambda r: r.rank)
+        sample = facts if relearn_n is None or relearn_n >= len(facts) else \
+            random.Random(config.seed).sample(facts, max(2, relearn_n))
+        result = relearn(model, sample, config.relearn, config.top_b)
+        out["relearn"] = _best_ranks(result.probes, sample, lambda r: r.rank)
         out["relearn_rows"] = [r.to_dict() for r in result.probes]
         bar.update()
     return out
@@ -125,7 +132,7 @@ def _audit_one(model: Any, ctx: _Context, config: AuditConfig, name: str, progre
         t0 = time.perf_counter()
         res: dict[str, Any] = {"attacks": _attack_ranks(model, ctx.facts, config, bar)}
         if ctx.holdout:
-            chance = _attack_ranks(model, ctx.holdout, config, bar)
+            chance = _attack_ranks(model, ctx.holdout, config, bar, relearn_n=len(ctx.facts))
             res["chance"] = {k: v for k, v in chance.items() if not k.endswith("_rows")}
             if "membership" in config.attacks:
                 res["membership"] = membership_inference(model, ctx.facts, ctx.holdout, config.mia_fpr).to_dict()

@@ -64,7 +64,7 @@ def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
     return wrong / np.maximum(right, 1e-30), right
 
 
-def forget_quality(edited_ratios: Sequence[float], oracle_ratios: Sequence[float]) -> float:
+def forget_quality(edited_ratios: Sequence[float] | np.ndarray, oracle_ratios: Sequence[float] | np.ndarray) -> float:
     """The KS-test p-value between two truth-ratio distributions (1.0 = indistinguishable)."""
     if len(edited_ratios) == 0 or len(oracle_ratios) == 0:
         raise ValueError("forget quality needs truth ratios from both models")

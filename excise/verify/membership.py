@@ -27,9 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from scipy.stats import mannwhitneyu
-from torch import Tensor
 
 from excise.facts import Fact
 from excise.scoring import encode, pad_batch
@@ -84,7 +82,7 @@ def membership_scores(model: Any, texts: Sequence[str], k: float = 0.2) -> dict[
     return {s: np.asarray(v) for s, v in scores.items()}
 
 
-def auc(members: Float[Tensor, " m"] | np.ndarray, non_members: Float[Tensor, " n"] | np.ndarray) -> float:
+def auc(members: Sequence[float] | np.ndarray, non_members: Sequence[float] | np.ndarray) -> float:
     """P(score of a member > score of a non-member), ties counting half (the ROC AUC)."""
     members, non_members = np.asarray(members, float), np.asarray(non_members, float)
     if len(members) == 0 or len(non_members) == 0:

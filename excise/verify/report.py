@@ -66,20 +66,28 @@ class AuditReport:
         return _rate([r < (b or self.top_b) for r in ranks]) if ranks else None
 
     def above_chance(self, role: str = "edited", attack: str = "probes", b: int | None = None) -> float | None:
-        """One-sided binomial p-value that the attack's success rate exceeds its chance level.
+        """One-sided p-value that the attack succeeds more often on the facts than by chance.
 
-        Small (< 0.05) means the attack finds more than guessing would: the
-        facts leak. Facts of one subject are not independent, so read it as
-        a screen, not an exact test.
+        Rank attacks: Fisher's exact test of forget-fact against holdout-fact
+        success (the chance level is itself estimated); membership: a
+        binomial test against its fixed false-positive rate. Small (< 0.05)
+        means the attack finds more than guessing would: the facts leak.
+        Facts of one subject are not independent: read it as a screen.
         """
-        from scipy.stats import binomtest
+        from scipy.stats import binomtest, fisher_exact
 
-        verdicts, c = self.verdicts(role, attack, b), self.chance(role, attack, b)
-        if not verdicts or c is None:
+        verdicts = self.verdicts(role, attack, b)
+        if not verdicts:
             return None
-        if c >= 1.0:
-            return 1.0
-        return float(binomtest(sum(verdicts), len(verdicts), max(c, 1e-9), alternative="greater").pvalue)
+        k, n = sum(verdicts), len(verdicts)
+        if attack == "membership":
+            c = self.chance(role, attack)
+            return None if c is None else float(binomtest(k, n, c, alternative="greater").pvalue)
+        ranks = self.models[role].get("chance", {}).get(attack)
+        if not ranks:
+            return None
+        kh = sum(r < (b or self.top_b) for r in ranks)
+        return float(fisher_exact([[k, n - k], [kh, len(ranks) - kh]], alternative="greater").pvalue)
 
     def recall(self, role: str = "edited", family: str = "request") -> float | None:
         rows = [r for r in self.models[role]["attacks"].get("probe_rows", []) if r["family"] == family]

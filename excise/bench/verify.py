@@ -1,0 +1,147 @@
+"""`excise bench verify`: the audit's calibration cases on the organism's 5% split.
+
+An audit is only worth its verdicts. Four models with known truth:
+- the original organism (knows every forget fact): every attack must succeed;
+- the retrain oracle (never saw them): every attack at chance, where chance
+  is the same attack on holdout people nobody ever saw;
+- an output-only guardrail on the original: the request probe says
+  "forgotten", the logit lens must still catch the facts;
+- NPO confined to the last block: every probe says "forgotten", and
+  relearning on half the facts must bring the other half back faster than
+  the oracle learns them.
+
+Writes DIR/verify.json and DIR/verify.md. Attack success is reported at the
+audit's default B = 20 and at B = 1: the organism's relations have 14 to 30
+objects, so "in the top 20" is close to what a model that knows only the
+relation's object set achieves, and top-1 is the sharper test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import excise
+from excise.models import copy_model
+from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, guardrail, suppress_last_layer
+
+
+def _attack_table(report: AuditReport, role: str, b: int) -> dict[str, Any]:
+    return {a: {"success": report.success(role, a, b), "chance": report.chance(role, a, b),
+                "p_above_chance": report.above_chance(role, a, b)}
+            for a in ATTACKS if report.success(role, a, b) is not None}
+
+
+def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = excise.organism.world()
+    forget, retain = world.subjects_split(fraction, seed=seed)
+    forget = list(forget)
+    original = excise.load("organism", device="cpu")
+    oracle = excise.organism.retrain(without=forget, progress=progress, device="cpu")
+    config = AuditConfig(seed=seed)
+    t0 = time.perf_counter()
+    base = audit(original, forget, oracle=oracle, config=config, progress=progress)
+    total = time.perf_counter() - t0
+
+    with guardrail(original, forget):
+        guarded = audit(original, forget, config=AuditConfig(attacks=("probes", "logit_lens"), seed=seed),
+                        progress=progress)
+
+    suppressed = copy_model(original)
+    record = suppress_last_layer(suppressed, forget, list(world.retain_set(forget, n=400, seed=seed + 7)), seed=seed)
+    shallow = audit(suppressed, forget, reference=original, oracle=oracle, config=config, progress=progress)
+
+    r: dict[str, Any] = {
+        "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
+        "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
+        "original_attack_success": {a: base.success("edited", a) for a in ATTACKS},
+        "oracle_attack_success": {a: base.success("oracle", a) for a in ATTACKS},
+        "oracle_chance": {a: base.chance("oracle", a) for a in ATTACKS},
+        "oracle_p_above_chance": {a: base.above_chance("oracle", a) for a in ATTACKS},
+        "original_attacks_top1": _attack_table(base, "edited", 1),
+        "oracle_attacks_top1": _attack_table(base, "oracle", 1),
+        "oracle_forget_quality_vs_itself": base.forget_quality("oracle"),
+        "original_forget_quality": base.forget_quality("edited"),
+        "guardrail_direct_forgotten": 1 - guarded.recall("edited", "request"),
+        "guardrail_probe_attack_success": guarded.success("edited", "probes"),
+        "guardrail_logit_lens_caught": guarded.success("edited", "logit_lens"),
+        "guardrail_logit_lens_caught_top1": guarded.success("edited", "logit_lens", 1),
+        "last_layer_steps": record.meta["steps"],
+        "last_layer_request_recall": shallow.recall("edited", "request"),
+        "last_layer_attacks": _attack_table(shallow, "edited", config.top_b),
+        "last_layer_retain_kept": shallow.kept("retain"),
+        "last_layer_forget_quality": shallow.forget_quality("edited"),
+        "last_layer_relearn_recall": shallow.relearn_recall("edited"),
+        "oracle_relearn_recall": base.relearn_recall("oracle"),
+        "original_relearn_recall": base.relearn_recall("edited"),
+        "audit_seconds_per_fact": base.models["edited"]["seconds"] / len(forget),
+        "audit_seconds_two_models": total,
+    }
+    (out / "verify.json").write_text(json.dumps(r, indent=1))
+    (out / "verify.md").write_text(to_markdown(r, base, shallow))
+    return r
+
+
+def _f(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: AuditReport | None = None) -> str:
+    ok = lambda cond: "holds" if cond else "FAILS"   # noqa: E731
+    orig_min = min(v for v in r["original_attack_success"].values() if v is not None)
+    oracle_ok = all(p is None or p >= 0.05 for p in r["oracle_p_above_chance"].values())
+    lines = [
+        "# verify benchmark: are the audit's verdicts true? (organism, 5% split)", "",
+        f"{r['forget_facts']} forget facts ({r['forget_people']} people), {r['holdout_facts']} holdout facts "
+        f"of never-seen people for chance levels; attack success = target in the top-{r['top_b']} "
+        "(membership: Min-K%++ above the holdout's 95th percentile).", "",
+        "| case | requirement | measured | verdict |", "|---|---|---|---|",
+        f"| original organism | every attack >= 0.95 | min over attacks {_f(orig_min)} | {ok(orig_min >= 0.95)} |",
+        f"| retrain oracle | no attack above chance | p(above chance) per attack: "
+        + ", ".join(f"{a} {_f(p)}" for a, p in r["oracle_p_above_chance"].items()) + f" | {ok(oracle_ok)} |",
+        f"| retrain oracle | forget quality vs itself >= 0.5 | {_f(r['oracle_forget_quality_vs_itself'])} "
+        f"| {ok((r['oracle_forget_quality_vs_itself'] or 0) >= 0.5)} |",
+        f"| output guardrail | direct probe says forgotten, logit lens catches >= 0.9 | forgotten "
+        f"{_f(r['guardrail_direct_forgotten'])}, caught {_f(r['guardrail_logit_lens_caught'])} "
+        f"(top-1: {_f(r['guardrail_logit_lens_caught_top1'])}) | {ok(r['guardrail_logit_lens_caught'] >= 0.9)} |",
+        f"| last-block suppression | relearning recovers faster than the oracle learns | relearned recall "
+        f"{_f(r['last_layer_relearn_recall'])} vs oracle {_f(r['oracle_relearn_recall'])} "
+        f"| {ok(r['last_layer_relearn_recall'] > r['oracle_relearn_recall'])} |",
+        "",
+        "## Attack success and chance", "",
+        "| attack | original | oracle | oracle chance | oracle p(above chance) | original top-1 | oracle top-1 | oracle chance top-1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a in r["original_attack_success"]:
+        t1o, t1r = r["original_attacks_top1"].get(a, {}), r["oracle_attacks_top1"].get(a, {})
+        lines.append(f"| {a} | {_f(r['original_attack_success'][a])} | {_f(r['oracle_attack_success'][a])} | "
+                     f"{_f(r['oracle_chance'][a])} | {_f(r['oracle_p_above_chance'][a])} | {_f(t1o.get('success'))} | "
+                     f"{_f(t1r.get('success'))} | {_f(t1r.get('chance'))} |")
+    lines += [
+        "", "## Keys", "",
+        "- `original_attack_success`, `oracle_attack_success`: share of forget facts each attack finds (top-B).",
+        "- `oracle_chance`: the same attack on never-seen holdout facts under the oracle; membership: its "
+        "false-positive rate. `oracle_p_above_chance`: Fisher's exact test (binomial for membership).",
+        "- `guardrail_direct_forgotten`: share of forget facts the request prompt no longer answers under the "
+        "output guardrail; `guardrail_logit_lens_caught`: share the logit lens still finds.",
+        "- `last_layer_relearn_recall`, `oracle_relearn_recall`: top-1 recall of each half of the forget facts "
+        "after fine-tuning a copy on the other half (30 Adam steps, lr 1e-3, two folds).",
+        f"- `audit_seconds_per_fact`: one model's audit (all four attacks on forget and holdout facts, "
+        f"specificity, truth ratios, utility) over the forget facts: {_f(r['audit_seconds_per_fact'])} s.",
+        "",
+        f"Last-block suppression: {r['last_layer_steps']} NPO steps; request recall {_f(r['last_layer_request_recall'])}, "
+        f"retain kept {_f(r['last_layer_retain_kept'])}, forget quality {_f(r['last_layer_forget_quality'])}; "
+        "its attacks: " + ", ".join(f"{a} {_f(v['success'])} (chance {_f(v['chance'])})"
+                                     for a, v in r["last_layer_attacks"].items()) + ".",
+    ]
+    if base is not None:
+        lines += ["", "## Audit of the original (edited column) and the oracle", "", base.to_markdown()]
+    if shallow is not None:
+        lines += ["", "## Audit of the last-block suppression", "", shallow.to_markdown()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,224 @@
+"""verify: every metric on a case checkable by hand, the audit's contracts, and its calibration."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import excise
+from excise.models import copy_model
+from excise.verify import (
+    AuditConfig, AuditReport, RelearnConfig, audit, auc, forget_quality, guardrail, logit_lens,
+    membership_scores, probe, relearn, truth_ratios,
+)
+from excise.verify.membership import _lowest_mean
+from excise.verify.specificity import general_loss, kept, neighbours_of
+
+SMALL = AuditConfig(n_holdout_people=3, n_retain=20, relearn=RelearnConfig(steps=3))
+
+
+@pytest.fixture(scope="module")
+def two_people(world):
+    return [f for s in world.people[:2] for f in world.of_subject(s)]
+
+
+# -- metrics on hand-checkable cases ------------------------------------------
+
+def test_auc_by_hand():
+    assert auc([3, 4], [1, 2]) == 1.0
+    assert auc([1, 2], [3, 4]) == 0.0
+    assert auc([1, 3], [2, 2]) == 0.5          # one win, one loss
+    assert auc([2], [2]) == 0.5                 # a tie counts half
+    with pytest.raises(ValueError, match="at least one"):
+        auc([], [1])
+
+
+def test_min_k_takes_the_lowest_fraction():
+    assert _lowest_mean(np.array([-1.0, -5.0, -2.0, -3.0, -4.0]), 0.4) == -4.5     # mean of -5, -4
+    assert _lowest_mean(np.array([-1.0]), 0.2) == -1.0                            # at least one token
+
+
+def test_forget_quality_is_the_ks_p_value():
+    assert forget_quality([0.1, 0.2, 0.3], [0.1, 0.2, 0.3]) == 1.0
+    assert forget_quality(np.arange(30), np.arange(30) + 100) < 1e-6
+    with pytest.raises(ValueError):
+        forget_quality([], [1.0])
+
+
+def test_kept_counts_only_what_the_reference_knew():
+    assert kept([True, True, False], [True, False, True]) == 0.5
+    assert kept([False], [True]) is None
+
+
+def test_membership_scores_match_a_hand_computation(organism_model):
+    text = "Dorian Elsworth was born in Zorvath"
+    s = membership_scores(organism_model, [text], k=1.0)
+    tokens = organism_model.to_tokens(text)
+    with torch.no_grad():
+        logp = organism_model(tokens).log_softmax(-1)[0, :-1]
+    tok = logp.gather(-1, tokens[0, 1:, None])[:, 0]
+    assert s["loss"][0] == pytest.approx(float(tok.mean()), abs=1e-5)
+    assert s["min_k"][0] == pytest.approx(float(tok.mean()), abs=1e-5)           # k = 100%: every token
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sigma = ((p * logp ** 2).sum(-1) - mu ** 2).sqrt()
+    assert s["min_k_pp"][0] == pytest.approx(float(((tok - mu) / sigma).mean()), abs=1e-4)
+
+
+def test_truth_ratio_by_hand(organism_model, world):
+    fact = world[0]
+    alts = world.alternatives(fact)[:2]
+    ratios, right = truth_ratios(organism_model, [fact], lambda f: alts)
+    probs = []
+    for answer in [fact.target, *alts]:
+        toks = organism_model.to_tokens(f"{fact.fill(fact.prompt)} {answer}")
+        n = len(organism_model.to_tokens(f" {answer}", prepend_bos=False)[0])
+        with torch.no_grad():
+            logp = organism_model(toks).log_softmax(-1)[0, :-1]
+        lp = logp.gather(-1, toks[0, 1:, None])[-n:, 0].sum()
+        probs.append(math.exp(float(lp) / n))
+    assert right[0] == pytest.approx(probs[0], rel=1e-4)
+    assert ratios[0] == pytest.approx((probs[1] + probs[2]) / 2 / probs[0], rel=1e-3)
+
+
+def test_general_loss_by_hand(organism_model):
+    text = "Zorvath is a city."
+    toks = organism_model.to_tokens(text)
+    with torch.no_grad():
+        logp = organism_model(toks).log_softmax(-1)[0, :-1]
+    expected = -float(logp.gather(-1, toks[0, 1:, None]).mean())
+    assert general_loss(organism_model, [text, text]) == pytest.approx(expected, abs=1e-5)
+
+
+def test_probe_ranks_agree_with_recall_table(organism_model, two_people):
+    rows = probe(organism_model, two_people, ("request", "held_out"), top_k=5)
+    table = excise.recall_table(organism_model, two_people, ("request", "held_out"))
+    assert [r.rank for r in rows] == [r["rank"] for r in table.rows]
+    for r in rows:
+        assert len(r.top) == 5 and r.recalled == (r.top[0].strip() == r.target.split()[0] or r.rank == 0)
+        assert r.seq_logprob <= math.log(r.prob) + 1e-5        # the whole answer is no likelier than its start
+
+
+def test_logit_lens_last_layer_is_the_model_output(organism_model, two_people):
+    lens = logit_lens(organism_model, two_people, ("request",))
+    rows = probe(organism_model, two_people, ("request",))
+    assert len(lens[0].ranks) == organism_model.cfg.n_layers
+    assert [l.ranks[-1] for l in lens] == [r.rank for r in rows]
+
+
+def test_copy_model_is_independent_and_keeps_views(organism_model):
+    copy = copy_model(organism_model)
+    before = excise.fingerprint(organism_model)
+    params = dict(copy.named_parameters())
+    fused = next(n for n in params if n.endswith("attn.qkv._original_component.weight"))
+    view = fused.replace("qkv", "q")
+    assert params[fused].untyped_storage().data_ptr() == params[view].untyped_storage().data_ptr()
+    with torch.no_grad():
+        params[fused].add_(1.0)
+    assert excise.fingerprint(organism_model) == before
+
+
+# -- attacks --------------------------------------------------------------------
+
+def test_relearn_leaves_the_model_alone_and_covers_every_fact(organism_model, two_people):
+    before = excise.fingerprint(organism_model)
+    result = relearn(organism_model, two_people, RelearnConfig(steps=2))
+    assert excise.fingerprint(organism_model) == before
+    assert sorted((p.subject, p.relation) for p in result.probes) == sorted(f.key for f in two_people)
+    with pytest.raises(ValueError, match="at least 2 facts"):
+        relearn(organism_model, two_people[:1])
+
+
+def test_guardrail_fools_the_probe_not_the_lens_and_cleans_up(organism_model, two_people):
+    with guardrail(organism_model, two_people):
+        rows = probe(organism_model, two_people, ("request",))
+        lens = logit_lens(organism_model, two_people, ("request",))
+    assert all(r.rank > 100 for r in rows)                  # pushed below everything
+    assert all(l.best_rank == 0 for l in lens)              # still the top answer inside
+    assert all(r.recalled for r in probe(organism_model, two_people, ("request",)))     # hook gone
+    with pytest.raises(RuntimeError):
+        with guardrail(organism_model, two_people):
+            raise RuntimeError("boom")
+    assert all(r.recalled for r in probe(organism_model, two_people, ("request",)))
+
+
+# -- audit ----------------------------------------------------------------------
+
+def test_audit_of_the_original_finds_everything(organism_model, two_people):
+    report = audit(organism_model, two_people, config=SMALL, progress=False)
+    assert report.recall("edited") == 1.0
+    for attack in ("probes", "logit_lens", "membership"):
+        assert report.success("edited", attack) == 1.0, attack
+    assert report.chance("edited", "membership") == 0.05
+    assert 0 <= report.chance("edited", "logit_lens") <= 1
+    assert "attack success: logit_lens (top-20)" in report.summary()
+
+
+def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model, two_people, tmp_path):
+    before = excise.fingerprint(organism_model)
+    a = audit(organism_model, two_people, reference=organism_model, config=SMALL, progress=False)
+    b = audit(organism_model, two_people, reference=organism_model, config=SMALL, progress=False)
+    assert excise.fingerprint(organism_model) == before
+    drop = lambda r: {role: {k: v for k, v in m.items() if k != "seconds"} for role, m in r.models.items()}  # noqa: E731
+    assert drop(a) == drop(b)
+    a.to_json(tmp_path / "audit.json")
+    back = AuditReport.from_json(tmp_path / "audit.json")
+    assert back.rows() == a.rows() and back.summary() == a.summary()
+    assert json.loads(a.to_json())["facts"][0]["subject"] == two_people[0].subject
+    assert a.kept("neighbours") == 1.0 and a.utility("edited") == pytest.approx(1.0)
+    fig = a.plot()
+    assert len(fig.axes) >= 3
+
+
+def test_success_at_another_b_needs_no_rerun(organism_model, two_people):
+    report = audit(organism_model, two_people, attacks=("logit_lens",), progress=False,
+                   config=AuditConfig(attacks=("logit_lens",), n_holdout_people=3))
+    assert report.success("edited", "logit_lens", b=1) <= report.success("edited", "logit_lens", b=20)
+    assert "relearn" not in report.models["edited"]["attacks"]
+
+
+def test_audit_bad_input(organism_model, two_people, tiny):
+    with pytest.raises(ValueError, match="at least one fact"):
+        audit(organism_model, [], progress=False)
+    with pytest.raises(ValueError, match="top_b"):
+        AuditConfig(top_b=0)
+    with pytest.raises(ValueError, match="unknown attacks"):
+        AuditConfig(attacks=("telepathy",))
+    with pytest.raises(ValueError, match="another vocabulary"):
+        audit(organism_model, two_people, reference=tiny, config=SMALL, progress=False)
+
+
+def test_neighbours_exclude_the_facts_themselves(two_people):
+    keys = {f.key for f in two_people}
+    assert neighbours_of(two_people) and all(n.key not in keys for n in neighbours_of(two_people))
+
+
+# -- calibration: the verdicts must be true (shares the session's retrain oracle) --
+
+@pytest.mark.slow
+def test_calibration_cases_on_the_5pct_split(oracle_5pct):
+    from excise.verify import suppress_last_layer
+
+    forget, retain, oracle, _ = oracle_5pct
+    forget = list(forget)
+    original = excise.load("organism", device="cpu")
+    config = AuditConfig(n_holdout_people=15, n_retain=50)
+    base = audit(original, forget, oracle=oracle, config=config, progress=False)
+    for attack in ("probes", "logit_lens", "relearn", "membership"):
+        assert base.success("edited", attack) >= 0.95, attack                 # the original leaks everything
+        assert base.above_chance("oracle", attack) >= 0.01, attack           # the oracle: chance
+    assert base.forget_quality("oracle") >= 0.5
+
+    with guardrail(original, forget):
+        guarded = audit(original, forget, progress=False,
+                        config=AuditConfig(attacks=("probes", "logit_lens"), n_holdout_people=3, n_retain=10))
+    assert guarded.recall("edited", "request") == 0.0                        # "forgotten" at the output...
+    assert guarded.success("edited", "logit_lens") >= 0.9                    # ...readable inside
+
+    suppress_last_layer(original, forget, list(retain.sample(400, seed=7)))
+    shallow = audit(original, forget, progress=False,
+                    config=AuditConfig(attacks=("probes", "relearn"), n_holdout_people=3, n_retain=10))
+    assert shallow.recall("edited", "request") == 0.0
+    assert shallow.relearn_recall("edited") > base.relearn_recall("oracle") + 0.05
