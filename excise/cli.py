@@ -1,11 +1,16 @@
 """The `excise` command line.
 
-    excise demo            load the built-in organism and print how well it knows its world
+    excise demo            locate -> edit -> verify one subject of the built-in organism; a report folder
+    excise locate MODEL --facts F.json      where the facts live (trace, patching, attribution, fisher)
+    excise edit MODEL --facts F.json        delete them; writes an EditRecord (.safetensors)
+    excise verify MODEL --facts F.json [--record R]   audit (with the record applied); audit.md/.json/.png
     excise bench locate    speed and faithfulness of the locate methods (writes locate.json/.md)
     excise bench edit      efficacy, specificity and cost of every edit method (writes edit.json/.md)
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
 
-The demo grows into the full locate -> edit -> verify run as those land.
+MODEL: "organism", a TransformerLens model name, or a local Hugging Face
+directory. F.json: a list of facts (see the README); for the organism
+{"subject": ...} or {"subject": ..., "relation": ...} are looked up in its world.
 """
 
 from __future__ import annotations
@@ -17,33 +22,141 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from excise.methods import DEFAULT as METHOD_DEFAULT
+from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
+from excise.methods import METHODS
+from excise.models import ModelLoadError
+
 
 def _demo(args: argparse.Namespace) -> int:
-    import excise
-    from excise.facts import FAMILIES
+    from excise.demo import run
 
-    start = time.perf_counter()
-    print("excise demo: loading the built-in model organism ...", flush=True)
-    model = excise.load("organism", device=args.device)
-    world = excise.organism.world()
-    cfg = model.cfg
-    print(f"  {cfg.n_layers} layers, d_model={cfg.d_model}, d_mlp={cfg.d_mlp}, "
-          f"{cfg.n_heads} heads, vocab={cfg.d_vocab}")
-    print(f"  {world!r}")
-    example = world[0]
-    print(f"  e.g. {example.fill(example.prompt)!r} -> {example.target!r}")
-    print("measuring recall of every fact under every prompt family ...", flush=True)
-    table = excise.recall_table(model, world, FAMILIES)
-    print()
-    print("Top-1 first-token recall (held_out: templates never trained)")
-    print(table.to_markdown())
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recall.json").write_text(json.dumps(table.to_dict(), indent=1))
-        (out / "recall.md").write_text(table.to_markdown() + "\n")
-        print(f"\nwrote {out / 'recall.md'} and {out / 'recall.json'}")
-    print(f"\ndone in {time.perf_counter() - start:.1f}s")
+    r = run(args.out, subject=args.subject, method=args.method, neurons=args.neurons, seed=args.seed,
+            oracle=args.oracle, device=args.device, n_holdout_people=args.holdout_people, log=lambda m: print(m, flush=True))
+    a = r["audit"]
+    print(f"\n{r['subject']}: {len(r['facts'])} facts deleted with {r['method']}; "
+          f"{r['edit']['parameters_changed']:,} parameters changed")
+    print(f"  request recall after: {a['recall_after']:.2f}; neighbours kept {a['neighbours_kept']:.2f}, "
+          f"retain kept {a['retain_kept']:.2f}, utility vs original {a['utility_vs_original']:.3f}")
+    for name, v in a["attacks"].items():
+        print(f"  {name:<11} success {v['success']:.2f} (original {v['original']:.2f}, chance {v['chance']:.2f})")
+    print(f"wrote {Path(args.out) / 'report.md'} and its figures in {r['seconds']['total']:.0f}s")
+    return 0
+
+
+def _organism_lookup(model):
+    from excise import organism
+
+    if not organism.is_organism(model):
+        return None
+    world = organism.world()
+
+    def lookup(entry: dict):
+        if "target" in entry or "prompt" in entry:
+            return None
+        subject = entry.get("subject")
+        if subject not in set(world.subjects):
+            from excise.demo import pick_subject
+
+            pick_subject(world, str(subject), 0)      # raises with close matches
+        if set(entry) - {"subject", "relation"}:
+            raise ValueError(f"unknown field(s) {sorted(set(entry) - {'subject', 'relation'})} in a short entry; "
+                             "give {subject} or {subject, relation}, or a whole fact")
+        if "relation" not in entry:
+            return list(world.of_subject(subject))
+        return [world.fact(subject, entry["relation"])]
+
+    return lookup
+
+
+def _load(args: argparse.Namespace):
+    import excise
+    from excise.facts import FactSet
+
+    model = excise.load(args.model, device=args.device)
+    facts = list(FactSet.from_json(args.facts, lookup=_organism_lookup(model)))
+    retain = None
+    if getattr(args, "retain", None):
+        retain = list(FactSet.from_json(args.retain, lookup=_organism_lookup(model)))
+    else:
+        from excise import organism
+
+        if organism.is_organism(model):
+            retain = list(organism.world().retain_set(facts, n=200, seed=args.seed))
+    return model, facts, retain
+
+
+def _locate(args: argparse.Namespace) -> int:
+    import excise
+
+    model, facts, retain = _load(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    L = excise.locate
+    if args.method == "fisher":
+        loc = L.fisher(model, facts, retain=retain)
+        results = [("fisher", loc)]
+    else:
+        fn = {"trace": lambda f: L.causal_trace(model, f, seed=args.seed),
+              "patching": lambda f: L.activation_patching(model, f, seed=args.seed),
+              "attribution": lambda f: L.attribution_patching(model, f, seed=args.seed)}[args.method]
+        results = [(f"{args.method}-{i}", fn(f)) for i, f in enumerate(facts)]
+    for name, loc in results:
+        loc.save(out / f"{name}.json")
+        loc.plot().savefig(out / f"{name}.png", dpi=110)
+        peaks = ", ".join(f"{k} {loc.peak(k)}" for k in loc.kinds)
+        print(f"{name}: peaks {peaks}")
+    print(f"wrote {len(results)} localization(s) (.json and .png) to {out}")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    import excise
+    from excise import methods as M
+
+    model, facts, retain = _load(args)
+    located = None
+    if args.method == "ablate" or (args.method in M.GRADIENT and args.neurons > 0):
+        if not retain:
+            raise ValueError(f"{args.method} on located neurons scores Fisher forget/retain: pass --retain R.json "
+                             "(facts the model must keep), or --neurons 0")
+        located = excise.locate.fisher(model, facts, retain=retain)
+    if args.method in M.GRADIENT and args.method != "ga" and not retain:
+        raise ValueError(f"{args.method} needs facts to keep: pass --retain R.json")
+    record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
+                      layer=args.layer, seed=args.seed)
+    record.meta.update({"model": args.model, "facts_file": str(args.facts)})
+    record.save(args.out)
+    print(record.summary())
+    print(f"wrote {args.out} (excise verify {args.model} --facts {args.facts} --record {args.out} audits it)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from excise.edit import EditRecord
+    from excise.models import copy_model
+    from excise.verify import AuditConfig, audit
+
+    model, facts, retain = _load(args)
+    reference = None
+    if args.record:
+        reference = copy_model(model)
+        EditRecord.load(args.record, model).apply()
+    holdout = None
+    if args.holdout:
+        from excise.facts import FactSet
+
+        holdout = list(FactSet.from_json(args.holdout))
+    config = AuditConfig(top_b=args.top_b, n_holdout_people=args.holdout_people, seed=args.seed)
+    report = audit(model, facts, reference=reference, oracle=True if args.oracle else None, holdout=holdout,
+                   retain=retain, config=config)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.to_json(out / "audit.json")
+    (out / "audit.md").write_text(report.to_markdown() + "\n")
+    report.plot().savefig(out / "audit.png", dpi=110, bbox_inches="tight")
+    print(report.summary())
+    print(f"wrote {out / 'audit.md'}, audit.json and audit.png")
     return 0
 
 
@@ -81,7 +194,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the main job on the built-in organism")
     demo.add_argument("--out", default="excise-report", help="report folder (default: ./excise-report)")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    demo.add_argument("--subject", default=None, help="a person of the organism's world (default: seeded choice)")
+    demo.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS, help=f"deletion method (default {METHOD_DEFAULT})")
+    demo.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
+                      help=f"confine gradient methods to the top-N Fisher neurons; 0: all parameters (default {NEURONS_DEFAULT})")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--holdout-people", type=int, default=20,
+                      help="never-seen people whose facts set the chance levels (default 20; fewer: faster, noisier)")
+    demo.add_argument("--oracle", action="store_true", help="also audit the retrain oracle (about 3 minutes the first time)")
     demo.set_defaults(func=_demo)
+    def model_command(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        p.add_argument("model", help="'organism', a TransformerLens model name, or a local Hugging Face directory")
+        p.add_argument("--facts", required=True, help="JSON list of facts (see the README)")
+        p.add_argument("--retain", default=None, help="JSON list of facts to keep (organism: a world sample)")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+        return p
+
+    locate = model_command("locate", "where the facts live", _locate)
+    locate.add_argument("--method", default="trace", choices=["trace", "patching", "attribution", "fisher"])
+    locate.add_argument("--out", default="excise-locate", help="folder for .json and .png per localization")
+    edit = model_command("edit", "delete the facts; write an EditRecord", _edit)
+    edit.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS)
+    edit.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
+                      help="gradient methods / ablate: the top-N Fisher neurons; 0: all parameters")
+    edit.add_argument("--layer", type=int, default=None, help="rome/memit layer (default: organism 0, else n_layers/3)")
+    edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
+    verify = model_command("verify", "audit the model (with --record applied)", _verify)
+    verify.add_argument("--record", default=None, help="an EditRecord to apply first (the unedited model is the reference)")
+    verify.add_argument("--oracle", action="store_true", help="organism: also audit the retrain oracle")
+    verify.add_argument("--holdout", default=None, help="JSON facts the model never saw (chance levels; organism: built in)")
+    verify.add_argument("--holdout-people", type=int, default=30, help="organism: never-seen people for chance levels")
+    verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
+    verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
     bench.add_argument("suite", choices=["locate", "edit", "verify"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
@@ -90,7 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="5 facts: a smoke run for CI")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, ModelLoadError) as e:
+        print(f"excise {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -119,6 +119,9 @@ class Fact:
         missing = {"subject", "relation", "target", "prompt"} - set(d)
         if missing:
             raise ValueError(f"Fact is missing required field(s) {sorted(missing)}")
+        for name in ("subject", "relation", "target", "prompt"):
+            if not isinstance(d[name], str):
+                raise ValueError(f"Fact.{name} must be a string, got {d[name]!r}")
         d = dict(d)
         d["neighbors"] = tuple(cls.from_dict(n) for n in d.get("neighbors", ()))
         for name in ("paraphrases", "questions", "completions", "held_out"):
@@ -229,23 +232,74 @@ class FactSet(Sequence[Fact]):
         return text
 
     @classmethod
-    def from_json(cls, source: str | Path) -> FactSet:
-        """Load facts from a JSON file (or a JSON string): a list of Fact objects."""
-        text = Path(source).read_text() if Path(str(source)).exists() else str(source)
-        data = json.loads(text)
-        if not isinstance(data, list):
-            raise ValueError("a facts JSON file holds a list of facts, got " + type(data).__name__)
-        facts = []
-        for i, d in enumerate(data):
+    def from_json(cls, source: str | Path, lookup: Any = None) -> FactSet:
+        """Load facts from a JSON file (or a JSON string): a list of Fact objects.
+
+        `lookup(entry) -> list[Fact] | None` may resolve short entries (the
+        organism's world resolves {"subject", "relation"} or {"subject"}).
+        Errors name the file, the line of the bad fact and the field.
+        """
+        is_file = Path(str(source)).exists()
+        name = str(source) if is_file else "facts JSON"
+        text = Path(source).read_text() if is_file else str(source)
+        facts: list[Fact] = []
+        for i, (entry, line) in enumerate(_entries(text, name)):
+            where = f"{name} line {line} (fact #{i})"
+            if not isinstance(entry, dict):
+                raise ValueError(f"{where}: a fact is a JSON object with subject, relation, target and prompt, "
+                                 f"got {type(entry).__name__}")
             try:
-                facts.append(Fact.from_dict(d))
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"fact #{i} in the JSON: {e}") from None
+                found = lookup(entry) if lookup is not None else None
+                facts.extend(found if found is not None else [Fact.from_dict(entry)])
+            except (ValueError, TypeError, KeyError) as e:
+                raise ValueError(f"{where}: {e}") from None
+        if not facts:
+            raise ValueError(f"{name} holds no facts")
         return cls(facts)
 
     def __repr__(self) -> str:
         return (f"FactSet({len(self)} facts, {len(self.subjects)} subjects, "
                 f"relations={self.relation_names})")
+
+
+def _entries(text: str, name: str) -> list[tuple[Any, int]]:
+    """The elements of a top-level JSON list, each with the line it starts on."""
+    decoder = json.JSONDecoder()
+
+    def line(i: int) -> int:
+        return text.count("\n", 0, i) + 1
+
+    def skip(i: int) -> int:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        return i
+
+    def fail(i: int, msg: str) -> ValueError:
+        return ValueError(f"{name} line {line(i)}: {msg}")
+
+    i = skip(0)
+    if i >= len(text) or text[i] != "[":
+        raise fail(i, "a facts file is a JSON list of facts: [{\"subject\": ..., \"relation\": ..., "
+                      "\"target\": ..., \"prompt\": \"{} was born in\"}, ...]")
+    out: list[tuple[Any, int]] = []
+    i = skip(i + 1)
+    if i < len(text) and text[i] == "]":
+        return out
+    while True:
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{name} line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+        out.append((value, line(i)))
+        i = skip(end)
+        if i < len(text) and text[i] == ",":
+            i = skip(i + 1)
+        elif i < len(text) and text[i] == "]":
+            if skip(i + 1) < len(text):
+                raise fail(skip(i + 1), "unexpected text after the list of facts")
+            return out
+        else:
+            raise fail(i, "expected ',' or ']' after a fact")
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The command line."""
+"""The command line: demo, locate, edit, verify on the organism with small settings, and bad input."""
 
 from __future__ import annotations
 
@@ -6,18 +6,83 @@ import json
 
 import pytest
 
+import excise
 from excise.cli import main
 
 
-def test_demo_prints_recall_and_writes_report(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "| **all** |" in out and "birthplace" in out
-    data = json.loads((tmp_path / "recall.json").read_text())
-    assert data["overall"]["request"] >= 0.99
+def _without_timings(report: dict) -> dict:
+    return {k: v for k, v in report.items() if k != "seconds"}
 
 
-def test_unknown_command_exits_nonzero():
+def test_demo_writes_the_report_folder_and_repeats_itself(tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["demo", "--out", str(out), "--holdout-people", "3"]) == 0
+        runs.append(json.loads((out / "report.json").read_text()))
+    for f in ("report.md", "trace.png", "fisher.png", "audit.png", "edit.safetensors", "audit.json"):
+        assert (tmp_path / "a" / f).stat().st_size > 1000, f
+    assert _without_timings(runs[0]) == _without_timings(runs[1])          # same seed, same numbers
+    r = runs[0]
+    assert r["audit"]["recall_after"] == 0.0                                 # npo stops once recall is 0
+    assert all(f["p_before"] > 0.5 for f in r["facts"])
+    assert set(r["audit"]["attacks"]) == {"probes", "logit_lens", "relearn", "membership"}
+    assert 0 < r["edit"]["parameters_changed"] < r["edit"]["parameters_total"] / 10   # located, not everything
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert r["subject"] in md and "![causal trace](trace.png)" in md and "| membership |" in md
+    assert "logit_lens" in capsys.readouterr().out
+    # the record reverts the edit on a fresh model bit for bit
+    model = excise.load("organism")
+    record = excise.edit.EditRecord.load(tmp_path / "a" / "edit.safetensors", model)
+    assert record.n_changed == r["edit"]["parameters_changed"]
+
+
+def test_demo_rejects_an_unknown_subject(capsys):
+    assert main(["demo", "--subject", "Nobody Atall", "--out", "unused"]) == 2
+    assert "not a person of the organism's world" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def facts_file(tmp_path_factory):
+    world = excise.organism.world()
+    path = tmp_path_factory.mktemp("facts") / "facts.json"
+    path.write_text(json.dumps([{"subject": world.subjects[3], "relation": "birthplace"},
+                                world.fact(world.subjects[4], "pet").to_dict()]))
+    return path
+
+
+def test_locate_edit_verify_round_trip(tmp_path, facts_file, capsys):
+    assert main(["locate", "organism", "--facts", str(facts_file), "--out", str(tmp_path / "loc")]) == 0
+    loc = excise.locate.Localization.load(tmp_path / "loc" / "trace-0.json")
+    assert loc.method == "causal_trace" and (tmp_path / "loc" / "trace-1.png").exists()
+    record = tmp_path / "edit.safetensors"
+    assert main(["edit", "organism", "--facts", str(facts_file), "--method", "rome", "--out", str(record)]) == 0
+    assert main(["verify", "organism", "--facts", str(facts_file), "--record", str(record),
+                 "--holdout-people", "2", "--out", str(tmp_path / "audit")]) == 0
+    report = excise.verify.AuditReport.from_json(tmp_path / "audit" / "audit.json")
+    assert report.roles() == ["reference", "edited"]
+    assert report.recall("reference") == 1.0 and report.recall("edited") < 1.0
+    assert "attack success" in (tmp_path / "audit" / "audit.md").read_text()
+
+
+def test_malformed_facts_name_the_line_and_field(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n {"subject": "A B", "relation": "r", "target": "t", "prompt": "{} is"},\n'
+                   ' {"subject": "A B", "relation": "q",\n  "target": 7, "prompt": "{} has"}\n]')
+    assert main(["edit", "organism", "--facts", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "line 3" in err and "fact #1" in err and "Fact.target" in err
+    bad.write_text('[{"subject": "A B", "relation": "r", "target": "t", "prompt": "{} is"} {"x": 1}]')
+    assert main(["verify", "organism", "--facts", str(bad)]) == 2
+    assert "line 1" in capsys.readouterr().err
+
+
+def test_unknown_method_and_command_fail_clearly(facts_file, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["edit", "organism", "--facts", str(facts_file), "--method", "zap"])
+    assert e.value.code != 0 and "invalid choice: 'zap'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown deletion method 'zap'"):
+        excise.methods.delete(excise.load("organism"), list(excise.organism.world())[:1], "zap")
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code != 0

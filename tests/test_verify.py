@@ -222,3 +222,34 @@ def test_calibration_cases_on_the_5pct_split(oracle_5pct):
                     config=AuditConfig(attacks=("probes", "relearn"), n_holdout_people=3, n_retain=10))
     assert shallow.recall("edited", "request") == 0.0
     assert shallow.relearn_recall("edited") > base.relearn_recall("oracle") + 0.05
+
+
+def test_entanglement_of_a_no_op_edit_is_zero_and_of_rome_is_diagonal(tmp_path):
+    from excise.edit import recording
+
+    model = excise.load("organism")
+    world = excise.organism.world()
+    facts = [f for s in world.subjects[:2] for f in world.of_subject(s)][:8]
+
+    def no_op(m, fact):
+        with recording(m, "no-op") as box:
+            pass
+        return box["record"]
+
+    flat = excise.verify.entanglement(model, facts, edit=no_op, k=8, progress=False)
+    assert np.all(flat.delta_logp == 0) and np.all(flat.recall == flat.recall_before[None, :])
+    assert np.allclose(np.diag(flat.overlap), 1.0)
+    assert flat.correlation["rho"] is None                                    # no interference to correlate
+
+    ent = excise.verify.entanglement(model, facts, k=8, progress=False)
+    assert [f["subject"] for f in ent.facts] == sorted(f["subject"] for f in ent.facts)
+    diag, off = np.diag(ent.interference), ent.interference[~np.eye(len(facts), dtype=bool)]
+    assert diag.mean() > 10 * np.abs(off).mean()                               # deleting i hurts i most
+    groups = ent.by_group()
+    assert groups["deleted fact itself"]["recall_kept"] < 0.5 and groups["unrelated"]["recall_kept"] >= 0.9
+    ent.save(tmp_path / "e.json")
+    back = excise.verify.Entanglement.load(tmp_path / "e.json")
+    assert np.array_equal(back.recall, ent.recall) and back.correlation == ent.correlation
+    assert ent.plot().axes[0].get_xlabel() == "fact j (measured)"
+    with pytest.raises(ValueError, match="at least two facts"):
+        excise.verify.entanglement(model, facts[:1])

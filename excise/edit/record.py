@@ -204,7 +204,8 @@ class EditRecord:
 
     def summary(self) -> str:
         lines = [f"{self.method}: {self.n_changed} weights changed in {len(self.changes)} parameter(s)"]
-        lines += [f"  {c.name}: {c.n_changed} of {int(torch.tensor(c.shape).prod())}" for c in self.changes]
+        lines += [f"  {c.name.replace('._original_component', '')}: {c.n_changed} of {int(torch.tensor(c.shape).prod())}"
+                  for c in self.changes]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

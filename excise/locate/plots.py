@@ -6,6 +6,7 @@ a returned Figure inline.
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
@@ -32,7 +33,7 @@ def plot_localization(loc: Localization, kinds: list[str] | None = None, top_k: 
     kinds = kinds or loc.kinds
     fig = Figure(figsize=(4.2 * len(kinds), 4.4), layout="constrained")
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
-    score_name = loc.meta.get("score", "score")
+    score_name = textwrap.fill(loc.meta.get("score", "score"), 28)
     for ax, kind in zip(axes, kinds, strict=True):
         s = loc.scores[loc._kind(kind)]
         names = loc.axes[kind]
@@ -44,20 +45,20 @@ def plot_localization(loc: Localization, kinds: list[str] | None = None, top_k: 
             ax.set_xlabel("layer")
             ax.set_ylabel("token (* = subject)")
             cbar = fig.colorbar(im, ax=ax, shrink=0.85)
-            cbar.set_label(score_name if len(score_name) < 40 else "score", fontsize=8)
+            cbar.set_label(score_name, fontsize=8)
             ax.set_title(f"{loc.method}: {_TITLES.get(kind, kind)}", fontsize=10)
         elif names == ("layer",):
             ax.bar(range(s.shape[0]), s.numpy(), color="tab:green" if kind == "mlp" else "tab:red")
             ax.set_xticks(range(s.shape[0]))
             ax.set_xlabel("layer")
-            ax.set_ylabel(score_name if len(score_name) < 40 else "score")
+            ax.set_ylabel(score_name)
             ax.set_title(f"{loc.method}: {_TITLES.get(kind, kind)} per layer", fontsize=10)
         else:
             top = loc.top(top_k, kind)
             labels = [str(t.component) for t in top][::-1]
             ax.barh(range(len(top)), [t.score for t in top][::-1], color="tab:blue")
             ax.set_yticks(range(len(top)), labels, fontsize=7)
-            ax.set_xlabel(score_name if len(score_name) < 40 else "score")
+            ax.set_xlabel(score_name)
             ax.set_title(f"{loc.method}: top {len(top)} {_TITLES.get(kind, kind)}", fontsize=10)
     prompt = loc.meta.get("prompt")
     if prompt:

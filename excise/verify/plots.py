@@ -18,8 +18,9 @@ def plot_report(report: AuditReport):
 
     from excise.verify.report import ATTACKS
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     roles = report.roles()
+    tradeoff = [r for r in roles if report.forget_quality(r) is not None and report.utility(r) is not None]
+    fig, axes = plt.subplots(1, 3 if tradeoff else 2, figsize=(15 if tradeoff else 10.5, 4.2))
 
     ax = axes[0]
     for role in roles:
@@ -57,24 +58,20 @@ def plot_report(report: AuditReport):
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"share of facts leaked (top-{report.top_b})")
     ax.set_title("Attack success (black ticks: chance on never-seen facts)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+    if not tradeoff:          # the TOFU panel needs an oracle, a reference and alternatives
+        fig.tight_layout()
+        return fig
 
     ax = axes[2]
-    plotted = False
-    for role in roles:
+    for role in tradeoff:
         fq, ut = report.forget_quality(role), report.utility(role)
-        if fq is not None and ut is not None:
-            ax.scatter([ut], [max(fq, 1e-300)], s=80, color=COLOURS[role], label=role,
-                       marker="*" if role == "oracle" else "o")
-            plotted = True
-    if plotted:
-        ax.set_yscale("log")
-        ax.set_xlim(0, 1.1)
-        ax.axhline(0.05, color="grey", linestyle="--", linewidth=1, label="p = 0.05")
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "needs an oracle, a reference\nand alternatives", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.scatter([ut], [max(fq, 1e-300)], s=80, color=COLOURS[role], label=role,
+                   marker="*" if role == "oracle" else "o")
+    ax.set_yscale("log")
+    ax.set_xlim(0, 1.1)
+    ax.axhline(0.05, color="grey", linestyle="--", linewidth=1, label="p = 0.05")
+    ax.legend(fontsize=8)
     ax.set_xlabel("model utility / reference")
     ax.set_ylabel("forget quality (KS p vs oracle)")
     ax.set_title("Forget quality vs utility (TOFU)")

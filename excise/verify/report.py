@@ -158,7 +158,7 @@ class AuditReport:
         roles = self.roles()
         lines = [f"{'metric':<36}" + "".join(f"{r:>12}" for r in roles)]
         for name, values in self.rows():
-            lines.append(f"{name:<36}" + "".join(f"{_fmt(values[r]):>12}" for r in roles))
+            lines.append(f"{name:<36}" + "".join(f" {_fmt(values[r]):>11}" for r in roles))
         lines.append(f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts")
         return "\n".join(lines)
 
@@ -201,5 +201,5 @@ def _fmt(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+        return f"{v:.3g}" if (abs(v) < 1e-3 and v != 0) or abs(v) >= 1e5 else f"{v:.3f}"
     return str(v)

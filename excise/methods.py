@@ -1,0 +1,71 @@
+"""One name per deletion method, shared by `excise demo` and `excise edit`.
+
+    record = excise.methods.delete(model, facts, "npo", retain=retain, located=fisher_loc)
+
+Every method returns one `EditRecord` (several ROME edits are recorded as
+one), and restores the weights if it fails. Gradient methods and ablation
+are confined to the `neurons` top neurons of `located` (a Localization with
+a "neuron" kind, e.g. from `locate.fisher`); `neurons=0` lets gradient
+methods change every parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from excise import edit as E
+from excise.facts import Fact
+
+GRADIENT = ("npo", "graddiff", "ga", "kl", "dpo")
+METHODS = (*GRADIENT, "rome", "memit", "ablate", "task_vector")
+DEFAULT = "npo"
+DEFAULT_NEURONS = 256
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown deletion method {method!r}; choose one of {', '.join(METHODS)}")
+    return method
+
+
+def default_layer(model: Any) -> int:
+    """ROME/MEMIT's layer when none is given: 0 on the organism (see the edit benchmark), else a
+    third of the way up, where ROME finds subject recall in GPT-style models."""
+    from excise import organism
+
+    return 0 if organism.is_organism(model) else model.cfg.n_layers // 3
+
+
+def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Sequence[Fact] = (),
+           located: Any = None, neurons: int = DEFAULT_NEURONS, layer: int | None = None, seed: int = 0,
+           progress: bool = True) -> E.EditRecord:
+    """Delete `facts` from `model` in place with `method`; return the record."""
+    check_method(method)
+    facts = list(facts)
+    if not facts:
+        raise ValueError("nothing to delete: the fact list is empty")
+    if neurons < 0:
+        raise ValueError(f"neurons must be >= 0 (0: every parameter), got {neurons}")
+    needs_mask = method == "ablate" or (method in GRADIENT and neurons > 0)
+    if needs_mask and (located is None or "neuron" not in located.kinds):
+        raise ValueError(f"{method} on located neurons needs a Localization with neuron scores "
+                         "(e.g. excise.locate.fisher(model, facts, retain=...)); or pass neurons=0")
+    mask = located.to_components(neurons, kind="neuron") if needs_mask else None
+    if layer is None:
+        layer = default_layer(model)
+    if method in GRADIENT:
+        if method != "ga" and not retain:
+            raise ValueError(f"{method} needs retain facts (what the model must keep)")
+        config = E.UnlearnConfig(method=method, seed=seed, progress=progress)
+        return E.unlearn(model, facts, list(retain), mask=mask, config=config)
+    if method == "rome":
+        config = E.RomeConfig(layer=layer, objective="head_projection")
+        with E.recording(model, "rome", {"layer": layer, "objective": config.objective}, facts) as box:
+            E.sequence(model, facts, lambda m, f: E.rome(m, f, config), progress=progress)
+        return box["record"]
+    if method == "memit":
+        return E.memit(model, facts, E.MemitConfig(layers=(layer,), mom2_weight=300.0))
+    if method == "ablate":
+        return E.ablate(model, mask, mode="zero")
+    return E.task_vector(model, facts, mask=mask)
