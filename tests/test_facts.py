@@ -66,7 +66,7 @@ def test_json_round_trip_and_field_errors(tmp_path):
     FactSet([f]).to_json(path)
     back = FactSet.from_json(path)
     assert back[0] == f and back[0].neighbors == f.neighbors
-    with pytest.raises(ValueError, match="fact #0 in the JSON: unknown Fact field\\(s\\) \\['answer'\\]"):
+    with pytest.raises(ValueError, match="line 1 \\(fact #0\\): unknown Fact field\\(s\\) \\['answer'\\]"):
         FactSet.from_json('[{"subject": "A B", "relation": "r", "target": "x", "prompt": "{} is", "answer": 1}]')
     with pytest.raises(ValueError, match="missing required field\\(s\\) \\['prompt'\\]"):
         FactSet.from_json('[{"subject": "A B", "relation": "r", "target": "x"}]')

@@ -169,7 +169,8 @@ def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model,
     assert json.loads(a.to_json())["facts"][0]["subject"] == two_people[0].subject
     assert a.kept("neighbours") == 1.0 and a.utility("edited") == pytest.approx(1.0)
     fig = a.plot()
-    assert len(fig.axes) >= 3
+    assert [ax.get_title() for ax in fig.axes][:2] == ["Logit lens: where the answer is readable",
+                                                      "Attack success (black ticks: chance on never-seen facts)"]
 
 
 def test_success_at_another_b_needs_no_rerun(organism_model, two_people):
@@ -201,7 +202,7 @@ def test_neighbours_exclude_the_facts_themselves(two_people):
 def test_calibration_cases_on_the_5pct_split(oracle_5pct):
     from excise.verify import suppress_last_layer
 
-    forget, retain, oracle, _ = oracle_5pct
+    forget, retain, oracle = oracle_5pct
     forget = list(forget)
     original = excise.load("organism", device="cpu")
     config = AuditConfig(n_holdout_people=15, n_retain=50)

@@ -29,9 +29,12 @@ from excise.organism.world import RELATIONS, World
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
+# Prebuilt retrain oracles (same key as the cache): the 5% split of `subjects_split(0.05, seed=0)`,
+# which the verify benchmark, the tests and the notebooks use. Built by `retrain_dir` itself.
+SHIPPED_ORACLES = Path(__file__).parent / "oracles"
 _META = "excise_organism.json"
 
-__all__ = ["CHECKPOINT_DIR", "RELATIONS", "Recipe", "World", "cache_dir", "checkpoint_ready", "is_organism",
+__all__ = ["CHECKPOINT_DIR", "RELATIONS", "SHIPPED_ORACLES", "Recipe", "World", "cache_dir", "checkpoint_ready", "is_organism",
            "recipe", "retrain", "retrain_dir", "world"]
 
 
@@ -76,9 +79,10 @@ def retrain_dir(without: Iterable[Fact], rec: Recipe | None = None, progress: bo
     """The checkpoint directory of the organism recipe trained without `without`.
 
     Cached under `cache_dir()/oracles/<key>`, the key a hash of the recipe,
-    the forget set and the tokenizer; trained (minutes, with a progress bar)
-    on a miss. The shipped tokenizer is reused so oracle and organism share
-    one vocabulary.
+    the forget set and the tokenizer; looked up next among the oracles shipped
+    with the package (`SHIPPED_ORACLES`); trained (minutes, with a progress
+    bar) on a miss. The shipped tokenizer is reused so oracle and organism
+    share one vocabulary.
     """
     from transformers import AutoTokenizer
 
@@ -86,10 +90,12 @@ def retrain_dir(without: Iterable[Fact], rec: Recipe | None = None, progress: bo
 
     without = list(without)
     rec = rec or recipe()
-    out = cache_dir() / "oracles" / _oracle_key(rec, without)
-    if checkpoint_ready(out):
-        log.info("retrain oracle cache hit: %s", out)
-        return out
+    key = _oracle_key(rec, without)
+    out = cache_dir() / "oracles" / key
+    for found in (out, SHIPPED_ORACLES / key):
+        if checkpoint_ready(found):
+            log.info("retrain oracle cache hit: %s", found)
+            return found
     tok = AutoTokenizer.from_pretrained(CHECKPOINT_DIR)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out.parent))
