@@ -11,6 +11,8 @@ methods change every parameter.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,8 @@ GRADIENT = ("npo", "graddiff", "ga", "kl", "dpo")
 METHODS = (*GRADIENT, "rome", "memit", "ablate", "task_vector")
 DEFAULT = "npo"
 DEFAULT_NEURONS = 256
+
+log = logging.getLogger(__name__)
 
 
 def check_method(method: str) -> str:
@@ -60,6 +64,11 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
         config = E.UnlearnConfig(method=method, seed=seed, progress=progress)
         return E.unlearn(model, facts, list(retain), mask=mask, config=config)
     if method == "rome":
+        shared = [s for s, n in Counter(f.subject for f in facts).items() if n > 1]
+        if shared:
+            log.warning("rome writes one value per subject key; %d subject(s) have several facts here (e.g. %r), "
+                        "so later edits overwrite earlier ones (on the organism 0.0-0.5 of a person's 6 facts "
+                        "stayed recalled); for whole-person deletion use npo", len(shared), shared[0])
         config = E.RomeConfig(layer=layer, objective="head_projection")
         with E.recording(model, "rome", {"layer": layer, "objective": config.objective}, facts) as box:
             E.sequence(model, facts, lambda m, f: E.rome(m, f, config), progress=progress)

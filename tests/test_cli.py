@@ -86,3 +86,13 @@ def test_unknown_method_and_command_fail_clearly(facts_file, capsys):
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code != 0
+
+
+def test_rome_on_several_facts_of_one_subject_warns(caplog):
+    model = excise.load("organism")
+    world = excise.organism.world()
+    facts = list(world.of_subject(world.subjects[5]))[:2]
+    with caplog.at_level("WARNING", logger="excise.methods"):
+        record = excise.methods.delete(model, facts, "rome", progress=False)
+    assert "later edits overwrite earlier ones" in caplog.text
+    record.undo()
