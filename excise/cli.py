@@ -16,9 +16,7 @@ directory. F.json: a list of facts (see the README); for the organism
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,11 +52,7 @@ def _organism_lookup(model):
     def lookup(entry: dict):
         if "target" in entry or "prompt" in entry:
             return None
-        subject = entry.get("subject")
-        if subject not in set(world.subjects):
-            from excise.demo import pick_subject
-
-            pick_subject(world, str(subject), 0)      # raises with close matches
+        subject = world.check_subject(str(entry.get("subject")), where="a person of the organism's world")
         if set(entry) - {"subject", "relation"}:
             raise ValueError(f"unknown field(s) {sorted(set(entry) - {'subject', 'relation'})} in a short entry; "
                              "give {subject} or {subject, relation}, or a whole fact")
@@ -74,10 +68,11 @@ def _load(args: argparse.Namespace):
     from excise.facts import FactSet
 
     model = excise.load(args.model, device=args.device)
-    facts = list(FactSet.from_json(args.facts, lookup=_organism_lookup(model)))
+    lookup = _organism_lookup(model)
+    facts = list(FactSet.from_json(args.facts, lookup=lookup))
     retain = None
     if getattr(args, "retain", None):
-        retain = list(FactSet.from_json(args.retain, lookup=_organism_lookup(model)))
+        retain = list(FactSet.from_json(args.retain, lookup=lookup))
     else:
         from excise import organism
 
@@ -116,13 +111,11 @@ def _edit(args: argparse.Namespace) -> int:
 
     model, facts, retain = _load(args)
     located = None
-    if args.method == "ablate" or (args.method in M.GRADIENT and args.neurons > 0):
+    if M.needs_located(args.method, args.neurons):
         if not retain:
             raise ValueError(f"{args.method} on located neurons scores Fisher forget/retain: pass --retain R.json "
                              "(facts the model must keep), or --neurons 0")
         located = excise.locate.fisher(model, facts, retain=retain)
-    if args.method in M.GRADIENT and args.method != "ga" and not retain:
-        raise ValueError(f"{args.method} needs facts to keep: pass --retain R.json")
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
                       layer=args.layer, seed=args.seed)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})

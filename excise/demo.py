@@ -18,7 +18,6 @@ apart under "seconds").
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 import time
@@ -28,17 +27,13 @@ from typing import Any
 from excise import methods as M
 
 TRACE_RELATION = "birthplace"
+WORLD = "a person of the organism's world"
 
 
 def pick_subject(world: Any, subject: str | None, seed: int) -> str:
     if subject is None:
         return random.Random(seed).choice(world.subjects)
-    if subject not in set(world.subjects):
-        close = difflib.get_close_matches(subject, world.subjects, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else \
-            f"; e.g. {world.subjects[0]!r} (excise.organism.world().subjects lists all {len(world.subjects)})"
-        raise ValueError(f"{subject!r} is not a person of the organism's world{hint}")
-    return subject
+    return world.check_subject(subject, where=WORLD)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

@@ -174,6 +174,17 @@ class FactSet(Sequence[Fact]):
     def relation_names(self) -> list[str]:
         return list(dict.fromkeys(f.relation for f in self._facts))
 
+    def check_subject(self, subject: str, where: str = "a subject of these facts") -> str:
+        """`subject` if this set has facts about it, else a ValueError naming the closest subjects."""
+        import difflib
+
+        if subject in set(self.subjects):
+            return subject
+        close = difflib.get_close_matches(subject, self.subjects, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else \
+            f"; e.g. {self.subjects[0]!r} ({len(self.subjects)} subjects in all)"
+        raise ValueError(f"{subject!r} is not {where}{hint}")
+
     def fact(self, subject: str, relation: str) -> Fact:
         i = self._index.get((subject, relation))
         if i is None:

@@ -33,6 +33,11 @@ def check_method(method: str) -> str:
     return method
 
 
+def needs_located(method: str, neurons: int) -> bool:
+    """Whether `method` is confined to located neurons (and so needs a Localization)."""
+    return method == "ablate" or (method in GRADIENT and neurons > 0)
+
+
 def default_layer(model: Any) -> int:
     """ROME/MEMIT's layer when none is given: 0 on the organism (see the edit benchmark), else a
     third of the way up, where ROME finds subject recall in GPT-style models."""
@@ -51,7 +56,7 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
         raise ValueError("nothing to delete: the fact list is empty")
     if neurons < 0:
         raise ValueError(f"neurons must be >= 0 (0: every parameter), got {neurons}")
-    needs_mask = method == "ablate" or (method in GRADIENT and neurons > 0)
+    needs_mask = needs_located(method, neurons)
     if needs_mask and (located is None or "neuron" not in located.kinds):
         raise ValueError(f"{method} on located neurons needs a Localization with neuron scores "
                          "(e.g. excise.locate.fisher(model, facts, retain=...)); or pass neurons=0")

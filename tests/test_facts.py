@@ -100,3 +100,10 @@ def test_subject_merged_with_neighbour_is_refused(organism_model, world):
     fact = world[0]
     with pytest.raises(ValueError, match="tokenizes to .* alone but not as that span"):
         tokenize_prompt(organism_model, fact, "The{} was born in")
+
+
+def test_check_subject_names_the_closest_subjects():
+    facts = FactSet([Fact("Mira Tolvanen", "birthplace", "Veltrana", "{} was born in")])
+    assert facts.check_subject("Mira Tolvanen") == "Mira Tolvanen"
+    with pytest.raises(ValueError, match="'Mira Tolvanan' is not a subject of these facts; did you mean 'Mira Tolvanen'"):
+        facts.check_subject("Mira Tolvanan")
