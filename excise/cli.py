@@ -7,6 +7,7 @@
     excise bench locate    speed and faithfulness of the locate methods (writes locate.json/.md)
     excise bench edit      efficacy, specificity and cost of every edit method (writes edit.json/.md)
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
+    excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
 
 MODEL: "organism", a TransformerLens model name, or a local Hugging Face
 directory. F.json: a list of facts (see the README); for the organism
@@ -117,7 +118,8 @@ def _edit(args: argparse.Namespace) -> int:
                              "(facts the model must keep), or --neurons 0")
         located = excise.locate.fisher(model, facts, retain=retain)
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
-                      layer=args.layer, seed=args.seed)
+                      layer=args.layer, seed=args.seed,
+                      stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})
     record.save(args.out)
     print(record.summary())
@@ -177,6 +179,14 @@ def _bench(args: argparse.Namespace) -> int:
         run(args.out, fraction=0.05, seed=args.seed)
         print((Path(args.out) / "verify.md").read_text())
         print(f"wrote {Path(args.out) / 'verify.json'} and {Path(args.out) / 'verify.md'}")
+    elif args.suite == "unlearn":
+        from excise.bench.unlearn import run
+
+        methods = tuple(args.methods.split(",")) if args.methods else None
+        splits = tuple(float(s) for s in args.splits.split(",")) if args.splits else None
+        run(args.out, quick=args.quick, seed=args.seed, methods=methods, splits=splits, log=lambda m: print(m, flush=True))
+        print((Path(args.out) / "unlearn.md").read_text())
+        print(f"wrote {Path(args.out) / 'unlearn.json'}, unlearn.md, unlearn.png and {Path(args.out).parent / 'RESULTS.md'}")
     return 0
 
 
@@ -215,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="gradient methods / ablate: the top-N Fisher neurons; 0: all parameters")
     edit.add_argument("--layer", type=int, default=None, help="rome/memit layer (default: organism 0, else n_layers/3)")
     edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
+    edit.add_argument("--stand-ins", default=None,
+                      help="swap: comma-separated names the model never saw (the organism draws its own)")
     verify = model_command("verify", "audit the model (with --record applied)", _verify)
     verify.add_argument("--record", default=None, help="an EditRecord to apply first (the unedited model is the reference)")
     verify.add_argument("--oracle", action="store_true", help="organism: also audit the retrain oracle")
@@ -223,11 +235,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "verify"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "verify", "unlearn"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--quick", action="store_true", help="5 facts: a smoke run for CI")
+    bench.add_argument("--quick", action="store_true",
+                       help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo and graddiff)")
+    bench.add_argument("--methods", default=None, help="unlearn: comma-separated methods (default: all)")
+    bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     try:

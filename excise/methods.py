@@ -19,7 +19,7 @@ from typing import Any
 from excise import edit as E
 from excise.facts import Fact
 
-GRADIENT = ("npo", "graddiff", "ga", "kl", "dpo")
+GRADIENT = ("npo", "graddiff", "ga", "kl", "dpo", "swap")
 METHODS = (*GRADIENT, "rome", "memit", "ablate", "task_vector")
 DEFAULT = "npo"
 DEFAULT_NEURONS = 256
@@ -46,10 +46,27 @@ def default_layer(model: Any) -> int:
     return 0 if organism.is_organism(model) else model.cfg.n_layers // 3
 
 
+def organism_strangers(model: Any, seed: int = 0, n: int = 60) -> list[str]:
+    """Stand-ins for `swap` on the organism: never-seen names, none of them among the holdout people
+    an audit with the same seed uses for chance levels (up to 60 of them)."""
+    from excise import organism
+
+    if not organism.is_organism(model):
+        raise ValueError("swap needs stand_ins: names of people (or entities) the model never saw, of the same "
+                         "kind as the subjects, e.g. stand_ins=['Elara Voss', 'Tomas Brekke']")
+    world = organism.world()
+    audit_people = {f.subject for f in world.holdout(60, seed=seed + 1)}
+    return world.strangers(n, seed=seed + 2, exclude=audit_people)
+
+
 def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Sequence[Fact] = (),
            located: Any = None, neurons: int = DEFAULT_NEURONS, layer: int | None = None, seed: int = 0,
-           progress: bool = True) -> E.EditRecord:
-    """Delete `facts` from `model` in place with `method`; return the record."""
+           progress: bool = True, stand_ins: Sequence[str] | None = None) -> E.EditRecord:
+    """Delete `facts` from `model` in place with `method`; return the record.
+
+    stand_ins: for `swap`, names the model never saw (the organism draws its own strangers, apart
+    from the audit's default holdout people).
+    """
     check_method(method)
     facts = list(facts)
     if not facts:
@@ -66,8 +83,10 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     if method in GRADIENT:
         if method != "ga" and not retain:
             raise ValueError(f"{method} needs retain facts (what the model must keep)")
-        config = E.UnlearnConfig(method=method, seed=seed, progress=progress)
-        return E.unlearn(model, facts, list(retain), mask=mask, config=config)
+        config = E.UnlearnConfig.for_method(method, seed=seed, progress=progress)
+        if method == "swap" and not stand_ins:
+            stand_ins = organism_strangers(model, seed)
+        return E.unlearn(model, facts, list(retain), mask=mask, config=config, stand_ins=stand_ins)
     if method == "rome":
         shared = [s for s, n in Counter(f.subject for f in facts).items() if n > 1]
         if shared:

@@ -10,6 +10,7 @@ the weights before it propagates.
 
 from excise.edit.ablation import ablate, mean_activations
 from excise.edit.rank_one import key_second_moment, planted, rank_one_update
+from excise.edit.masks import random_like
 from excise.edit.memit import MemitConfig, memit
 from excise.edit.record import EditRecord, recording
 from excise.edit.rome import RomeConfig, rome
@@ -17,5 +18,5 @@ from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
 __all__ = ["EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
-           "ablate", "key_second_moment", "mean_activations", "memit", "planted", "rank_one_update",
+           "ablate", "key_second_moment", "mean_activations", "memit", "planted", "random_like", "rank_one_update",
            "recording", "rome", "sequence", "task_vector", "unlearn"]

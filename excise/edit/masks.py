@@ -88,3 +88,27 @@ def all_parameter_masks(model: Any) -> list[tuple[torch.nn.Parameter, torch.Tens
 
 def count(masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> int:
     return int(sum(int(m.sum()) for _, m in masks))
+
+
+def random_like(model: Any, components: Iterable[Component], seed: int = 0) -> list[Component]:
+    """A seeded random control for a located set: as many components of each kind, drawn uniformly
+    from the whole model (neurons over every layer's MLP, heads over every layer), so it owns as
+    many weights as the located set (for neurons and heads every one owns the same number)."""
+    import random
+
+    comps = list(components)
+    if not comps:
+        raise ValueError("random_like needs the located components to match (got none)")
+    cfg = model.cfg
+    sizes = {"neuron": cfg.d_mlp, "head": cfg.n_heads}
+    rng = random.Random(seed)
+    out: list[Component] = []
+    for kind in sorted({c.kind for c in comps}):
+        if kind not in sizes:
+            raise ValueError(f"random_like draws neurons and heads; got {kind!r} components")
+        n = sum(c.kind == kind for c in comps)
+        population = cfg.n_layers * sizes[kind]
+        if n > population:
+            raise ValueError(f"{n} {kind}s asked for, the model has {population}")
+        out += [Component(i // sizes[kind], kind, i % sizes[kind]) for i in sorted(rng.sample(range(population), n))]
+    return out

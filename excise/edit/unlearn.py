@@ -9,7 +9,21 @@ Methods (forget set F, retain set R; log p = the answer's sequence log-prob):
   on F, plus the NLL of R;
 - `dpo`: prefer `preferred` answers (default the refusal "I don't know", or a
   wrong alternative per fact) over the true one: -log sigmoid(beta * margin),
-  plus the NLL of R.
+  plus the NLL of R;
+- `swap` (subject-swap distillation, after Eldan & Russinovich's generic
+  predictions in "Who's Harry Potter?"): on F's prompts, match the original
+  model's next-token distributions on the *same prompts with the subject
+  replaced by a stand-in the model never saw* (KL(teacher || current) at
+  the answer positions), plus the NLL of R. The target is what the model
+  says about a stranger, which is what a model never trained on the subject
+  says about them: not suppression below the prior, as GA/NPO push, but the
+  prior itself. The loss adds the squared gap between the current and the
+  teacher's log-prob of each true answer token (KL alone barely weighs an
+  answer the teacher finds unlikely). Needs `stand_ins` (never-seen names;
+  one per forget subject, reused cyclically). No early stop on recall: the
+  aim is the chance level, not zero, so it runs its `steps`.
+  `UnlearnConfig.for_method("swap")` gives its defaults (200 steps, retain
+  weight 3), chosen on the organism's 5% split (see benchmarks/RESULTS.md).
 Only the entries of the mask (from Components, a Localization, or all
 parameters) move: gradients are masked and Adam (no weight decay) leaves an
 entry whose gradient is always zero exactly where it was. Early stopping:
@@ -37,7 +51,9 @@ from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch,
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ga", "graddiff", "kl", "npo", "dpo")
+METHODS = ("ga", "graddiff", "kl", "npo", "dpo", "swap")
+# where a method's good settings differ from UnlearnConfig's (measured on the organism's 5% split)
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"swap": {"steps": 200, "retain_weight": 3.0}}
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,11 @@ class UnlearnConfig:
     stop_forget_recall: float = 0.0   # stop once request recall of F is at most this
     seed: int = 0
     progress: bool = True
+
+    @classmethod
+    def for_method(cls, method: str, **overrides: Any) -> UnlearnConfig:
+        """The config with `method`'s own defaults (see METHOD_DEFAULTS), then `overrides`."""
+        return cls(**{"method": method, **METHOD_DEFAULTS.get(method, {}), **overrides})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -79,17 +100,34 @@ def _batches(items: list, size: int, rng: random.Random):
             yield [items[j] for j in order[i:i + size]]
 
 
+def swapped(forget: Sequence[Fact], stand_ins: Sequence[str]) -> list[Fact]:
+    """`forget` with each subject replaced by a stand-in (one per subject, in order of appearance)."""
+    subjects = list(dict.fromkeys(f.subject for f in forget))
+    names = [n for n in stand_ins if n not in subjects]
+    if not names:
+        raise ValueError("swap needs stand_ins: names of subjects the model never saw (and not the forget "
+                         "subjects), e.g. [p.subject for p in world.holdout(10)] on the organism")
+    by = {s: names[i % len(names)] for i, s in enumerate(subjects)}
+    return [Fact(by[f.subject], f.relation, f.target, f.prompt, f.paraphrases, f.questions, f.completions,
+                 f.held_out) for f in forget]
+
+
 def unlearn(
     model: Any, forget: Iterable[Fact], retain: Iterable[Fact] = (), mask: Sequence[Component] | None = None,
     config: UnlearnConfig | None = None, preferred: dict[tuple[str, str], str] | None = None,
+    stand_ins: Sequence[str] | None = None,
 ) -> EditRecord:
-    """Unlearn `forget` with `config.method`, changing only `mask` (None: all parameters)."""
+    """Unlearn `forget` with `config.method`, changing only `mask` (None: all parameters).
+
+    stand_ins: for `swap`, names of subjects the model never saw (see the module docstring).
+    """
     config = config or UnlearnConfig()
     forget, retain = list(forget), list(retain)
     if not forget:
         raise ValueError("unlearn needs at least one fact to forget")
     if config.method != "ga" and not retain:
         raise ValueError(f"{config.method} needs a retain set (facts to keep)")
+    teacher = swapped(forget, stand_ins or ()) if config.method == "swap" else None
     masks = _masks(model, mask)
     params = [p for p, _ in masks]
     rng = random.Random(config.seed)
@@ -104,6 +142,12 @@ def unlearn(
         ref_p = torch.cat([answer_logprobs(model, pref_ex[i:i + 64]) for i in range(0, len(pref_ex), 64)]) \
             if pref_ex else None
     kl_ref = _answer_distributions(model, r_ex) if config.method == "kl" else None
+    stop = config.stop_forget_recall if teacher is None else float("-inf")
+    if teacher is not None:
+        swap_ex = answer_examples(model, teacher, config.families)
+        swap_ref = _answer_distributions(model, swap_ex)
+        assert len(swap_ex) == len(f_ex), "stand-in prompts must align with the forget prompts"
+        pref_ex, ref_p = [], [swap_ref[e] for e in swap_ex]     # per forget example: the teacher's rows
     hyper = asdict(config) | {"mask_size": count(masks),
                               "mask": [c.to_dict() for c in mask] if mask is not None else "all"}
     history: list[dict[str, float]] = []
@@ -128,7 +172,7 @@ def unlearn(
                 recall = recall_table(model, forget, ("request",)).rate("request")
                 history.append({"step": step + 1, "loss": float(loss.detach()), "forget_recall": recall})
                 bar.set_postfix(forget_recall=f"{recall:.2f}", refresh=False)
-                if recall <= config.stop_forget_recall:
+                if recall <= stop:
                     break
         bar.close()
         for p in params:
@@ -140,6 +184,8 @@ def unlearn(
 
 
 def _forget_loss(model, config: UnlearnConfig, batch, ref, pref_ex, ref_p, idx) -> torch.Tensor:
+    if config.method == "swap":
+        return _distill(model, batch, [ref_p[i] for i in idx], match_answer=True)
     logp = answer_logprobs(model, batch)
     if config.method in ("ga", "graddiff", "kl"):
         return logp.mean()                                          # = -NLL: ascend the NLL
@@ -174,17 +220,32 @@ def _answer_distributions(model: Any, examples: list[Example]) -> dict[Example, 
     return out
 
 
-def _retain_loss(model: Any, batch: list[Example], kl_ref: dict[Example, torch.Tensor] | None) -> torch.Tensor:
-    """NLL of the retain answers, or (for `kl`) KL(original || current) at their positions."""
-    if kl_ref is None:
-        return -answer_logprobs(model, batch).mean()
+def _distill(model: Any, batch: list[Example], targets: list[torch.Tensor], match_answer: bool = False) -> torch.Tensor:
+    """KL(target || current) of the next-token distributions at the batch's answer positions
+    (`targets`: one [answer length, vocab] log-distribution per example), averaged over positions.
+
+    match_answer: also the squared gap between the current and the target log-prob of each answer
+    token. KL(target || current) weighs a token by the target's probability, so it barely sees a
+    true answer the target finds unlikely but the current model still favours; this term does.
+    """
     device = next(iter(model.parameters())).device
     ids, _ = pad_batch([e.ids for e in batch], model.tokenizer.pad_token_id or 0)
     rows, cols = _answer_positions(batch)
     now = model(ids.to(device)).float().log_softmax(-1)[torch.tensor(rows, device=device),
                                                         torch.tensor(cols, device=device)]
-    ref = torch.cat([kl_ref[e] for e in batch]).to(device)
-    return torch.nn.functional.kl_div(now, ref, log_target=True, reduction="batchmean")
+    ref = torch.cat(targets).to(device)
+    loss = torch.nn.functional.kl_div(now, ref, log_target=True, reduction="batchmean")
+    if match_answer:
+        tokens = torch.tensor([t for e in batch for t in e.answer], device=device)[:, None]
+        loss = loss + (now.gather(1, tokens) - ref.gather(1, tokens)).pow(2).mean()
+    return loss
+
+
+def _retain_loss(model: Any, batch: list[Example], kl_ref: dict[Example, torch.Tensor] | None) -> torch.Tensor:
+    """NLL of the retain answers, or (for `kl`) KL(original || current) at their positions."""
+    if kl_ref is None:
+        return -answer_logprobs(model, batch).mean()
+    return _distill(model, batch, [kl_ref[e] for e in batch])
 
 
 @dataclass(frozen=True)

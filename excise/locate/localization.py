@@ -105,6 +105,24 @@ class Localization:
             return flat.sum(dim=1)
         raise ValueError(f"reduce must be 'max' or 'sum', got {reduce!r}")
 
+    @classmethod
+    def mean(cls, locs: list[Localization]) -> Localization:
+        """The mean of several localizations of the same method over one set of facts (e.g. one per
+        fact), for the kinds whose axes carry no positions (prompts differ in length)."""
+        if not locs:
+            raise ValueError("Localization.mean needs at least one localization")
+        kinds = [k for k in locs[0].kinds if "position" not in locs[0].axes[k]]
+        if not kinds:
+            raise ValueError("nothing to average: every kind is per position; ask for layer/index scores "
+                             "(e.g. heads summed over positions, neurons at one position)")
+        for other in locs[1:]:
+            if other.method != locs[0].method or any(other.axes.get(k) != locs[0].axes[k] or
+                                                     other.scores[k].shape != locs[0].scores[k].shape for k in kinds):
+                raise ValueError("Localization.mean needs localizations of one method with the same kinds and shapes")
+        scores = {k: torch.stack([loc.scores[k] for loc in locs]).mean(0) for k in kinds}
+        return cls(method=locs[0].method, scores=scores, axes={k: locs[0].axes[k] for k in kinds},
+                   meta={"mean_of": len(locs), "facts": [loc.meta.get("fact") for loc in locs]})
+
     # -- persistence ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "axes": {k: list(v) for k, v in self.axes.items()},

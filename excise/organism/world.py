@@ -13,6 +13,8 @@ property that makes the retrain oracle a clean reference.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -229,6 +231,15 @@ class World(FactSet):
         rng = random.Random(seed)
         people = rng.sample(free, n_people)
         return FactSet(_with_neighbors([_fact(p, rel, rng) for p in people for rel in RELATIONS], rng))
+
+    def strangers(self, n: int, seed: int = 2, exclude: Iterable[str] = ()) -> list[str]:
+        """`n` seeded names of people not in this world nor in `exclude` (e.g. the audit's holdout
+        people): the stand-ins of `swap` unlearning."""
+        taken = set(self.people) | set(exclude)
+        free = [f"{f} {l}" for f in FIRST_NAMES for l in LAST_NAMES if f"{f} {l}" not in taken]
+        if not 1 <= n <= len(free):
+            raise ValueError(f"n must be in [1, {len(free)}] (unused names), got {n}")
+        return random.Random(seed).sample(free, n)
 
     def alternatives(self, fact: Fact) -> list[str]:
         """Every wrong object of the fact's relation (for truth ratios); any fact of a world relation."""

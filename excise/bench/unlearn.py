@@ -1,0 +1,368 @@
+"""`excise bench unlearn`: the unlearning method table on TOFU-style splits of the organism.
+
+For each split (all facts of 1%, 5%, 10% of the people: TOFU's forget01/05/10
+in miniature) and each method, a fresh copy of the organism is edited, then
+audited with every attack (`excise.verify.audit`). The original organism and
+the retrain oracle (the same recipe trained without the split) are audited
+once per split; every row is scored against them:
+
+- forget: efficacy (request prompt no longer answers), paraphrase, question
+  and completion forget; logit-lens leakage (the target top-1 after some
+  layer); relearning (top-1 recall after fine-tuning on the other half, next
+  to the oracle's); membership inference AUC (Min-K%++, forget vs never-seen);
+- keep: neighbour and retain recall kept, general-text loss change, model
+  utility (relative to the original);
+- TOFU's forget quality: the KS-test p-value between the row's truth ratios
+  and the oracle's on the forget facts;
+- cost: parameters touched (by weight diff), wall seconds of the edit.
+
+Scopes: `located` (Fisher forget/retain neurons; attribution-located heads
+for head ablation), `random` (as many neurons or heads drawn at random,
+seeded), `all` (every parameter), `layer` (ROME/MEMIT at their layer).
+
+Writes DIR/unlearn.json, DIR/unlearn.md, DIR/unlearn.png and RESULTS.md
+beside DIR (benchmarks/RESULTS.md for the default DIR). `quick`: the 1%
+split with NPO and swap, chance levels from 10 never-seen people instead of 30 (for CI). The oracle row's seconds are its training
+time (recorded when it was trained; later runs read it from the cache).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import excise
+from excise import edit as E
+from excise.components import Component
+from excise.facts import Fact
+from excise.locate import FisherConfig, Localization, attribution_patching, fisher
+from excise.models import copy_model
+from excise.verify import AuditConfig, AuditReport, audit
+
+SPLITS = (0.01, 0.05, 0.10)
+GRADIENT = ("ga", "graddiff", "kl", "npo", "swap")
+LAYER = 0                 # ROME/MEMIT layer on the organism (see the edit benchmark)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of the model the located and random scopes may change."""
+    neurons_per_fact: float = 8.0       # located neurons = this x forget facts, within [min, max]
+    min_neurons: int = 128
+    max_neurons: int = 1024
+    heads: int = 2                      # attribution-located heads to ablate (of 16 on the organism)
+
+    def neurons(self, n_facts: int) -> int:
+        return int(min(self.max_neurons, max(self.min_neurons, round(self.neurons_per_fact * n_facts))))
+
+
+@dataclass
+class Split:
+    fraction: float
+    forget: list[Fact]
+    retain_train: list[Fact]            # what the gradient methods keep (disjoint from the audit's retain facts)
+    stand_ins: list[str]                # swap's never-seen names (disjoint from the audit's holdout)
+    preserve: list[Fact]                # MEMIT's keys to keep
+    neurons: list[Component]            # located neurons
+    heads: list[Component]              # located heads
+    locate_seconds: dict[str, float]
+
+
+Method = Callable[[Any, Split, str, int], E.EditRecord]
+
+
+def _scoped(model: Any, split: Split, scope: str, seed: int, kind: str = "neuron") -> list[Component] | None:
+    located = split.neurons if kind == "neuron" else split.heads
+    if scope == "located":
+        return located
+    if scope == "random":
+        return E.random_like(model, located, seed=seed + 1)
+    if scope == "all":
+        return None
+    raise ValueError(f"unknown scope {scope!r}")
+
+
+def _gradient(method: str) -> Method:
+    def run(model, split, scope, seed):
+        config = E.UnlearnConfig.for_method(method, seed=seed, progress=False)
+        return E.unlearn(model, split.forget, split.retain_train, mask=_scoped(model, split, scope, seed),
+                         config=config, stand_ins=split.stand_ins)
+    return run
+
+
+def _task_vector(model, split, scope, seed):
+    return E.task_vector(model, split.forget, mask=_scoped(model, split, scope, seed),
+                         config=E.TaskVectorConfig(seed=seed, progress=False))
+
+
+def _ablate(kind: str) -> Method:
+    def run(model, split, scope, seed):
+        return E.ablate(model, _scoped(model, split, scope, seed, kind), mode="zero")
+    return run
+
+
+def _rome(model, split, scope, seed):
+    config = E.RomeConfig(layer=LAYER, objective="head_projection")
+    with E.recording(model, "rome", {"layer": LAYER, "objective": config.objective}, split.forget) as box:
+        E.sequence(model, split.forget, lambda m, f: E.rome(m, f, config))
+    return box["record"]
+
+
+def _memit(null_space: bool) -> Method:
+    def run(model, split, scope, seed):
+        config = E.MemitConfig(layers=(LAYER,), null_space=null_space, progress=False) if null_space else \
+            E.MemitConfig(layers=(LAYER,), mom2_weight=300.0, progress=False)
+        return E.memit(model, split.forget, config, preserve=split.preserve)
+    return run
+
+
+# name -> (label, scopes, run)
+METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
+    "rome": ("ROME delete (head_projection)", ("layer",), _rome),
+    "memit": ("MEMIT delete", ("layer",), _memit(False)),
+    "memit_null_space": ("MEMIT + null space (AlphaEdit)", ("layer",), _memit(True)),
+    "ablate_neurons": ("neuron ablation (Fisher)", ("located", "random"), _ablate("neuron")),
+    "ablate_heads": ("head ablation (attribution)", ("located", "random"), _ablate("head")),
+    **{m: ({"graddiff": "GradDiff", "swap": "subject-swap distillation"}.get(m, m.upper()),
+           ("located", "random", "all"), _gradient(m)) for m in GRADIENT},
+    "task_vector": ("task-vector negation", ("located", "random", "all"), _task_vector),
+}
+QUICK_METHODS = ("npo", "swap")
+
+
+def _locate(model: Any, world: Any, forget: list[Fact], retain: Any, budget: Budget, seed: int,
+            with_heads: bool) -> tuple[list[Component], list[Component], dict[str, float]]:
+    t0 = time.perf_counter()
+    loc = fisher(model, forget, retain=retain.sample(300, seed=seed + 5), config=FisherConfig(progress=False))
+    neurons = loc.to_components(budget.neurons(len(forget)), kind="neuron")
+    t1 = time.perf_counter()
+    heads: list[Component] = []
+    if with_heads:
+        per_fact = [attribution_patching(model, f, kinds=("head",), seed=seed) for f in forget]
+        heads = Localization.mean(per_fact).to_components(budget.heads, kind="head")
+    return neurons, heads, {"fisher": t1 - t0, "attribution": time.perf_counter() - t1}
+
+
+def _combined(base: AuditReport, edited: dict[str, Any]) -> AuditReport:
+    """One report: this row's audit as `edited`, the original as `reference`, and the oracle."""
+    return AuditReport(config=base.config, facts=base.facts, neighbours=base.neighbours,
+                       models={"edited": edited, "reference": base.models["edited"], "oracle": base.models["oracle"]})
+
+
+def row_metrics(report: AuditReport) -> dict[str, Any]:
+    """The table's columns for the `edited` model of a combined report."""
+    ed, ref = report.models["edited"], report.models["reference"]
+    gl, gl0 = ed.get("general_loss"), ref.get("general_loss")
+    return {
+        "efficacy": 1 - report.recall("edited", "request"),
+        "paraphrase_forget": 1 - report.recall("edited", "paraphrase"),
+        "question_forget": 1 - report.recall("edited", "question"),
+        "completion_forget": 1 - report.recall("edited", "completion"),
+        "logit_lens_top1": report.success("edited", "logit_lens", 1),
+        "relearn_recall": report.relearn_recall("edited"),
+        "mia_auc": ed.get("membership", {}).get("auc", {}).get("min_k_pp"),
+        "neighbours_kept": report.kept("neighbours"),
+        "retain_kept": report.kept("retain"),
+        "general_loss_change": None if gl is None or gl0 is None else gl - gl0,
+        "forget_quality": report.forget_quality("edited"),
+        "utility": report.utility("edited"),
+    }
+
+
+def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
+                progress: bool, log: Callable[[str], None], holdout_people: int = 30) -> dict[str, Any]:
+    forget_set, retain = world.subjects_split(fraction, seed=seed)
+    forget = list(forget_set)
+    log(f"split {fraction:.0%}: {len(forget)} facts of {len({f.subject for f in forget})} people")
+    subjects = {f.subject for f in forget}
+    neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed,
+                                             with_heads="ablate_heads" in methods)
+    config = AuditConfig(seed=seed, n_holdout_people=holdout_people)
+    retain_eval = list(world.retain_set(forget, n=config.n_retain, seed=seed))
+    held = {f.key for f in retain_eval}
+    holdout = list(world.holdout(config.n_holdout_people, seed=seed + 1))
+    split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
+                  world.strangers(60, seed=seed + 2, exclude={f.subject for f in holdout}),
+                  list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=seed + 4)),
+                  neurons, heads, locate_seconds)
+    oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
+    oracle = excise.load(str(oracle_dir), device="cpu")
+    oracle_seconds = json.loads((oracle_dir / "excise_organism.json").read_text()).get("train_seconds")
+    base = audit(original, forget, oracle=oracle, config=config, holdout=holdout, retain=retain_eval, progress=False)
+    rows = [
+        {"method": "original", "label": "original (no edit)", "scope": "-", "seconds": 0.0, "parameters_touched": 0,
+         **row_metrics(_combined(base, base.models["edited"]))},
+        {"method": "oracle", "label": "retrain oracle (gold)", "scope": "retrain", "seconds": oracle_seconds,
+         "parameters_touched": None, **row_metrics(_combined(base, base.models["oracle"]))},
+    ]
+    for name in methods:
+        label, scopes, fn = METHODS[name]
+        for scope in scopes:
+            model = copy_model(original)
+            t = time.perf_counter()
+            record = fn(model, split, scope, seed)
+            seconds = time.perf_counter() - t
+            edited = audit(model, forget, config=config, holdout=holdout, retain=retain_eval,
+                           progress=False).models["edited"]
+            row = {"method": name, "label": label, "scope": scope, "seconds": seconds,
+                   "parameters_touched": record.n_changed, **row_metrics(_combined(base, edited))}
+            rows.append(row)
+            log(f"  {name:<17} {scope:<8} eff {row['efficacy']:.2f} fq {row['forget_quality']:.2g} "
+                f"util {row['utility']:.3f} ({seconds:.0f}s)")
+            del model
+    return {"fraction": fraction, "forget_facts": len(forget), "forget_people": len(subjects),
+            "located_neurons": len(neurons), "located_heads": [c.to_dict() for c in heads],
+            "locate_seconds": locate_seconds, "audit_holdout_facts": base.config["n_holdout"], "rows": rows}
+
+
+def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float, ...] | None = None,
+        methods: tuple[str, ...] | None = None, budget: Budget | None = None, progress: bool = True,
+        log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = splits or ((0.01,) if quick else SPLITS)
+    methods = list(methods or (QUICK_METHODS if quick else METHODS))
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    budget = budget or Budget()
+    original = excise.load("organism", device="cpu")
+    world = excise.organism.world()
+    t0 = time.perf_counter()
+    holdout_people = 10 if quick else 30
+    results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
+               "holdout_people": holdout_people,
+               "splits": [bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people)
+                          for s in splits]}
+    results["total_seconds"] = time.perf_counter() - t0
+    (out / "unlearn.json").write_text(json.dumps(results, indent=1))
+    plot(results).savefig(out / "unlearn.png", dpi=120, bbox_inches="tight")
+    (out / "unlearn.md").write_text(to_markdown(results, "unlearn.png"))
+    (out.parent / "RESULTS.md").write_text(to_markdown(results, f"{out.name}/unlearn.png", title=True))
+    return results
+
+
+COLUMNS = [("efficacy", "efficacy"), ("paraphrase_forget", "para."), ("question_forget", "question"),
+           ("completion_forget", "compl."), ("logit_lens_top1", "lens@1"), ("relearn_recall", "relearn"),
+           ("mia_auc", "MIA AUC"), ("neighbours_kept", "neigh. kept"), ("retain_kept", "retain kept"),
+           ("general_loss_change", "Δ gen. loss"), ("forget_quality", "forget quality"),
+           ("utility", "utility"), ("parameters_touched", "params"), ("seconds", "seconds")]
+
+
+def _f(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float) and (v == 0 or 1e-3 <= abs(v) < 1e4):
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
+    return f"{v:.1e}"
+
+
+def _good(row: dict[str, Any]) -> bool:
+    return (row["forget_quality"] or 0) >= 0.05 and (row["utility"] or 0) >= 0.95
+
+
+def to_markdown(r: dict[str, Any], figure: str, title: bool = False) -> str:
+    lines = ["# excise benchmark results" if title else "# unlearn benchmark (organism)", ""]
+    if title:
+        lines += ["Generated by `excise bench unlearn --out benchmarks/results`; do not edit by hand. "
+                  "The other benchmarks' tables: `results/locate.md`, `results/edit.md`, `results/verify.md`.", "",
+                  "## The unlearning method table (organism, TOFU-style splits)", ""]
+    lines += [
+        f"Each row edits a fresh copy of the organism to forget all facts of the split's people, then audits it "
+        f"(seed {r['seed']}). Forget columns: share of forget facts no longer answered top-1 (efficacy = request "
+        "prompt); lens@1: share whose target is top-1 in the logit lens after some layer; relearn: top-1 recall "
+        "after fine-tuning on the other half (compare the oracle row); MIA AUC: Min-K%++ forget vs never-seen "
+        "people (0.5 = indistinguishable). Keep columns relative to the original. Forget quality: TOFU's KS-test "
+        "p-value of truth ratios vs the retrain oracle (higher is better; >= 0.05: not distinguishable). Utility: "
+        "TOFU-style harmonic mean relative to the original. Scopes: located (top Fisher neurons, or "
+        "attribution-located heads), random (as many, seeded), all parameters, or ROME/MEMIT's layer "
+        f"{LAYER}. **Bold**: forget quality >= 0.05 with utility >= 0.95.", "",
+    ]
+    for s in r["splits"]:
+        lines += [f"### {s['fraction']:.0%} split: {s['forget_facts']} facts of {s['forget_people']} people", "",
+                  f"Located: {s['located_neurons']} Fisher neurons ({s['locate_seconds']['fisher']:.1f}s)"
+                  + (f", heads {', '.join('L%dH%d' % (h['layer'], h['index']) for h in s['located_heads'])} "
+                     f"({s['locate_seconds']['attribution']:.1f}s)" if s["located_heads"] else "") + ".", "",
+                  "| method | scope | " + " | ".join(c for _, c in COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COLUMNS)]
+        for row in s["rows"]:
+            name = f"**{row['label']}**" if _good(row) and row["method"] not in ("oracle", "original") else row["label"]
+            lines.append(f"| {name} | {row['scope']} | " + " | ".join(_f(row.get(k)) for k, _ in COLUMNS) + " |")
+        lines.append("")
+    lines += [f"![forget quality vs model utility]({figure})", "", summary(r), ""]
+    return "\n".join(lines)
+
+
+def summary(r: dict[str, Any]) -> str:
+    """The findings, computed from the table (not typed)."""
+    out = ["## What the table says", ""]
+    for s in r["splits"]:
+        edits = [x for x in s["rows"] if x["method"] not in ("original", "oracle")]
+        if not edits:
+            continue
+        best = max(edits, key=lambda x: (_good(x), x["forget_quality"] or 0, x["utility"] or 0))
+        good = [x for x in edits if _good(x)]
+        out.append(f"- {s['fraction']:.0%} split: highest forget quality {_f(best['forget_quality'])} "
+                   f"({best['label']}, {best['scope']}, utility {_f(best['utility'])}); "
+                   f"{len(good)} of {len(edits)} rows reach forget quality >= 0.05 with utility >= 0.95"
+                   + (": " + ", ".join(f"{x['label']} ({x['scope']})" for x in good) if good else "") + ".")
+        by = {(x["method"], x["scope"]): x for x in edits}
+        pairs = [(m, by[(m, "located")], by[(m, "random")]) for m, _ in {k: 0 for k, _ in by}.items()
+                 if (m, "located") in by and (m, "random") in by]
+        if pairs:
+            wins = sum(loc["efficacy"] > rnd["efficacy"] + 0.05 or
+                       (abs(loc["efficacy"] - rnd["efficacy"]) <= 0.05 and (loc["utility"] or 0) > (rnd["utility"] or 0) + 0.01)
+                       for _, loc, rnd in pairs)
+            out.append(f"  Located vs random (same count): located better (efficacy +0.05, or equal efficacy and "
+                       f"utility +0.01) for {wins} of {len(pairs)} methods: "
+                       + "; ".join(f"{m} eff {_f(loc['efficacy'])}/{_f(rnd['efficacy'])}, util "
+                                   f"{_f(loc['utility'])}/{_f(rnd['utility'])}" for m, loc, rnd in pairs) + ".")
+    return "\n".join(out)
+
+
+def plot(r: dict[str, Any]):
+    """TOFU's figure: forget quality (log) vs model utility, one point per method and split."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    markers = {"located": "o", "random": "x", "all": "s", "layer": "^", "-": "D", "retrain": "*"}
+    names = [m for m in METHODS] + ["original"]
+    colours = {m: plt.cm.tab20(i % 20) for i, m in enumerate(names)}
+    colours["oracle"] = "gold"
+    split_size = {f: 40 + 60 * i for i, f in enumerate(sorted({s["fraction"] for s in r["splits"]}))}
+    for s in r["splits"]:
+        for row in s["rows"]:
+            fq, u = row["forget_quality"], row["utility"]
+            if fq is None or u is None:
+                continue
+            ax.scatter(u, max(fq, 1e-300), marker=markers.get(row["scope"], "o"),
+                       s=split_size[s["fraction"]] * (3 if row["method"] == "oracle" else 1),
+                       color=colours[row["method"]], edgecolors="black" if row["method"] == "oracle" else None,
+                       zorder=3 if row["method"] == "oracle" else 2)
+    ax.set_yscale("log")
+    ax.axhline(0.05, color="grey", linestyle="--", linewidth=1)
+    ax.axvline(0.95, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("model utility (relative to the original organism)")
+    ax.set_ylabel("forget quality (KS p-value vs retrain oracle, log)")
+    ax.set_title("Forget quality vs model utility (larger marker = larger split; star = retrain oracle)")
+    from matplotlib.lines import Line2D
+
+    present = {row["method"] for s in r["splits"] for row in s["rows"]}
+    handles = [Line2D([], [], linestyle="", marker="o", color=colours[m], label=m) for m in names + ["oracle"]
+               if m in present]
+    handles += [Line2D([], [], linestyle="", marker=mk, color="black", label=f"scope: {sc}")
+                for sc, mk in markers.items() if sc not in ("-", "retrain")]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    lo = min((row["forget_quality"] for s in r["splits"] for row in s["rows"] if row["forget_quality"]), default=1e-3)
+    ax.set_ylim(max(lo / 10, 1e-300), 2.0)
+    if not math.isfinite(lo):
+        ax.set_ylim(1e-10, 2.0)
+    fig.tight_layout()
+    return fig
