@@ -93,10 +93,7 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
             log.warning("rome writes one value per subject key; %d subject(s) have several facts here (e.g. %r), "
                         "so later edits overwrite earlier ones (on the organism 0.0-0.5 of a person's 6 facts "
                         "stayed recalled); for whole-person deletion use npo", len(shared), shared[0])
-        config = E.RomeConfig(layer=layer, objective="head_projection")
-        with E.recording(model, "rome", {"layer": layer, "objective": config.objective}, facts) as box:
-            E.sequence(model, facts, lambda m, f: E.rome(m, f, config), progress=progress)
-        return box["record"]
+        return E.rome_each(model, facts, E.RomeConfig(layer=layer, objective="head_projection"), progress=progress)
     if method == "memit":
         return E.memit(model, facts, E.MemitConfig(layers=(layer,), mom2_weight=300.0))
     if method == "ablate":

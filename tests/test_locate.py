@@ -191,6 +191,19 @@ def test_localization_top_peak_save_plot(tiny, tmp_path):
     assert "top" in bars.axes[0].get_title()
 
 
+def test_localization_mean_over_facts(tiny):
+    a = attribution_patching(tiny, FACT, kinds=("head", "neuron"))
+    b = attribution_patching(tiny, FACT.__class__("Tolvanen Mira", "birthplace", "Veltrana", "{} was born in"),
+                             kinds=("head", "neuron"))
+    mean = Localization.mean([a, b])
+    assert torch.allclose(mean.scores["head"], (a.scores["head"] + b.scores["head"]) / 2)
+    assert mean.meta["mean_of"] == 2 and mean.axes["neuron"] == ("layer", "index")
+    with pytest.raises(ValueError, match="per position"):
+        Localization.mean([causal_trace(tiny, FACT, n_samples=2)])
+    with pytest.raises(ValueError, match="at least one"):
+        Localization.mean([])
+
+
 def test_planted_fact_is_stated_then_undone(organism_model, world):
     """The rank-one planting helper: the model states the new fact inside the block,
     and the weights come back bit for bit on exit, also after an exception."""

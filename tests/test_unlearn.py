@@ -32,7 +32,7 @@ def test_mask_covers_exactly_the_owned_slices(organism_model):
         parameter_masks(organism_model, [])
 
 
-@pytest.mark.parametrize("method", ["ga", "graddiff", "kl", "npo", "dpo"])
+@pytest.mark.parametrize("method", ["ga", "graddiff", "kl", "npo", "dpo", "swap"])
 def test_masked_unlearning_moves_only_the_mask_and_undoes(organism_model, world, method):
     subject = world.people[3]
     forget = world.of_subject(subject)[:2]
@@ -40,7 +40,7 @@ def test_masked_unlearning_moves_only_the_mask_and_undoes(organism_model, world,
     mask = [Component(0, "neuron", i) for i in range(16)] + [Component(1, "head", 0)]
     before = weights(organism_model)
     cfg = UnlearnConfig(method=method, steps=5, eval_every=5, progress=False, lr=1e-2)
-    record = unlearn(organism_model, forget, retain, mask=mask, config=cfg)
+    record = unlearn(organism_model, forget, retain, mask=mask, config=cfg, stand_ins=world.strangers(3))
     try:
         after = weights(organism_model)
         changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -65,6 +65,55 @@ def test_npo_forgets_and_keeps_the_rest(organism_model, world):
         assert record.meta["steps"] <= 100
     finally:
         record.undo()
+
+
+def test_swap_moves_answers_to_what_the_model_says_about_a_stranger(organism_model, world):
+    from excise.edit.unlearn import swapped
+    from excise.scoring import answer_examples, answer_logprobs
+
+    forget = list(world.of_subject(world.people[9]))
+    retain = world.retain_set(forget, n=200, seed=0)
+    strangers = world.strangers(4, seed=5)
+    teacher = swapped(forget, strangers)
+    assert {f.subject for f in teacher} == {strangers[0]} and [f.target for f in teacher] == [f.target for f in forget]
+
+    def logps():
+        with torch.no_grad():
+            return answer_logprobs(organism_model, answer_examples(organism_model, forget))
+
+    with torch.no_grad():
+        target = answer_logprobs(organism_model, answer_examples(organism_model, teacher))
+    gap_before = (logps() - target).abs().mean()
+    record = unlearn(organism_model, forget, retain, config=UnlearnConfig.for_method("swap", progress=False),
+                     stand_ins=strangers)
+    try:
+        gap_after = (logps() - target).abs().mean()
+        assert gap_after < 0.25 * gap_before, (gap_before, gap_after)
+        assert excise.recall_table(organism_model, forget, ("request",)).rate("request") <= 0.5
+        assert record.meta["steps"] == 200            # no early stop: it aims at the chance level, not zero
+    finally:
+        record.undo()
+
+
+def test_swap_needs_strangers(organism_model, world):
+    forget = world.of_subject(world.people[9])
+    with pytest.raises(ValueError, match="stand_ins"):
+        unlearn(organism_model, forget, world[:20], config=UnlearnConfig(method="swap", progress=False))
+    with pytest.raises(ValueError, match="stand_ins"):     # the forget subject itself is no stranger
+        unlearn(organism_model, forget, world[:20], config=UnlearnConfig(method="swap", progress=False),
+                stand_ins=[world.people[9]])
+
+
+def test_random_like_matches_counts_and_is_seeded(organism_model):
+    from excise.edit import random_like
+
+    located = [Component(0, "neuron", i) for i in range(10)] + [Component(1, "head", 2)]
+    a, b = random_like(organism_model, located, seed=1), random_like(organism_model, located, seed=1)
+    assert a == b and a != random_like(organism_model, located, seed=2)
+    assert sum(c.kind == "neuron" for c in a) == 10 and sum(c.kind == "head" for c in a) == 1
+    assert count(parameter_masks(organism_model, a)) == count(parameter_masks(organism_model, located))
+    with pytest.raises(ValueError, match="neurons and heads"):
+        random_like(organism_model, [Component(0, "mlp")])
 
 
 def test_task_vector_negation(organism_model, world):

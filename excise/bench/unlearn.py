@@ -107,10 +107,7 @@ def _ablate(kind: str) -> Method:
 
 
 def _rome(model, split, scope, seed):
-    config = E.RomeConfig(layer=LAYER, objective="head_projection")
-    with E.recording(model, "rome", {"layer": LAYER, "objective": config.objective}, split.forget) as box:
-        E.sequence(model, split.forget, lambda m, f: E.rome(m, f, config))
-    return box["record"]
+    return E.rome_each(model, split.forget, E.RomeConfig(layer=LAYER, objective="head_projection"), progress=False)
 
 
 def _memit(null_space: bool) -> Method:

@@ -13,10 +13,10 @@ from excise.edit.rank_one import key_second_moment, planted, rank_one_update
 from excise.edit.masks import random_like
 from excise.edit.memit import MemitConfig, memit
 from excise.edit.record import EditRecord, recording
-from excise.edit.rome import RomeConfig, rome
+from excise.edit.rome import RomeConfig, rome, rome_each
 from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
 __all__ = ["EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
            "ablate", "key_second_moment", "mean_activations", "memit", "planted", "random_like", "rank_one_update",
-           "recording", "rome", "sequence", "task_vector", "unlearn"]
+           "recording", "rome", "rome_each", "sequence", "task_vector", "unlearn"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import Tensor
 from excise.edit.covariance import second_moment
 from excise.edit.rank_one import rank_one_update
 from excise.edit.record import EditRecord, recording
+from excise.edit.sequence import sequence
 from excise.facts import Fact, tokenize_prompt
 from excise.models import linear
 from excise.scoring import pad_batch, recall_table
@@ -241,3 +243,20 @@ def _default_sample(model: Any) -> list[str]:
         return corpus(organism.world())
     raise ValueError("ROME needs a text sample for the key covariance: pass sample=[...] (strings "
                      "like the model's training text), or C=")
+
+
+def rome_each(model: Any, facts: Sequence[Fact], config: RomeConfig, sample: list[str] | None = None,
+              progress: bool = True) -> EditRecord:
+    """ROME on each fact in turn, recorded as one edit (undo reverts them all).
+
+    The key covariance is the unedited model's, computed (or read from the
+    cache) once, as ROME and MEMIT do across sequential edits; a fresh C per
+    edit would cost a pass over the sample each time. Several facts of one
+    subject share one key, so later edits overwrite earlier ones: prefer
+    gradient methods to delete a whole subject.
+    """
+    facts = list(facts)
+    C = second_moment(model, config.layer, sample if sample is not None else _default_sample(model), progress=progress)
+    with recording(model, "rome", asdict(config), facts) as box:
+        sequence(model, facts, lambda m, f: rome(m, f, config, C=C), progress=progress)
+    return box["record"]
