@@ -233,15 +233,24 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     t0 = time.perf_counter()
     holdout_people = 10 if quick else 30
     results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
-               "holdout_people": holdout_people,
-               "splits": [bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people)
-                          for s in splits]}
-    results["total_seconds"] = time.perf_counter() - t0
+               "holdout_people": holdout_people, "splits": []}
+    for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
+        results["splits"].append(bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people))
+        results["total_seconds"] = time.perf_counter() - t0
+        write(results, out)
+    return results
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    """DIR/unlearn.json, .md, .png and RESULTS.md beside DIR."""
+    import matplotlib.pyplot as plt
+
     (out / "unlearn.json").write_text(json.dumps(results, indent=1))
-    plot(results).savefig(out / "unlearn.png", dpi=120, bbox_inches="tight")
+    fig = plot(results)
+    fig.savefig(out / "unlearn.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
     (out / "unlearn.md").write_text(to_markdown(results, "unlearn.png"))
     (out.parent / "RESULTS.md").write_text(to_markdown(results, f"{out.name}/unlearn.png", title=True))
-    return results
 
 
 COLUMNS = [("efficacy", "efficacy"), ("paraphrase_forget", "para."), ("question_forget", "question"),
