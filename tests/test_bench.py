@@ -1,0 +1,43 @@
+"""`excise bench unlearn --quick`: the method table's smoke run, as CI runs it (about 2 minutes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from excise.bench.unlearn import METHODS, QUICK_METHODS, Budget, run
+
+
+@pytest.mark.slow
+def test_unlearn_quick_table(tmp_path, world):
+    from excise.organism import SHIPPED_ORACLES, _oracle_key, recipe
+
+    forget, _ = world.subjects_split(0.01, seed=0)
+    assert (SHIPPED_ORACLES / _oracle_key(recipe(), list(forget)) / "model.safetensors").exists(), \
+        "the shipped 1% oracle is stale: rebuild it with excise.organism.retrain_dir and copy it to SHIPPED_ORACLES"
+    out = tmp_path / "results"
+    r = run(out, quick=True, progress=False)
+    assert json.loads((out / "unlearn.json").read_text()) == json.loads(json.dumps(r))
+    [split] = r["splits"]
+    assert split["forget_facts"] == len(forget) and split["located_neurons"] == Budget().neurons(len(forget))
+    rows = {(x["method"], x["scope"]): x for x in split["rows"]}
+    assert set(rows) == {("original", "-"), ("oracle", "retrain")} | {(m, s) for m in QUICK_METHODS
+                                                                     for s in METHODS[m][1]}
+    original, oracle = rows[("original", "-")], rows[("oracle", "retrain")]
+    # the two anchors: the oracle is itself (forget quality 1), the original knows every forget fact
+    assert oracle["forget_quality"] == pytest.approx(1.0)
+    assert original["forget_quality"] < 0.05 and original["efficacy"] == 0.0 and original["utility"] == 1.0
+    assert oracle["efficacy"] >= 0.9 and 0.9 <= oracle["utility"] <= 1.1
+    for m in QUICK_METHODS:
+        assert rows[(m, "located")]["parameters_touched"] == rows[(m, "random")]["parameters_touched"] > 0
+        assert rows[(m, "all")]["parameters_touched"] > 10 * rows[(m, "located")]["parameters_touched"]
+        assert all(rows[(m, s)]["efficacy"] > 0.5 for s in METHODS[m][1])
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "results/unlearn.png" in md and "| retrain oracle (gold) | retrain |" in md and "What the table says" in md
+    assert (out / "unlearn.png").stat().st_size > 10_000
+
+
+def test_unknown_method_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown methods"):
+        run(tmp_path, methods=("forget_harder",))
