@@ -141,3 +141,13 @@ def test_bad_input(organism_model, world):
         UnlearnConfig(method="forget_everything")
     with pytest.raises(ValueError, match="mask is empty"):
         unlearn(organism_model, world[:1], world[1:5], mask=[])
+
+
+def test_organism_strangers_are_nobody_the_audit_uses(organism_model, world):
+    from excise.methods import organism_strangers
+
+    strangers = organism_strangers(organism_model, seed=0)
+    audit_people = {f.subject for f in world.holdout(30, seed=1)}       # AuditConfig(seed=0)'s chance people
+    assert len(set(strangers)) == len(strangers) == 60
+    assert not set(strangers) & (audit_people | set(world.people))
+    assert organism_strangers(organism_model, seed=0) == strangers
