@@ -46,16 +46,16 @@ def default_layer(model: Any) -> int:
     return 0 if organism.is_organism(model) else model.cfg.n_layers // 3
 
 
-def organism_strangers(model: Any, seed: int = 0, n: int = 60) -> list[str]:
+def organism_strangers(model: Any, seed: int = 0, n: int = 60, holdout_people: int = 60) -> list[str]:
     """Stand-ins for `swap` on the organism: never-seen names, none of them among the holdout people
-    an audit with the same seed uses for chance levels (up to 60 of them)."""
+    an audit with the same seed uses for chance levels (up to `holdout_people` of them)."""
     from excise import organism
 
     if not organism.is_organism(model):
         raise ValueError("swap needs stand_ins: names of people (or entities) the model never saw, of the same "
                          "kind as the subjects, e.g. stand_ins=['Elara Voss', 'Tomas Brekke']")
     world = organism.world()
-    audit_people = {f.subject for f in world.holdout(60, seed=seed + 1)}
+    audit_people = {f.subject for f in world.holdout(holdout_people, seed=seed + 1)}
     return world.strangers(n, seed=seed + 2, exclude=audit_people)
 
 

@@ -29,7 +29,6 @@ time (recorded when it was trained; later runs read it from the cache).
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from excise import edit as E
 from excise.components import Component
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
+from excise.methods import organism_strangers
 from excise.models import copy_model
 from excise.verify import AuditConfig, AuditReport, audit
 
@@ -184,7 +184,7 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
     held = {f.key for f in retain_eval}
     holdout = list(world.holdout(config.n_holdout_people, seed=seed + 1))
     split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
-                  world.strangers(60, seed=seed + 2, exclude={f.subject for f in holdout}),
+                  organism_strangers(original, seed, holdout_people=config.n_holdout_people),
                   list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=seed + 4)),
                   neurons, heads, locate_seconds)
     oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
@@ -375,7 +375,5 @@ def plot(r: dict[str, Any]):
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     lo = min((row["forget_quality"] for s in r["splits"] for row in s["rows"] if row["forget_quality"]), default=1e-3)
     ax.set_ylim(max(lo / 10, 1e-300), 2.0)
-    if not math.isfinite(lo):
-        ax.set_ylim(1e-10, 2.0)
     fig.tight_layout()
     return fig

@@ -106,7 +106,7 @@ def swapped(forget: Sequence[Fact], stand_ins: Sequence[str]) -> list[Fact]:
     names = [n for n in stand_ins if n not in subjects]
     if not names:
         raise ValueError("swap needs stand_ins: names of subjects the model never saw (and not the forget "
-                         "subjects), e.g. [p.subject for p in world.holdout(10)] on the organism")
+                         "subjects), e.g. world.strangers(10) on the organism")
     by = {s: names[i % len(names)] for i, s in enumerate(subjects)}
     return [Fact(by[f.subject], f.relation, f.target, f.prompt, f.paraphrases, f.questions, f.completions,
                  f.held_out) for f in forget]

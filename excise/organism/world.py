@@ -13,10 +13,9 @@ property that makes the retrain oracle a clean reference.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import random
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from excise.facts import Fact, FactSet
