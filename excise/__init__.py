@@ -5,7 +5,7 @@
     world = excise.organism.world()
 """
 
-from excise import edit, locate, methods, organism, verify
+from excise import edit, locate, methods, organism, stories, verify
 from excise.components import Component
 from excise.facts import Fact, FactSet, tokenize_prompt
 from excise.models import ModelLoadError, fingerprint, load
@@ -13,4 +13,4 @@ from excise.scoring import recall_table
 
 __version__ = "0.1.0"
 __all__ = ["Component", "Fact", "FactSet", "ModelLoadError", "edit", "fingerprint", "load", "locate", "methods",
-           "organism", "recall_table", "tokenize_prompt", "verify"]
+           "organism", "recall_table", "stories", "tokenize_prompt", "verify"]

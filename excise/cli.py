@@ -8,8 +8,9 @@
     excise bench edit      efficacy, specificity and cost of every edit method (writes edit.json/.md)
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
+    excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
 
-MODEL: "organism", a TransformerLens model name, or a local Hugging Face
+MODEL: "organism", "stories260k" (a tiny Llama, shipped), a TransformerLens model name, or a local Hugging Face
 directory. F.json: a list of facts (see the README); for the organism
 {"subject": ...} or {"subject": ..., "relation": ...} are looked up in its world.
 """
@@ -187,6 +188,11 @@ def _bench(args: argparse.Namespace) -> int:
         run(args.out, quick=args.quick, seed=args.seed, methods=methods, splits=splits, log=lambda m: print(m, flush=True))
         print((Path(args.out) / "unlearn.md").read_text())
         print(f"wrote {Path(args.out) / 'unlearn.json'}, unlearn.md, unlearn.png and {Path(args.out).parent / 'RESULTS.md'}")
+    elif args.suite == "stories":
+        from excise.bench.stories import run
+
+        run(args.out, seed=args.seed)
+        print((Path(args.out) / "stories.md").read_text())
     return 0
 
 
@@ -235,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "verify", "unlearn"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "verify", "unlearn", "stories"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)

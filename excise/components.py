@@ -91,3 +91,25 @@ class Component:
 
     def __repr__(self) -> str:
         return f"Component({self})"
+
+
+def kv_head(cfg: Any, head: int) -> int:
+    """The key/value head that query head `head` reads under grouped-query attention.
+
+    With n_heads query heads and n_key_value_heads key/value heads, query head
+    h shares the key/value head h // (n_heads / n_key_value_heads) with the
+    other query heads of its group. Without GQA every head has its own: h.
+    Head scores in excise are per *query* head (hook_z, before W_O); a change
+    to a key/value head's weights touches every query head of its group.
+    """
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return head // (cfg.n_heads // n_kv)
+
+
+def head_axis(cfg: Any) -> dict[str, Any]:
+    """What a Localization's head index means, stored in its meta."""
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    out: dict[str, Any] = {"head_index": "query head", "n_key_value_heads": n_kv}
+    if n_kv != cfg.n_heads:
+        out["kv_head_of_query_head"] = [kv_head(cfg, h) for h in range(cfg.n_heads)]
+    return out

@@ -371,6 +371,10 @@ def tokenize_prompt(model: Tokenizes, fact: Fact, template: str | None = None) -
     through = _ids(model, before + fact.subject)
     full = _ids(model, text)
     alone = _ids(model, lead + fact.subject, bos=False)
+    if lead and alone != through[len(prefix):]:
+        # SentencePiece tokenizers (Llama's) prefix a word-start marker themselves, so a
+        # leading space tokenizes as an extra marker: the subject alone is then its bare text.
+        alone = _ids(model, fact.subject, bos=False)
     span = through[len(prefix):]
     if through[: len(prefix)] != prefix or span != alone or full[: len(through)] != through:
         raise ValueError(
@@ -392,3 +396,63 @@ def tokenize_prompt(model: Tokenizes, fact: Fact, template: str | None = None) -
         subject=(len(prefix), len(through)),
         target_ids=tuple(with_target[len(full):]),
     )
+
+
+# ---------------------------------------------------------------------------
+# Discovery: the facts a real model actually knows
+# ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def discover(model: Any, candidates: Iterable[dict[str, Any]], min_prob: float = 0.5,
+             max_tokens: int = 8) -> tuple[FactSet, list[dict[str, Any]]]:
+    """Facts `model` completes with confidence, found by asking it.
+
+    Each candidate is a fact without a target: {"subject", "relation", "prompt"}
+    (plus optional phrasings such as "paraphrases"). The model greedily
+    continues the prompt until its first word ends (at most `max_tokens`
+    tokens); that word becomes the target, and the candidate is kept when the
+    target's first token (what recall scores) has probability >= `min_prob`.
+    Returns the kept facts and one row per candidate saying what the model
+    predicted, with what probability, and why a candidate was dropped.
+    """
+    rows: list[dict[str, Any]] = []
+    kept: list[Fact] = []
+    for cand in candidates:
+        cand = dict(cand)
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cand.items() if k != "target"}
+        probe = Fact(**{**fields, "target": "?"})
+        row = {"subject": probe.subject, "relation": probe.relation, "prompt": probe.prompt.format(probe.subject)}
+        rows.append(row)
+        tokens = tokenize_prompt(model, probe).tokens[None].to(model.cfg.device)
+        first = model(tokens)[0, -1].float().softmax(-1)
+        generated = [int(first.argmax())]
+        while not _word_ended(continuation := model.tokenizer.decode(generated)) and len(generated) < max_tokens:
+            tokens = torch.cat([tokens, torch.tensor([[generated[-1]]], device=tokens.device)], dim=1)
+            generated.append(int(model(tokens)[0, -1].argmax()))
+        text = continuation.lstrip()
+        word = text[: next((i for i, ch in enumerate(text) if not ch.isalnum()), len(text))]
+        row.update(predicted=continuation, target=word, prob=float(first[generated[0]]))
+        if not word:
+            row["dropped"] = "the continuation does not start with a word"
+            continue
+        if not _word_ended(continuation):
+            row["dropped"] = f"the word {word!r}... does not end within {max_tokens} tokens"
+            continue
+        fact = replace(probe, target=word)
+        if tokenize_prompt(model, fact).target_ids[0] != generated[0]:
+            row["dropped"] = f"{word!r} after a space tokenizes differently from the model's continuation"
+            continue
+        if row["prob"] < min_prob:
+            row["dropped"] = f"first-token probability {row['prob']:.2f} < {min_prob}"
+            continue
+        if fact.key in {f.key for f in kept}:
+            row["dropped"] = "a kept candidate has the same subject and relation"
+            continue
+        kept.append(fact)
+    return FactSet(kept), rows
+
+
+def _word_ended(continuation: str) -> bool:
+    """Whether the text after the first word's start shows where that word ends."""
+    text = continuation.lstrip()
+    return any(not ch.isalnum() for ch in text) or (bool(continuation) and not text)

@@ -2,6 +2,7 @@
 
 `load(spec)` accepts:
 - `"organism"`: the built-in model organism shipped inside the package;
+- `"stories260k"`: a real pretrained tiny Llama shipped inside the package (`excise/zoo`);
 - a local Hugging Face checkpoint directory (config.json + weights + tokenizer);
 - a TransformerLens / Hugging Face model name (`"gpt2"`, `"pythia-70m"`): from
   the local Hugging Face cache when it is there, else from the hub, and when
@@ -120,6 +121,9 @@ def _local_dir(spec: str | os.PathLike) -> Path | None:
                 "`python -m excise.organism.train`"
             )
         return CHECKPOINT_DIR
+    from excise.zoo import MODELS, ZOO_DIR
+    if str(spec) in MODELS:
+        return ZOO_DIR / str(spec)
     path = Path(spec).expanduser()
     looks_like_path = isinstance(spec, os.PathLike) or str(spec).startswith((".", "/", "~")) \
         or os.sep in str(spec) and path.exists()

@@ -230,15 +230,32 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     budget = budget or Budget()
     original = excise.load("organism", device="cpu")
     world = excise.organism.world()
-    t0 = time.perf_counter()
     holdout_people = 10 if quick else 30
     results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
-               "holdout_people": holdout_people, "splits": []}
+               "holdout_people": holdout_people, "splits": kept_splits(out, seed, quick, budget, holdout_people, splits)}
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
+        t0 = time.perf_counter()
         results["splits"].append(bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people))
-        results["total_seconds"] = time.perf_counter() - t0
+        results["splits"][-1]["wall_seconds"] = time.perf_counter() - t0
+        results["splits"].sort(key=lambda r: r["fraction"])
+        results["total_seconds"] = sum(r.get("wall_seconds", 0.0) for r in results["splits"])
         write(results, out)
     return results
+
+
+def kept_splits(out: Path, seed: int, quick: bool, budget: Budget, holdout_people: int,
+                splits: tuple[float, ...]) -> list[dict[str, Any]]:
+    """Splits already in DIR/unlearn.json measured under the same settings and not being re-run now.
+
+    One table can then be built split by split (`--splits 0.01`, later `--splits 0.1`) without re-running
+    the others; a file written under other settings (seed, budget, quick) is replaced, not mixed in."""
+    path = out / "unlearn.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    same = (old.get("seed"), old.get("quick"), old.get("budget"), old.get("holdout_people")) == \
+        (seed, quick, budget.__dict__, holdout_people)
+    return [s for s in old.get("splits", []) if same and s["fraction"] not in splits]
 
 
 def write(results: dict[str, Any], out: Path) -> None:

@@ -9,6 +9,7 @@ the weights before it propagates.
 """
 
 from excise.edit.ablation import ablate, mean_activations
+from excise.edit.covariance import generated_sample
 from excise.edit.rank_one import key_second_moment, planted, rank_one_update
 from excise.edit.masks import random_like
 from excise.edit.memit import MemitConfig, memit
@@ -18,5 +19,5 @@ from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
 __all__ = ["EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
-           "ablate", "key_second_moment", "mean_activations", "memit", "planted", "random_like", "rank_one_update",
+           "ablate", "generated_sample", "key_second_moment", "mean_activations", "memit", "planted", "random_like", "rank_one_update",
            "recording", "rome", "rome_each", "sequence", "task_vector", "unlearn"]

@@ -109,7 +109,9 @@ def ablate(
     for l in heads:
         v = linear(model, l, "attn.o")
         scope += [v.weight] + ([v.bias] if v.bias is not None else [])
-    if mode == "mean" and any(p is None for p in scope):
+    no_bias = [l for l in neurons if linear(model, l, "mlp.out").bias is None] + \
+        [l for l in heads if linear(model, l, "attn.o").bias is None]
+    if mode == "mean" and no_bias:
         raise ValueError("mean ablation moves the mean into the output bias, and this model's "
                          "MLP/attention outputs have none; use mode='zero'")
     hyper = {"mode": mode, "components": [c.to_dict() for c in comps], "sample_size": len(sample or [])}

@@ -242,7 +242,8 @@ def _default_sample(model: Any) -> list[str]:
     if organism.is_organism(model):
         return corpus(organism.world())
     raise ValueError("ROME needs a text sample for the key covariance: pass sample=[...] (strings "
-                     "like the model's training text), or C=")
+                     "like the model's training text; excise.edit.generated_sample(model) samples "
+                     "them from the model itself), or C=")
 
 
 def rome_each(model: Any, facts: Sequence[Fact], config: RomeConfig, sample: list[str] | None = None,

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from excise.components import head_axis
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.causal_trace import TraceConfig, check_kinds, trace_plans
 from excise.locate.interventions import (
@@ -130,7 +131,7 @@ def activation_patching(
         meta={"fact": fact.to_dict() | {"neighbors": []}, "prompt": pt.text,
               "corruption": corruption,
               "score": "metric(patched) - metric(corrupted)", "metric_clean": clean_value,
-              "metric_corrupt": baseline, "neuron_position": position, **config.__dict__},
+              "metric_corrupt": baseline, "neuron_position": position, **config.__dict__, **head_axis(model.cfg)},
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformer_lens.tools.analysis.attribution_patching import cache_activation_and_gradient
 
+from excise.components import head_axis
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.causal_trace import TraceConfig, check_kinds
 from excise.locate.interventions import embedding_std, subject_noise
@@ -113,5 +114,5 @@ def attribution_patching(
         meta={"fact": fact.to_dict() | {"neighbors": []}, "prompt": pt.text,
               "score": "first-order estimate of metric(patched) - metric(corrupted)",
               "metric_clean": float(clean.metric), "metric_corrupt": float(corr.metric),
-              "neuron_position": position, **config.__dict__},
+              "neuron_position": position, **config.__dict__, **head_axis(model.cfg)},
     )

@@ -55,6 +55,9 @@ class TraceConfig:
 
 
 def check_kinds(kinds: Sequence[str], allowed: Sequence[str], method: str) -> None:
+    if isinstance(kinds, str) or not isinstance(kinds, Sequence):
+        raise TypeError(f"{method} kinds must be a list of kinds among {tuple(allowed)}, got "
+                        f"{type(kinds).__name__}; pass a config by keyword: {method}(model, fact, config=...)")
     bad = [k for k in kinds if k not in allowed]
     if bad or not kinds:
         raise ValueError(f"{method} kinds must be among {tuple(allowed)}; got {list(kinds)}")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from excise.components import head_axis
 from excise.facts import Fact
 from excise.locate.localization import Localization
 from excise.models import has_linear, linear
@@ -136,5 +137,5 @@ def fisher(
     return Localization(
         method="fisher", scores=scores, axes=axes,
         meta={"score": score, "n_forget": len(forget), "n_retain": len(retain or []),
-              "families": list(config.families), "per_example": config.per_example},
+              "families": list(config.families), "per_example": config.per_example, **head_axis(model.cfg)},
     )

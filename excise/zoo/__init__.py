@@ -1,0 +1,9 @@
+"""Small real checkpoints shipped with excise so every architecture path runs offline.
+
+`excise.load(name)` finds a directory here by name before it looks anywhere else.
+"""
+
+from pathlib import Path
+
+ZOO_DIR = Path(__file__).parent
+MODELS = tuple(sorted(p.name for p in ZOO_DIR.iterdir() if (p / "config.json").exists()))

@@ -1,0 +1,222 @@
+"""One suite, two architectures: the same locate/edit/verify properties on the GPT-2
+organism and on stories260k, a real pretrained Llama (RMSNorm, rotary positions,
+grouped-query attention with 8 query / 4 key-value heads, SwiGLU MLP), shipped in
+excise/zoo."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import excise
+from excise import Component
+from excise.components import kv_head
+from excise.edit import EditRecord, MemitConfig, RomeConfig, UnlearnConfig, ablate, memit, rome, unlearn
+from excise.edit.record import storage_owners
+from excise.locate import FisherConfig, TraceConfig, activation_patching, attribution_patching, causal_trace, fisher
+from excise.locate.causal_trace import trace_one_at_a_time
+from excise.models import linear
+from excise.scoring import answer_examples, answer_logprobs, recall_table
+from excise.verify import logit_lens
+
+ARCHS = ["organism", "stories260k"]
+ROME_LAYER = {"organism": 0, "stories260k": 1}     # organism: see bench edit; stories: bench stories, L1 erase
+
+
+class Arch:
+    """A loaded model with facts it recalls, another fact as neighbour, and a covariance sample."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.model = excise.load(name, device="cpu")
+        if name == "organism":
+            world = excise.organism.world()
+            self.facts = list(world.of_subject(world.people[2]))[:2] + list(world.of_subject(world.people[4]))[:1]
+            self.sample = None                             # ROME/MEMIT default to the organism's corpus
+        else:
+            facts, _ = excise.stories.facts(self.model)
+            self.facts = [facts.fact("little girl", "name"), facts.fact("Lily", "thanks"),
+                          facts.fact("dog", "wags")]
+            self.sample = excise.edit.generated_sample(self.model, n=32, length=32, seed=0)
+        self.layer = ROME_LAYER[name]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EXCISE_CACHE", str(tmp_path_factory.mktemp(f"cache_{request.param}")))
+    yield Arch(request.param)
+    mp.undo()
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in storage_owners(model).items()}
+
+
+def changed(before, model) -> set[str]:
+    return {n for n, p in storage_owners(model).items() if not torch.equal(before[n], p)}
+
+
+def test_the_model_recalls_its_facts(arch):
+    assert recall_table(arch.model, arch.facts, ("request",)).rate("request") == 1.0
+
+
+def test_batched_trace_equals_one_at_a_time(arch):
+    cfg = TraceConfig(n_samples=2, batch_size=13)
+    batched = causal_trace(arch.model, arch.facts[0], config=cfg)
+    loop = trace_one_at_a_time(arch.model, arch.facts[0], config=cfg)
+    for kind in ("resid", "mlp", "attn"):
+        assert torch.allclose(batched.scores[kind], loop[kind], atol=1e-4), kind
+
+
+def test_patching_clean_into_itself_is_zero_at_every_granularity(arch):
+    f = arch.facts[0]
+    loc = activation_patching(arch.model, f, ("resid", "mlp", "attn", "head", "neuron"), corrupt=f)
+    assert loc.scores["head"].shape[-1] == arch.model.cfg.n_heads
+    assert loc.scores["neuron"].shape[-1] == arch.model.cfg.d_mlp
+    for kind, s in loc.scores.items():
+        assert s.nan_to_num().abs().max() <= 1e-4, kind
+
+
+def test_attribution_tracks_exact_neuron_patching(arch):
+    """Neurons are the MLP hidden units (for SwiGLU: act(gate) * up, the input of down_proj)."""
+    f = arch.facts[0]
+    last_subject = excise.tokenize_prompt(arch.model, f).last_subject
+    layer = arch.layer
+    exact = activation_patching(arch.model, f, ("neuron",), layers=[layer], neuron_position=last_subject,
+                                n_samples=3)
+    approx = attribution_patching(arch.model, f, ("neuron",), neuron_position=last_subject, n_samples=3)
+    e, a = exact.scores["neuron"][layer], approx.scores["neuron"][layer]
+    corr = torch.corrcoef(torch.stack([e, a]))[0, 1]
+    assert corr > 0.5, float(corr)
+
+
+def test_head_scores_are_per_query_head_and_name_their_kv_head(arch):
+    cfg = arch.model.cfg
+    loc = attribution_patching(arch.model, arch.facts[0], ("head",), n_samples=2)
+    assert loc.scores["head"].shape == (cfg.n_layers, cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    assert loc.meta["n_key_value_heads"] == n_kv
+    if arch.name == "stories260k":
+        assert n_kv == 4 and loc.meta["kv_head_of_query_head"] == [0, 0, 1, 1, 2, 2, 3, 3]
+        assert kv_head(cfg, 5) == 2
+
+
+def test_fisher_shapes_and_untouched_layers(arch):
+    loc = fisher(arch.model, forget=arch.facts[:1], retain=arch.facts[1:], config=FisherConfig(progress=False))
+    cfg = arch.model.cfg
+    assert loc.scores["neuron"].shape == (cfg.n_layers, cfg.d_mlp)
+    assert loc.scores["head"].shape == (cfg.n_layers, cfg.n_heads)
+    assert (loc.scores["neuron"] >= 0).all() and loc.scores["neuron"].max() > 0
+
+
+def test_rome_delete_changes_one_matrix_and_undoes(arch, tmp_path):
+    m, f = arch.model, arch.facts[0]
+    before = weights(m)
+    record = rome(m, f, RomeConfig(layer=arch.layer, objective="erase"), sample=arch.sample)
+    try:
+        assert recall_table(m, [f], ("request",)).rate("request") == 0.0
+        assert recall_table(m, arch.facts[1:], ("request",)).rate("request") == 1.0
+        out = linear(m, arch.layer, "mlp.out").weight
+        names = changed(before, m)
+        assert names == {n for n, p in storage_owners(m).items() if p is out}
+        assert {c.kind for c in record.touched()} == {"neuron"}
+        edited = weights(m)
+        record.save(tmp_path / "rome.safetensors")
+    finally:
+        record.undo()
+    assert not changed(before, m)
+    loaded = EditRecord.load(tmp_path / "rome.safetensors", m)
+    loaded.apply()
+    assert not changed(edited, m)
+    loaded.undo()
+    assert not changed(before, m)
+
+
+def test_memit_spreads_over_its_layers_only(arch):
+    m = arch.model
+    layers = (arch.layer, arch.layer + 1)
+    facts = arch.facts[1:]                        # two subjects
+    examples = answer_examples(m, facts)
+    logp = answer_logprobs(m, examples)
+    before = weights(m)
+    record = memit(m, facts, MemitConfig(layers=layers, mom2_weight=300.0, progress=False), sample=arch.sample)
+    try:
+        outs = {id(linear(m, l, "mlp.out").weight) for l in layers}
+        assert changed(before, m) and all(id(storage_owners(m)[n]) in outs for n in changed(before, m))
+        assert (answer_logprobs(m, examples) - logp).mean() < -0.1    # efficacy itself: bench edit / stories
+    finally:
+        record.undo()
+    assert not changed(before, m)
+
+
+def test_baked_ablation_equals_the_hooked_ablation(arch):
+    m = arch.model
+    neuron, head = 5, 3
+    comps = [Component(1, "neuron", neuron), Component(2, "head", head)]
+
+    def zero_neuron(act, hook):
+        act = act.clone()
+        act[..., neuron] = 0
+        return act
+
+    def zero_head(act, hook):
+        act = act.clone()
+        act[:, :, head] = 0
+        return act
+
+    tokens = excise.tokenize_prompt(m, arch.facts[0]).tokens[None]
+    with torch.no_grad(), m.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", zero_neuron),
+                                             ("blocks.2.attn.hook_z", zero_head)]):
+        expected = m(tokens)
+    before = weights(m)
+    record = ablate(m, comps)
+    try:
+        with torch.no_grad():
+            assert torch.allclose(m(tokens), expected, atol=1e-5)
+        assert set(record.touched()) == set(comps)
+    finally:
+        record.undo()
+    assert not changed(before, m)
+    if arch.name == "stories260k":       # no output biases to hold a mean
+        with pytest.raises(ValueError, match="mode='zero'"):
+            ablate(m, comps, mode="mean", sample=["Lily went to the park."])
+        assert not changed(before, m)
+
+
+def test_masked_unlearning_moves_only_the_mask_and_undoes(arch):
+    m = arch.model
+    mask = [Component(arch.layer, "neuron", i) for i in range(8)] + [Component(2, "head", 1)]
+    before = weights(m)
+    record = unlearn(m, arch.facts[:1], arch.facts[1:], mask=mask,
+                     config=UnlearnConfig(method="npo", steps=4, eval_every=4, progress=False, lr=1e-2))
+    try:
+        assert changed(before, m) <= set(record.parameters_touched())
+        touched = set(record.touched())
+        # a key/value head serves its whole group of query heads: changing it touches them all
+        group = {Component(2, "head", h) for h in range(m.cfg.n_heads) if kv_head(m.cfg, h) == kv_head(m.cfg, 1)}
+        assert touched and touched <= set(mask) | group
+    finally:
+        record.undo()
+    assert not changed(before, m)
+
+
+def test_logit_lens_last_layer_is_the_output_through_the_final_norm(arch):
+    m = arch.model
+    probes = logit_lens(m, arch.facts, top_k=3)
+    assert all(p.ranks[-1] == 0 for p in probes)        # recalled: the output's top-1, read through ln_final
+    assert all(len(p.ranks) == m.cfg.n_layers for p in probes)
+
+
+def test_trace_delete_audit_end_to_end(arch):
+    m, f = arch.model, arch.facts[0]
+    trace = causal_trace(m, f, kinds=("mlp",), n_samples=3)
+    assert trace.scores["mlp"].shape == (m.cfg.n_layers, len(trace.tokens))
+    record = rome(m, f, RomeConfig(layer=arch.layer, objective="head_projection"), sample=arch.sample)
+    try:
+        report = excise.verify.audit(m, [f], retain=arch.facts[1:], progress=False)
+        assert report.recall("edited", "request") == 0.0
+        assert report.success("edited", "logit_lens", 1) is not None
+        assert recall_table(m, arch.facts[1:], ("request",)).rate("request") >= 0.5
+    finally:
+        record.undo()
