@@ -32,7 +32,8 @@ class Arch:
         if name == "organism":
             world = excise.organism.world()
             self.facts = list(world.of_subject(world.people[2]))[:2] + list(world.of_subject(world.people[4]))[:1]
-            self.sample = None                             # ROME/MEMIT default to the organism's corpus
+            from excise.organism.train import corpus
+            self.sample = corpus(world)[::8]               # an eighth of the training text: C in seconds
         else:
             facts, _ = excise.stories.facts(self.model)
             self.facts = [facts.fact("little girl", "name"), facts.fact("Lily", "thanks"),
