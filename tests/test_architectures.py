@@ -221,3 +221,18 @@ def test_trace_delete_audit_end_to_end(arch):
         assert recall_table(m, arch.facts[1:], ("request",)).rate("request") >= 0.5
     finally:
         record.undo()
+
+
+def test_discover_keeps_confident_whole_words_and_sentencepiece_spans():
+    m = excise.load("stories260k")
+    pt = excise.tokenize_prompt(m, excise.Fact("little girl", "name", "Lily", "Once upon a time, there was a {} named"))
+    assert m.tokenizer.decode(pt.tokens[pt.subject[0]:pt.subject[1]]).strip() == "little girl"
+    facts, rows = excise.facts.discover(m, [
+        {"subject": "little girl", "relation": "name", "prompt": "Once upon a time, there was a {} named"},
+        {"subject": "Sara", "relation": "feels", "prompt": "{} felt very"},
+        {"subject": "Lucy", "relation": "hurt", "prompt": "{} fell down and hurt her"},
+    ])
+    assert [f.target for f in facts] == ["Lily"]
+    assert rows[0]["prob"] > 0.9 and "dropped" not in rows[0]
+    assert "probability" in rows[1]["dropped"]
+    assert "tokenizes differently" in rows[2]["dropped"]       # "her" + "self": no word of its own
