@@ -421,7 +421,7 @@ def discover(model: Any, candidates: Iterable[dict[str, Any]], min_prob: float =
         cand = dict(cand)
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cand.items() if k != "target"}
         probe = Fact(**{**fields, "target": "?"})
-        row = {"subject": probe.subject, "relation": probe.relation, "prompt": probe.prompt.format(probe.subject)}
+        row = {"subject": probe.subject, "relation": probe.relation, "prompt": probe.fill(probe.prompt)}
         rows.append(row)
         tokens = tokenize_prompt(model, probe).tokens[None].to(model.cfg.device)
         first = model(tokens)[0, -1].float().softmax(-1)

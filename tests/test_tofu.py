@@ -1,0 +1,87 @@
+"""TOFU: the shipped splits, and TOFU's metrics on whole answers, on a few rows (seconds)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import excise
+from excise import tofu
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return excise.load("stories260k")         # a 512-token context holds TOFU's questions and answers
+
+
+def test_splits_are_nested_and_named_by_author():
+    f01, f05, f10 = (tofu.load(s) for s in ("forget01", "forget05", "forget10"))
+    assert (len(f01), len(f05), len(f10)) == (40, 200, 400)
+    assert {q.question for q in f01} <= {q.question for q in f05} <= {q.question for q in f10}
+    assert sorted({q.author for q in f01}) == ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"]
+    assert all(len(q.perturbed_answers) == 5 and q.paraphrased_answer for q in f10)
+    retain = tofu.load("retain90")
+    # 180 authors; one never names itself in its 20 rows ("the fictitious author"), so it has no name here
+    assert len(retain) == 3600 and len({q.author for q in retain} - {None}) == 179
+    assert sum(q.author is None for q in retain) == 20
+    assert not {q.author for q in retain} & {q.author for q in f10}
+    assert len(tofu.retain_for("forget01")) == 4000 - 40
+
+
+def test_facts_are_the_questions_naming_their_author():
+    qas = tofu.load("forget01")
+    facts = tofu.as_facts(qas)
+    assert 30 <= len(facts) < len(qas)
+    for f in facts:
+        assert "{}" in f.prompt and f.prompt.startswith("Question: ") and f.prompt.endswith("\nAnswer:")
+        assert f.fill(f.prompt) in {q.prompt for q in qas}
+        assert f.target in {q.answer for q in qas} and len(f.target.split()) > 2      # whole answers
+
+
+def test_bad_input_is_explained(tmp_path, organism_model):
+    with pytest.raises(ValueError, match="unknown TOFU split 'forget50'.*forget05"):
+        tofu.load("forget50")
+    with pytest.raises(FileNotFoundError, match="pass path="):
+        tofu.load("forget01", path=tmp_path)
+    with pytest.raises(ValueError, match="retain_for takes a forget split"):
+        tofu.retain_for("retain90")
+    with pytest.raises(ValueError, match="context"):        # the organism's context is shorter than the rows
+        tofu.answer_probability(organism_model, tofu.load("forget01")[:2])
+    with pytest.raises(ValueError, match="no perturbed answers"):
+        tofu.truth_ratio(organism_model, tofu.load("retain90")[:1])
+
+
+def test_truth_ratio_is_one_when_the_wrong_answers_are_the_right_one(llama):
+    rows = tofu.load("forget01")[:4]
+    same = [replace(q, perturbed_answers=(q.paraphrased_answer,) * 3) for q in rows]
+    assert np.allclose(tofu.truth_ratio(llama, same), 1.0, atol=1e-5)
+    r = tofu.truth_ratio(llama, rows)
+    assert (r > 0).all() and not np.allclose(r, 1.0)
+    p = tofu.choice_probability(llama, [replace(q, perturbed_answers=(q.answer,) * 3) for q in rows])
+    assert np.allclose(p, 1 / 4, atol=1e-5)
+
+
+def test_forget_quality_is_symmetric_and_one_against_itself(llama):
+    a = tofu.truth_ratio(llama, tofu.load("forget01")[:6])
+    b = tofu.truth_ratio(llama, tofu.load("forget01")[6:12])
+    assert tofu.forget_quality(a, a) == 1.0
+    assert tofu.forget_quality(a, b) == tofu.forget_quality(b, a)
+    assert tofu.forget_quality(a, a * 100) < 0.01
+
+
+def test_rouge_l_recall_of_the_models_own_answer_is_one(llama):
+    rows = tofu.load("forget01")[:3]
+    said = tofu.greedy_answers(llama, rows, max_new_tokens=12)
+    own = [replace(q, answer=s) for q, s in zip(rows, said, strict=True) if s]
+    assert own and np.allclose(tofu.rouge_l_recall(llama, own, max_new_tokens=12), 1.0)
+    assert (tofu.rouge_l_recall(llama, rows, max_new_tokens=12) < 0.5).all()     # it never saw TOFU
+
+
+def test_model_utility_is_the_harmonic_mean_of_nine_numbers(llama):
+    parts = tofu.model_utility(llama, tofu.load("retain_perturbed")[:3], tofu.load("real_authors")[:3],
+                               tofu.load("world_facts")[:3], max_new_tokens=8)
+    nine = {k: v for k, v in parts.items() if k != "utility"}
+    assert len(nine) == 9 and all(0 <= v <= 1 for v in nine.values())
+    assert min(nine.values()) - 1e-9 <= parts["utility"] <= np.mean(list(nine.values()))
