@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 import excise
 from excise import tofu
@@ -85,3 +86,27 @@ def test_model_utility_is_the_harmonic_mean_of_nine_numbers(llama):
     nine = {k: v for k, v in parts.items() if k != "utility"}
     assert len(nine) == 9 and all(0 <= v <= 1 for v in nine.values())
     assert min(nine.values()) - 1e-9 <= parts["utility"] <= np.mean(list(nine.values()))
+
+
+def test_tofu_organism_recipe_trains_reproducibly_without_its_forget_split(tmp_path, monkeypatch):
+    from excise.tofu.organism import TofuRecipe, model_dir, rows_for
+
+    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path))
+    recipe = TofuRecipe(authors=3, general=False, vocab_size=600, n_layer=1, n_embd=32, n_head=2, epochs=1,
+                        batch_size=16, warmup_steps=2)
+    full, retain = rows_for(recipe), rows_for(recipe, without="forget01")
+    assert len(full) == 60 and len(retain) == 20          # forget01 is the first two authors
+    assert not {q.question for q in retain} & {q.question for q in tofu.load("forget01")}
+    a = model_dir("retain99", recipe, progress=False)
+    assert model_dir("retain99", recipe, progress=False) == a                        # cached
+    model = excise.load(a)
+    assert tofu.answer_probability(model, tofu.load("forget01")[:2]).shape == (2,)
+    import shutil
+
+    from safetensors.torch import load_file
+    first = load_file(a / "model.safetensors")
+    shutil.rmtree(a)
+    again = load_file(model_dir("retain99", recipe, progress=False) / "model.safetensors")   # retrained
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    with pytest.raises(ValueError, match="unknown TOFU organism variant"):
+        model_dir("retain50", recipe)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -126,6 +127,22 @@ def train(
         attn_pdrop=0.0, bos_token_id=tok.bos_token_id, eos_token_id=eos,
         pad_token_id=tok.pad_token_id,
     )
+    model, seconds = fit(lambda: GPT2LMHeadModel(config), rows, recipe, pad_id=eos, progress=progress,
+                         desc="train organism",
+                         on_epoch=None if on_epoch is None else lambda e, m: on_epoch(e, m, tok))
+    if out is not None:
+        save(model, tok, recipe, Path(out), without, seconds)
+    return model, tok
+
+
+def fit(make_model, rows: list[list[int]], recipe: Any, pad_id: int, progress: bool = True,
+        desc: str = "train", on_epoch=None) -> tuple[torch.nn.Module, float]:
+    """Train `make_model()` on token rows with `recipe`'s optimisation settings; (model in eval mode, seconds).
+
+    `recipe` needs seed, epochs, batch_size, lr, warmup_steps and weight_decay.
+    The model is built after seeding, inside a forked RNG, so the same recipe
+    and rows give the same weights (on the same machine and thread count).
+    """
     chunk = recipe.batch_size * 16
     steps_per_epoch = sum(math.ceil(min(chunk, len(rows) - c) / recipe.batch_size)
                           for c in range(0, len(rows), chunk))
@@ -133,17 +150,17 @@ def train(
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
-        model = GPT2LMHeadModel(config)
+        model = make_model()
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                 betas=(0.9, 0.98))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe.warmup_steps, total))
         gen = torch.Generator().manual_seed(recipe.seed)
-        bar = tqdm(total=total, desc="train organism", disable=not progress, unit="step")
+        bar = tqdm(total=total, desc=desc, disable=not progress, unit="step")
         for epoch in range(recipe.epochs):
             for idx in _length_bucketed_batches(rows, recipe.batch_size, gen):
                 batch = [rows[i] for i in idx]
-                ids, mask = _pad(batch, eos)
+                ids, mask = _pad(batch, pad_id)
                 labels = ids.masked_fill(~mask, -100)
                 loss = model(input_ids=ids, attention_mask=mask.long(), labels=labels).loss
                 opt.zero_grad(set_to_none=True)
@@ -155,15 +172,13 @@ def train(
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if on_epoch is not None:
                 model.eval()
-                on_epoch(epoch, model, tok)
+                on_epoch(epoch, model)
                 model.train()
         bar.close()
     model.eval()
     seconds = time.perf_counter() - start
     log.info("trained %d steps in %.1fs", total, seconds)
-    if out is not None:
-        save(model, tok, recipe, Path(out), without, seconds)
-    return model, tok
+    return model, seconds
 
 
 def save(model, tok, recipe: Recipe, out: Path, without: Iterable[Fact] = (), seconds: float | None = None) -> None:
