@@ -9,6 +9,7 @@
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
+    excise tofu build      train (or find cached) the TOFU organism and its retain models
 
 MODEL: "organism", "stories260k" (a tiny Llama, shipped), a TransformerLens model name, or a local Hugging Face
 directory. F.json: a list of facts (see the README); for the organism
@@ -18,6 +19,7 @@ directory. F.json: a list of facts (see the README); for the organism
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,6 +198,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tofu(args: argparse.Namespace) -> int:
+    from excise.tofu.organism import TofuRecipe, model_dir
+
+    recipe = TofuRecipe(seed=args.seed)
+    for variant in args.variants.split(","):
+        path = model_dir(variant.strip(), recipe)
+        meta = json.loads((path / "excise_tofu.json").read_text())
+        print(f"{variant}: {path} ({meta['rows']} rows, trained in {meta['train_seconds']:.0f}s)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="excise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--methods", default=None, help="unlearn: comma-separated methods (default: all)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.set_defaults(func=_bench)
+    tofu = sub.add_parser("tofu", help="TOFU organism: train (or find cached) the model and its retain models")
+    tofu.add_argument("action", choices=["build"], help="build: train every variant not yet cached")
+    tofu.add_argument("--variants", default="full,retain99,retain95,retain90",
+                      help="comma-separated: full, retain99 (minus forget01), retain95, retain90")
+    tofu.add_argument("--seed", type=int, default=0)
+    tofu.set_defaults(func=_tofu)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
