@@ -39,8 +39,8 @@ class TofuRecipe:
     authors: int | None = None    # only the first N authors (forget10's first): a slice for tests
     vocab_size: int = 4096
     n_layer: int = 4
-    n_embd: int = 256
-    n_head: int = 8
+    n_embd: int = 192
+    n_head: int = 6
     n_positions: int = 256
     epochs: int = 40
     batch_size: int = 32
