@@ -86,6 +86,8 @@ def test_model_utility_is_the_harmonic_mean_of_nine_numbers(llama):
     nine = {k: v for k, v in parts.items() if k != "utility"}
     assert len(nine) == 9 and all(0 <= v <= 1 for v in nine.values())
     assert min(nine.values()) - 1e-9 <= parts["utility"] <= np.mean(list(nine.values()))
+    if min(nine.values()) == 0:
+        assert parts["utility"] == 0.0
 
 
 def test_tofu_organism_recipe_trains_reproducibly_without_its_forget_split(tmp_path, monkeypatch):

@@ -134,5 +134,6 @@ def model_utility(model: Any, retain: Sequence[QA], real_authors: Sequence[QA], 
         parts[f"{name}_probability"] = float(prob.mean())
         parts[f"{name}_rouge_l"] = float(rouge_l_recall(model, qas, max_new_tokens).mean())
         parts[f"{name}_truth_score"] = float(np.maximum(0.0, 1.0 - truth_ratio(model, qas)).mean())
-    parts["utility"] = float(hmean([max(v, 1e-12) for v in parts.values()]))
+    values = list(parts.values())
+    parts["utility"] = 0.0 if min(values) <= 0 else float(hmean(values))     # a zero part zeroes the harmonic mean
     return parts
