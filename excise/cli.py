@@ -9,6 +9,7 @@
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
+    excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu-SPLIT.json/.md/.png)
     excise tofu build      train (or find cached) the TOFU organism and its retain models
 
 MODEL: "organism", "stories260k" (a tiny Llama, shipped), a TransformerLens model name, or a local Hugging Face
@@ -190,6 +191,13 @@ def _bench(args: argparse.Namespace) -> int:
         run(args.out, quick=args.quick, seed=args.seed, methods=methods, splits=splits, log=lambda m: print(m, flush=True))
         print((Path(args.out) / "unlearn.md").read_text())
         print(f"wrote {Path(args.out) / 'unlearn.json'}, unlearn.md, unlearn.png and {Path(args.out).parent / 'RESULTS.md'}")
+    elif args.suite == "tofu":
+        from excise.bench.tofu import METHODS as TOFU_METHODS
+        from excise.bench.tofu import run
+
+        methods = tuple(args.methods.split(",")) if args.methods else TOFU_METHODS
+        run(args.out, split=args.split, seed=args.seed, methods=methods, log=lambda m: print(m, flush=True))
+        print((Path(args.out) / f"tofu-{args.split}.md").read_text())
     elif args.suite == "stories":
         from excise.bench.stories import run
 
@@ -254,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "verify", "unlearn", "stories"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "verify", "unlearn", "stories", "tofu"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)
@@ -262,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo and swap)")
     bench.add_argument("--methods", default=None, help="unlearn: comma-separated methods (default: all)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
+    bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],
+                       help="tofu: which TOFU forget split (default forget01)")
     bench.set_defaults(func=_bench)
     tofu = sub.add_parser("tofu", help="TOFU organism: train (or find cached) the model and its retain models")
     tofu.add_argument("action", choices=["build"], help="build: train every variant not yet cached")

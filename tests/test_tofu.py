@@ -112,3 +112,24 @@ def test_tofu_organism_recipe_trains_reproducibly_without_its_forget_split(tmp_p
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
     with pytest.raises(ValueError, match="unknown TOFU organism variant"):
         model_dir("retain50", recipe)
+
+
+def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
+    from excise.bench.tofu import run
+    from excise.tofu.organism import TofuRecipe
+
+    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path / "cache"))
+    recipe = TofuRecipe(authors=3, general=False, vocab_size=600, n_layer=1, n_embd=32, n_head=2, epochs=1,
+                        batch_size=16, warmup_steps=2, n_positions=512)
+    r = run(tmp_path / "out", "forget01", recipe=recipe, methods=("npo",), steps=2, n_retain=20,
+            max_new_tokens=4, utility_rows=8, progress=False)
+    names = [(row["method"], row["scope"]) for row in r["rows"]]
+    assert names == [("original", "-"), ("retain model (retain99)", "retrain"), ("npo", "located"),
+                     ("npo", "random"), ("npo", "all")]
+    assert r["rows"][1]["forget_quality"] == 1.0             # the retain model against itself
+    located = r["rows"][2]
+    assert 0 < located["parameters_touched"] < r["rows"][4]["parameters_touched"]
+    assert all(0 <= row["utility"] <= 1 and 0 <= row["forget_quality"] <= 1 for row in r["rows"])
+    for ext in ("json", "md", "png"):
+        assert (tmp_path / "out" / f"tofu-forget01.{ext}").exists()
+    assert "| npo | located |" in (tmp_path / "out" / "tofu-forget01.md").read_text()

@@ -46,7 +46,7 @@ def check_context(model: Any, n_tokens: int) -> None:
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and n_tokens > n_ctx:
         raise ValueError(f"a TOFU question with its answer is {n_tokens} tokens but the model's context is "
-                         f"{n_ctx}; use a model with a longer context (the TOFU organism's is 512)")
+                         f"{n_ctx}; use a model with a longer context (TofuRecipe.n_positions for the TOFU organism)")
 
 
 def normalized_probability(model: Any, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,128 @@
+"""`excise bench tofu --split forget01|forget05|forget10`: unlearning on the TOFU organism, by TOFU's metrics.
+
+For each method (GA, GradDiff, KL, NPO, DPO towards "I don't know") at
+located (Fisher neurons), random (same count, seeded) and all parameters:
+forget quality (KS p-value of forget-set truth ratios against the matching
+retain model's), model utility (TOFU's nine numbers), forget ROUGE-L recall,
+forget answer probability, parameters touched and wall seconds; plus the
+un-unlearned organism and the retain model itself as reference rows.
+Writes DIR/tofu-SPLIT.json, DIR/tofu-SPLIT.md and DIR/tofu-SPLIT.png (TOFU's
+scatter: forget quality, log scale, against model utility).
+
+The training retain facts are drawn from the split's retain set, disjoint from
+the retain_perturbed rows that utility is measured on. TOFU's answers are
+whole sentences, so the methods run a fixed number of steps: first-token
+recall, the organism's early-stopping signal, says nothing about them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import excise
+from excise.edit import UnlearnConfig, random_like, unlearn
+from excise.locate import FisherConfig, fisher
+from excise.models import copy_model
+from excise.tofu import (
+    FORGET_SPLITS, answer_probability, as_facts, forget_quality, load, model_utility, retain_for, rouge_l_recall,
+    truth_ratio,
+)
+from excise.tofu.organism import VARIANTS, TofuRecipe, model_dir
+
+METHODS = ("ga", "graddiff", "kl", "npo", "dpo")
+SCOPES = ("located", "random", "all")
+RETAIN_OF = {without: variant for variant, without in VARIANTS.items() if without}
+
+
+def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecipe(), seed: int = 0,
+        methods: tuple[str, ...] = METHODS, steps: int = 40, neurons_per_row: int = 4, n_retain: int = 400,
+        max_new_tokens: int = 64, utility_rows: int | None = None, progress: bool = True,
+        log=lambda m: None) -> dict[str, Any]:
+    """The table for `split` (see the module docstring); `utility_rows` caps each utility set (smoke runs)."""
+    if split not in FORGET_SPLITS:
+        raise ValueError(f"split must be one of {FORGET_SPLITS}, got {split!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    full = excise.load(model_dir("full", recipe, progress), device="cpu")
+    oracle = excise.load(model_dir(RETAIN_OF[split], recipe, progress), device="cpu")
+    forget_rows = load(split)
+    forget = list(as_facts(forget_rows))
+    utility_sets = tuple(load(s)[:utility_rows] for s in ("retain_perturbed", "real_authors", "world_facts"))
+    measured = {q.question for q in utility_sets[0]}
+    pool = [q for q in retain_for(split) if q.question not in measured]
+    retain = list(as_facts(random.Random(seed).sample(pool, min(n_retain, len(pool)))))
+    oracle_ratios = truth_ratio(oracle, forget_rows)
+
+    def score(model) -> dict[str, float]:
+        return {"forget_quality": forget_quality(truth_ratio(model, forget_rows), oracle_ratios),
+                "forget_rouge_l": float(rouge_l_recall(model, forget_rows, max_new_tokens).mean()),
+                "forget_probability": float(answer_probability(model, forget_rows).mean()),
+                **model_utility(model, *utility_sets, max_new_tokens=max_new_tokens)}
+
+    t = time.perf_counter()
+    loc = fisher(full, forget, retain=retain[:200], config=FisherConfig(progress=False))
+    located = loc.to_components(neurons_per_row * len(forget_rows), kind="neuron")
+    locate_seconds = time.perf_counter() - t
+    masks = {"located": located, "random": random_like(full, located, seed=seed + 1), "all": None}
+    rows = [{"method": "original", "scope": "-", "seconds": 0.0, "parameters_touched": 0, **score(full)},
+            {"method": f"retain model ({RETAIN_OF[split]})", "scope": "retrain", "parameters_touched": None,
+             "seconds": json.loads((model_dir(RETAIN_OF[split], recipe) / "excise_tofu.json").read_text())
+             ["train_seconds"], **score(oracle)}]
+    for method in methods:
+        for scope in SCOPES:
+            model = copy_model(full)
+            config = UnlearnConfig.for_method(method, steps=steps, stop_forget_recall=-1.0, families=("request",),
+                                              progress=False, seed=seed)
+            t = time.perf_counter()
+            record = unlearn(model, forget, retain, mask=masks[scope], config=config)
+            seconds = time.perf_counter() - t
+            row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed,
+                   **score(model)}
+            rows.append(row)
+            log(f"{method:<9} {scope:<8} fq {row['forget_quality']:.3g} utility {row['utility']:.3f} "
+                f"forget rouge {row['forget_rouge_l']:.3f} ({seconds:.0f}s)")
+    results = {"split": split, "recipe": recipe.__dict__, "seed": seed, "steps": steps, "utility_rows": utility_rows,
+               "forget_rows": len(forget_rows), "forget_facts": len(forget), "retain_facts": len(retain),
+               "located_neurons": len(located), "locate_seconds": locate_seconds, "rows": rows}
+    (out / f"tofu-{split}.json").write_text(json.dumps(results, indent=1))
+    (out / f"tofu-{split}.md").write_text(to_markdown(results))
+    plot(results).savefig(out / f"tofu-{split}.png", dpi=120, bbox_inches="tight")
+    return results
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    lines = [f"## TOFU {r['split']} on the TOFU organism", "",
+             f"{r['forget_rows']} forget rows ({r['forget_facts']} name their author and are trained on), "
+             f"{r['retain_facts']} retain facts, {r['steps']} steps per method, located = {r['located_neurons']} "
+             f"Fisher neurons ({r['locate_seconds']:.0f}s). Forget quality: KS p-value of forget-set truth ratios "
+             "against the retain model's; utility: TOFU's harmonic mean of nine numbers.", "",
+             "| method | scope | forget quality | model utility | forget ROUGE-L | forget prob | params | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        params = "-" if row["parameters_touched"] is None else f"{row['parameters_touched']:,}"
+        lines.append(f"| {row['method']} | {row['scope']} | {row['forget_quality']:.3g} | {row['utility']:.3f} | "
+                     f"{row['forget_rouge_l']:.3f} | {row['forget_probability']:.3f} | {params} | "
+                     f"{row['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict[str, Any]):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = {"located": "o", "random": "s", "all": "^", "-": "x", "retrain": "*"}
+    for row in r["rows"]:
+        ax.scatter(row["utility"], max(row["forget_quality"], 1e-300), marker=markers.get(row["scope"], "o"),
+                   s=160 if row["scope"] == "retrain" else 40,
+                   label=f"{row['method']} ({row['scope']})" if row["scope"] not in ("-", "retrain") else row["method"])
+    ax.set_yscale("log")
+    ax.axhline(0.05, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("model utility")
+    ax.set_ylabel("forget quality (KS p-value, log)")
+    ax.set_title(f"TOFU {r['split']}: forget quality vs utility")
+    ax.legend(fontsize=6, ncol=2)
+    return fig
