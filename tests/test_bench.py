@@ -41,3 +41,16 @@ def test_unlearn_quick_table(tmp_path, world):
 def test_unknown_method_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown methods"):
         run(tmp_path, methods=("forget_harder",))
+
+
+def test_a_table_grows_split_by_split_and_never_mixes_settings(tmp_path):
+    from excise.bench.unlearn import kept_splits
+
+    budget = Budget()
+    settings = {"seed": 0, "quick": False, "budget": budget.__dict__, "holdout_people": 30}
+    (tmp_path / "unlearn.json").write_text(json.dumps({**settings, "splits": [
+        {"fraction": 0.05, "rows": []}, {"fraction": 0.1, "rows": []}]}))
+    kept = kept_splits(tmp_path, 0, False, budget, 30, (0.1, 0.01))
+    assert [s["fraction"] for s in kept] == [0.05]                  # 0.1 is being re-run, 0.05 stays
+    assert kept_splits(tmp_path, 1, False, budget, 30, (0.01,)) == []      # another seed: replaced, not mixed
+    assert kept_splits(tmp_path / "none", 0, False, budget, 30, (0.01,)) == []
