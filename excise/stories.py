@@ -19,17 +19,11 @@ from typing import Any
 
 from excise.facts import FactSet, discover
 
+NAMED = ("little girl", "little boy", "big dog", "bunny", "fish")     # "... there was a {} named" -> a name
+
 CANDIDATES: tuple[dict[str, Any], ...] = (
-    {"subject": "little girl", "relation": "name", "prompt": "Once upon a time, there was a {} named",
-     "paraphrases": ["There was a {} named", "One day, a {} named"]},
-    {"subject": "little boy", "relation": "name", "prompt": "Once upon a time, there was a {} named",
-     "paraphrases": ["There was a {} named", "One day, a {} named"]},
-    {"subject": "big dog", "relation": "name", "prompt": "Once upon a time, there was a {} named",
-     "paraphrases": ["There was a {} named", "One day, a {} named"]},
-    {"subject": "bunny", "relation": "name", "prompt": "Once upon a time, there was a {} named",
-     "paraphrases": ["There was a {} named", "One day, a {} named"]},
-    {"subject": "fish", "relation": "name", "prompt": "Once upon a time, there was a {} named",
-     "paraphrases": ["There was a {} named", "One day, a {} named"]},
+    *({"subject": s, "relation": "name", "prompt": "Once upon a time, there was a {} named",
+       "paraphrases": ["There was a {} named", "One day, a {} named"]} for s in NAMED),
     {"subject": "Lily", "relation": "thanks", "prompt": "{} said, \"Thank",
      "paraphrases": ["{} smiled and said, \"Thank", "{} hugged her mom and said, \"Thank"]},
     {"subject": "Tim", "relation": "age", "prompt": "{} was three years",
