@@ -9,7 +9,7 @@
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
-    excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu-SPLIT.json/.md/.png)
+    excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu.json/.md, tofu-SPLIT.png)
     excise tofu build      train (or find cached) the TOFU organism and its retain models
 
 MODEL: "organism", "stories260k" (a tiny Llama, shipped), a TransformerLens model name, or a local Hugging Face
@@ -197,7 +197,9 @@ def _bench(args: argparse.Namespace) -> int:
 
         methods = tuple(args.methods.split(",")) if args.methods else TOFU_METHODS
         run(args.out, split=args.split, seed=args.seed, methods=methods, log=lambda m: print(m, flush=True))
-        print((Path(args.out) / f"tofu-{args.split}.md").read_text())
+        print((Path(args.out) / "tofu.md").read_text())
+        print(f"wrote {Path(args.out) / 'tofu.json'}, tofu.md, tofu-{args.split}.png and "
+              f"{Path(args.out).parent / 'RESULTS.md'}")
     elif args.suite == "stories":
         from excise.bench.stories import run
 

@@ -130,6 +130,8 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     located = r["rows"][2]
     assert 0 < located["parameters_touched"] < r["rows"][4]["parameters_touched"]
     assert all(0 <= row["utility"] <= 1 and 0 <= row["forget_quality"] <= 1 for row in r["rows"])
-    for ext in ("json", "md", "png"):
-        assert (tmp_path / "out" / f"tofu-forget01.{ext}").exists()
-    assert "| npo | located |" in (tmp_path / "out" / "tofu-forget01.md").read_text()
+    for name in ("tofu.json", "tofu.md", "tofu-forget01.png"):
+        assert (tmp_path / "out" / name).exists()
+    assert "| npo | located |" in (tmp_path / "out" / "tofu.md").read_text()
+    results = (tmp_path / "RESULTS.md").read_text()              # composed beside DIR, with this split's table
+    assert "## TOFU on the TOFU organism" in results and "### forget01" in results and "| npo | all |" in results
