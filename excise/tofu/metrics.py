@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -116,13 +117,17 @@ def greedy_answers(model: Any, qas: Sequence[QA], max_new_tokens: int = 64, batc
     return out
 
 
-def rouge_l_recall(model: Any, qas: Sequence[QA], max_new_tokens: int = 64) -> np.ndarray:
-    """ROUGE-L recall of each greedy answer against the reference answer."""
+@cache
+def _rouge_l():
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    return rouge_scorer.RougeScorer(["rougeL"])      # built once: it logs a line each time
+
+
+def rouge_l_recall(model: Any, qas: Sequence[QA], max_new_tokens: int = 64) -> np.ndarray:
+    """ROUGE-L recall of each greedy answer against the reference answer."""
     answers = greedy_answers(model, qas, max_new_tokens)
-    return np.array([scorer.score(q.answer, a)["rougeL"].recall for q, a in zip(qas, answers, strict=True)])
+    return np.array([_rouge_l().score(q.answer, a)["rougeL"].recall for q, a in zip(qas, answers, strict=True)])
 
 
 def model_utility(model: Any, retain: Sequence[QA], real_authors: Sequence[QA], world_facts: Sequence[QA],

@@ -6,7 +6,9 @@ each row as "Question: ...\\nAnswer: ...". The tokenizer is a byte-level BPE
 fitted once on all of TOFU's text, so the organism and its retain models share
 one vocabulary. `model_dir(variant)` trains on first use and caches the
 checkpoint under $EXCISE_CACHE/tofu/ keyed by the recipe, so every variant is
-reproducible by seed:
+reproducible by seed. The default recipe's four checkpoints ship in
+`excise/tofu/models/` (10.5 MB each), so they are never trained on a user's
+machine unless the recipe changes:
 
     full      everything (the model to unlearn from)
     retain99  minus forget01      retain95  minus forget05      retain90  minus forget10
@@ -27,6 +29,7 @@ from excise.tofu.data import FORGET_SPLITS, PER_AUTHOR, QA, load
 
 log = logging.getLogger(__name__)
 
+SHIPPED = Path(__file__).parent / "models"
 VARIANTS = {"full": None, "retain99": "forget01", "retain95": "forget05", "retain90": "forget10"}
 GENERAL = ("real_authors", "world_facts")
 
@@ -120,6 +123,8 @@ def model_dir(variant: str = "full", recipe: TofuRecipe = TofuRecipe(), progress
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown TOFU organism variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if (found := shipped(variant, recipe)) is not None:
+        return found
     key = hashlib.sha256(json.dumps({"recipe": asdict(recipe), "variant": variant}, sort_keys=True)
                          .encode()).hexdigest()[:16]
     path = cache_dir() / "tofu" / f"{variant}-{key}"
@@ -137,6 +142,14 @@ def model_dir(variant: str = "full", recipe: TofuRecipe = TofuRecipe(), progress
         tok.save_pretrained(shared)
     tmp.replace(path)
     return path
+
+
+def shipped(variant: str, recipe: TofuRecipe) -> Path | None:
+    """The checkpoint of `variant` shipped with excise, if it was trained by exactly `recipe`."""
+    meta = SHIPPED / variant / "excise_tofu.json"
+    if meta.exists() and json.loads(meta.read_text())["recipe"] == asdict(recipe):
+        return meta.parent
+    return None
 
 
 def _tokenizer_key(recipe: TofuRecipe) -> str:
