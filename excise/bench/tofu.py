@@ -155,11 +155,19 @@ def summary(r: dict[str, Any]) -> str:
            f"{retain['forget_rouge_l']:.3f}."]
     if edits:
         best = max(edits, key=lambda x: (x["forget_quality"], x["utility"]))
+        useful = [x for x in edits if x["utility"] >= 0.8 * retain["utility"]]
         close = [x for x in edits if x["forget_quality"] >= 0.05 and x["utility"] >= retain["utility"] - 0.05]
+        collapsed = [x for x in edits if x["utility"] < 0.1]
         out.append(f"- Highest forget quality: {best['method']} ({best['scope']}) {_f(best['forget_quality'])} at "
-                   f"utility {best['utility']:.3f} (retain model {retain['utility']:.3f}). {len(close)} of "
-                   f"{len(edits)} rows reach forget quality >= 0.05 within 0.05 utility of the retain model"
-                   + (": " + ", ".join(f"{x['method']} ({x['scope']})" for x in close) if close else "") + ".")
+                   f"utility {best['utility']:.3f} (retain model {retain['utility']:.3f}).")
+        if useful:
+            top = max(useful, key=lambda x: (x["forget_quality"], x["utility"]))
+            out.append(f"- Highest forget quality keeping utility >= 80% of the retain model's: {top['method']} "
+                       f"({top['scope']}) {_f(top['forget_quality'])} at utility {top['utility']:.3f}.")
+        out.append(f"- {len(close)} of {len(edits)} rows reach forget quality >= 0.05 within 0.05 utility of the "
+                   "retain model" + (": " + ", ".join(f"{x['method']} ({x['scope']})" for x in close) if close else "")
+                   + f"; {len(collapsed)} collapse (utility < 0.1)"
+                   + (": " + ", ".join(f"{x['method']} ({x['scope']})" for x in collapsed) if collapsed else "") + ".")
     return "\n".join(out)
 
 
