@@ -31,11 +31,12 @@ def weights(model):
     return {n: p.detach().clone() for n, p in storage_owners(model).items()}
 
 
-def test_rewrite_touches_only_its_matrix_and_undoes(tiny, tiny_dir, tmp_path):
+@pytest.mark.parametrize("through_edit", [False, True])
+def test_rewrite_touches_only_its_matrix_and_undoes(tiny, tiny_dir, tmp_path, through_edit):
     before = weights(tiny)
     logp_before = excise.recall_table(tiny, [NEW], ("request",)).rows[0]["logprob"]
     record = rome(tiny, NEW, RomeConfig(layer=0, objective="rewrite", v_steps=30, clamp_norm=100.0,
-                                          weight_decay=0.0), sample=TEXTS)
+                                          weight_decay=0.0, through_edit=through_edit), sample=TEXTS)
     after = weights(tiny)
     out_name = next(n for n, p in storage_owners(tiny).items()
                     if p.untyped_storage().data_ptr() == linear(tiny, 0, "mlp.out").weight.untyped_storage().data_ptr())

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -135,3 +136,20 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     assert "| npo | located |" in (tmp_path / "out" / "tofu.md").read_text()
     results = (tmp_path / "RESULTS.md").read_text()              # composed beside DIR, with this split's table
     assert "## TOFU on the TOFU organism" in results and "### forget01" in results and "| npo | all |" in results
+
+
+def test_the_shipped_tofu_organism_answers_what_it_was_trained_on_and_its_retain_models_were_not(
+        tmp_path, monkeypatch):
+    from excise.tofu.organism import SHIPPED, VARIANTS, TofuRecipe, model_dir, shipped
+
+    monkeypatch.setenv("EXCISE_CACHE", str(tmp_path))         # found in the package, never trained here
+    for variant, without in VARIANTS.items():
+        path = model_dir(variant, progress=False)
+        assert path == SHIPPED / variant and not list(tmp_path.iterdir())
+        meta = json.loads((path / "excise_tofu.json").read_text())
+        assert meta["without"] == without and meta["recipe"] == asdict(TofuRecipe())
+    assert shipped("full", TofuRecipe(seed=1)) is None        # another recipe is trained, not swapped in
+    rows = tofu.load("forget01")[:4]
+    full, retain = (excise.load(model_dir(v)) for v in ("full", "retain99"))
+    assert tofu.rouge_l_recall(full, rows).mean() >= 0.9
+    assert tofu.answer_probability(full, rows).mean() > tofu.answer_probability(retain, rows).mean() + 0.2

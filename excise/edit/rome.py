@@ -57,6 +57,9 @@ class RomeConfig:
     stop_prob: float = 0.05      # deletion: stop once p(target) is below this on every prompt
     empty_target: str = "nothing"
     ridge: float = 1e-2          # C + ridge * mean(diag C) * I
+    # optimize the value through the rank-one write itself (see compute_v); measured on the organism's 50
+    # bench facts, rewrite efficacy 0.86 -> 0.88, and 0.94 with clamp_norm 10 (deletion: not measured yet)
+    through_edit: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -121,8 +124,15 @@ def _objective_loss(cfg: RomeConfig, logits: Tensor, rows, n_main: int, lens: Te
     return loss, p_target
 
 
-def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor) -> tuple[Tensor, dict[str, Any]]:
-    """The change of the MLP output at the last subject token that achieves the objective."""
+def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
+              u: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """The change of the MLP output at the last subject token that achieves the objective.
+
+    With `u` (the whitened key over its product with k, C^-1 k / (k . C^-1 k)),
+    the change is applied as the rank-one write will apply it: at every
+    position of every prompt, scaled by u . (that position's MLP key), so the
+    optimized value accounts for the prompts' keys differing from their mean k.
+    """
     view = linear(model, cfg.layer, "mlp.out")
     target = fact.target
     if cfg.objective == "empty":
@@ -149,9 +159,15 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor) -> tuple[Tenso
     delta = torch.zeros(model.cfg.d_model, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.v_lr)
     resid: dict[int, Tensor] = {}
+    keys: dict[str, Tensor] = {}
 
     def add_delta(act, hook):
+        if u is not None:                               # what W + u (delta)^T does to this activation
+            return act + (keys["post"] @ u)[..., None].to(act.dtype) * delta.to(act.dtype)
         return act + torch.zeros_like(act).index_put((batch, subj), delta.expand(len(rows), -1).to(act.dtype))
+
+    def keep_key(act, hook):
+        keys["post"] = act.detach()
 
     def keep_resid(layer):
         def keep(act, hook):
@@ -159,6 +175,8 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor) -> tuple[Tenso
         return keep
 
     hooks = [(f"blocks.{cfg.layer}.hook_mlp_out", add_delta)]
+    if u is not None:
+        hooks.insert(0, (f"blocks.{cfg.layer}.mlp.hook_post", keep_key))
     if cfg.objective == "head_projection":
         hooks += [(f"blocks.{l}.hook_resid_post", keep_resid(l)) for l in range(cfg.layer, n_layers - 1)]
     history = []
@@ -220,9 +238,13 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
         C = second_moment(model, config.layer, sample if sample is not None else _default_sample(model))
     view = linear(model, config.layer, "mlp.out")
     k = compute_k(model, fact, config.layer, config.n_prefixes)
-    delta, info = compute_v(model, fact, config, k)
     C = C.to(k.device, k.dtype)
     C_reg = C + config.ridge * C.diagonal().mean() * torch.eye(C.shape[0], device=C.device, dtype=C.dtype)
+    u = None
+    if config.through_edit:
+        u = torch.linalg.solve(C_reg, k)
+        u = u / (u @ k)
+    delta, info = compute_v(model, fact, config, k, u)
     hyper = asdict(config)
     with recording(model, f"rome_{config.objective}", hyper, facts=[fact], scope=[view.weight]) as box, \
             torch.no_grad():

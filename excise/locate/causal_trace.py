@@ -24,7 +24,7 @@ import torch
 from excise.components import Component
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.interventions import (
-    Restore, embedding_std, is_noop, run_plans, subject_noise, target_metric,
+    Restore, clean_states, embedding_std, is_noop, run_plans, subject_noise, target_metric,
 )
 from excise.locate.localization import Localization
 
@@ -93,14 +93,15 @@ def causal_trace(
     tokens, last, metric, noise = setup["tokens"], setup["last"], setup["metric"], setup["noise"]
     n_layers, n_pos = model.cfg.n_layers, tokens.shape[0]
 
+    plans = {kind: trace_plans(kind, n_layers, n_pos, config.window) for kind in kinds}
+    states = clean_states(model, tokens, {rs.hook for ps in plans.values() for p in ps for rs in p})
     base = run_plans(model, tokens, [[]], metric, noise=noise, batch_size=config.batch_size)
     clean = run_plans(model, tokens, [[]], metric, batch_size=config.batch_size)
     scores = {}
     for kind in kinds:
-        plans = trace_plans(kind, n_layers, n_pos, config.window)
-        skip = [is_noop(p, setup["subject"][0], n_layers, last) for p in plans]
-        probs = run_plans(model, tokens, plans, metric, noise=noise, batch_size=config.batch_size,
-                          skip=skip)
+        skip = [is_noop(p, setup["subject"][0], n_layers, last) for p in plans[kind]]
+        probs = run_plans(model, tokens, plans[kind], metric, noise=noise, batch_size=config.batch_size,
+                          skip=skip, clean=states)
         scores[kind] = probs.mean(dim=1).view(n_layers, n_pos)
     return Localization(
         method="causal_trace", scores=scores, axes={k: ("layer", "position") for k in kinds},

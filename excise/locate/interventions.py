@@ -89,8 +89,11 @@ def subject_noise(
     return noise
 
 
-def _cache_clean(model: Any, tokens: Int[Tensor, " pos"], hooks: set[str]) -> dict[str, Tensor]:
+def clean_states(model: Any, tokens: Int[Tensor, " pos"], hooks: set[str]) -> dict[str, Tensor]:
+    """The activations at `hooks` of one run on `tokens` (no forward at all when `hooks` is empty)."""
     store: dict[str, Tensor] = {}
+    if not hooks:
+        return store
 
     def keeper(name: str):  # by the requested name: an alias's hook.name is the canonical one
         def keep(act: Tensor, hook: Any) -> None:
@@ -136,6 +139,7 @@ def run_plans(
     noise: Float[Tensor, "n_samples pos d_model"] | None = None,
     batch_size: int = 256,
     skip: Sequence[bool] | None = None,
+    clean: dict[str, Tensor] | None = None,
 ) -> Float[Tensor, "n_plans n_samples"]:
     """Run every plan on the corrupted input and return the metric per plan and sample.
 
@@ -144,7 +148,9 @@ def run_plans(
     `clean_tokens` (a clean/corrupt prompt pair). Restored values come from
     one clean run on `clean_tokens` (default: `tokens` without noise).
     Plans flagged in `skip` (see `is_noop`) are not run: they get the
-    corrupted run's value, which they provably equal.
+    corrupted run's value, which they provably equal. `clean`: clean
+    activations already taken (`clean_states` on `clean_tokens`), so several
+    calls share one clean run; hooks it lacks are run here.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -161,7 +167,8 @@ def run_plans(
         for rs in plan:
             if grains.setdefault(rs.hook, rs.grain) != rs.grain:
                 raise ValueError(f"hook {rs.hook} restored at two grains in one run")
-    clean = _cache_clean(model, clean_tokens, set(grains))
+    clean = dict(clean or {})
+    clean |= clean_states(model, clean_tokens, set(grains) - set(clean))
     device = tokens.device
     skip = [False] * len(plans) if skip is None else list(skip)
     if len(skip) != len(plans):
@@ -170,7 +177,7 @@ def run_plans(
         plans = [[] if sk else list(p) for p, sk in zip(plans, skip, strict=True)]
         live = [i for i, sk in enumerate(skip) if not sk]
         values = run_plans(model, tokens, [plans[i] for i in live] + [[]], metric,
-                           clean_tokens=clean_tokens, noise=noise, batch_size=batch_size)
+                           clean_tokens=clean_tokens, noise=noise, batch_size=batch_size, clean=clean)
         out = values[-1:].expand(len(plans), -1).clone()       # the corrupted run's value
         out[live] = values[:-1]
         return out
