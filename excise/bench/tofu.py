@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import excise
+from excise.bench.results import write_results
 from excise.edit import UnlearnConfig, random_like, unlearn
 from excise.locate import FisherConfig, fisher
-from excise.bench.results import write_results
 from excise.models import copy_model
 from excise.tofu import (
     FORGET_SPLITS, answer_probability, as_facts, forget_quality, load, model_utility, retain_for, rouge_l_recall,

@@ -37,11 +37,11 @@ from typing import Any
 
 import excise
 from excise import edit as E
+from excise.bench.results import write_results
 from excise.components import Component
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
 from excise.methods import organism_strangers
-from excise.bench.results import write_results
 from excise.models import copy_model
 from excise.verify import AuditConfig, AuditReport, audit
 
