@@ -114,13 +114,13 @@ def test_erase_deletes_an_organism_fact_and_keeps_its_neighbours(organism_model,
 
 
 def test_memit_scope_undo_and_null_space(organism_model, world):
-    from excise.edit.memit import MemitConfig, _keys_and_hidden, memit
+    from excise.edit.memit import MemitConfig, _token_keys, memit
 
     facts = list(world.sample(4, seed=5))
     preserve = list(world.filter(lambda f: f.subject not in {g.subject for g in facts}).sample(60, seed=6))
     before = weights(organism_model)
     cfg = MemitConfig(layers=(0, 1), null_space=True, v=RomeConfig(layer=1, v_steps=5), progress=False)
-    K0_before = _keys_and_hidden(organism_model, preserve, 0, 1, 0)[0]
+    K0_before = _token_keys(organism_model, preserve, 0)
     out0 = linear(organism_model, 0, "mlp.out").W.detach().clone()
     record = memit(organism_model, facts, cfg, preserve=preserve)
     try:

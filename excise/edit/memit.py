@@ -9,8 +9,9 @@
    least-squares update with the keys' second moment as a prior:
        Delta = (lambda C + K K^T)^-1 K R_l^T      (W in x @ W form, [d_mlp, d_model])
    With `null_space` (AlphaEdit, Fang et al. 2025) the update is projected
-   onto the null space of the keys to preserve K_0 (the keys of `preserve`
-   facts, or C when none are given):
+   onto the null space of the keys to preserve K_0 (the keys at every token
+   of the `preserve` facts' prompts, as AlphaEdit takes every token of its
+   text, or C when none are given):
        Delta = P (K K^T P + lambda_n I)^-1 K R_l^T,  P = U_0 U_0^T,
    U_0 the eigenvectors of K_0 K_0^T with eigenvalues below null_threshold * max.
 """
@@ -73,11 +74,30 @@ def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n
     return torch.stack(keys, 1), torch.stack(hidden, 1)          # [d_mlp, n], [d_model, n]
 
 
+@torch.no_grad()
+def _token_keys(model: Any, facts: Sequence[Fact], layer: int) -> Tensor:
+    """MLP keys at `layer` at every token of the facts' prompts (+ targets): [d_mlp, n_tokens]."""
+    rows = [r for f in facts for r in _rows(model, f, [f.prompt])]
+    device = next(iter(model.parameters())).device
+    store, out = {}, []
+
+    def keep(act, hook):
+        store["k"] = act
+
+    for start in range(0, len(rows), 256):
+        tokens, last = pad_batch([r[0] for r in rows[start:start + 256]], model.tokenizer.pad_token_id or 0)
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
+            model(tokens.to(device), stop_at_layer=layer + 1)
+        real = (torch.arange(tokens.shape[1]) <= last[:, None]).to(device)
+        out.append(store["k"][real])
+    return torch.cat(out).T
+
+
 def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[str] | None = None,
           preserve: Iterable[Fact] = ()) -> EditRecord:
     """Edit all `facts` at once over `config.layers`; returns one EditRecord.
 
-    `preserve`: facts whose subject keys the null-space projection keeps
+    `preserve`: facts whose keys (every token of their prompts) the null-space projection keeps
     (with `config.null_space`). Cost: one `compute_v` per fact, then per layer
     one forward per fact and a d_mlp x d_mlp solve.
     """
@@ -113,7 +133,7 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
             C = Cs[l].to(K.device, K.dtype)
             if config.null_space:
                 if preserve:
-                    K0 = _keys_and_hidden(model, preserve, l, last, 0)[0]
+                    K0 = _token_keys(model, preserve, l)
                     evals, evecs = torch.linalg.eigh(K0 @ K0.T / K0.shape[1])
                 else:
                     evals, evecs = torch.linalg.eigh(C)

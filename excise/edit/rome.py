@@ -10,12 +10,18 @@
 Objectives (`rewrite`, and the deletion objectives of Patil et al. 2023):
 - `rewrite`: make a new target the answer (-log p(new target));
 - `erase`: push the target's probability down (-log(1 - p(target)));
-- `max_entropy`: flatten the next-token distribution;
-- `empty`: make a neutral answer (`empty_target`) the answer;
+- `max_entropy`: erase, while flattening the next-token distribution;
+- `empty`: erase, while retargeting to a neutral answer (`empty_target`);
 - `head_projection`: erase, and also push the target down in the logit lens
   of every layer from the edited one on (the white-box attack's view).
-Every objective carries ROME's KL term on the subject's other facts (its
-neighbours), so they keep their answers, and a weight decay on delta.
+The flattening and the neutral answer are weighted by `aux_weight` beside the
+erase term: alone they left the old answer top-1 on 30-50% of organism facts
+(a flat distribution can keep its top token; a neutral answer the model never
+saw needs a change larger than the clamp). Deletions stop once p(target) is
+below `stop_prob` on every prompt. Every objective carries ROME's KL term on
+the subject's other facts (its neighbours), so they keep their answers, and a
+weight decay on delta; `protect` adds the other subjects' facts the write
+moves most.
 """
 
 from __future__ import annotations
@@ -48,18 +54,26 @@ PREFIXES = ("Here is a fact.", "I read this somewhere.", "Note:", "As everyone k
 class RomeConfig:
     layer: int
     objective: str = "erase"
-    v_steps: int = 60            # ROME: 20; measured on the organism, 25 at lr 0.5 left p(target) ~0.99
-    v_lr: float = 1.0            # ROME: 0.5 (see v_steps)
+    v_steps: int = 100           # ROME: 20; deletions stop early (stop_prob), so this caps rewrite and misses
+    # Adam's lr for delta; None: 0.5 (ROME's) for rewrite and max_entropy, 1.0 for the others. Measured on the
+    # organism's 50 bench facts at 100 steps: lr 0.5 gives rewrite 0.98 (1.0: 0.94) and max_entropy 1.00
+    # (1.0: 0.96), but erase paraphrase forget 0.83 (1.0: 0.88)
+    v_lr: float | None = None
     kl_weight: float = 0.5       # ROME: 0.0625; on the organism (50 facts) 0.5 keeps neighbours 0.984 vs 0.944
     weight_decay: float = 0.01   # ROME: 0.5, which on the organism outweighs the deletion loss
-    clamp_norm: float = 4.0      # ROME's clamp_norm_factor: |delta| <= 4 |W^T k|
+    clamp_norm: float = 10.0     # |delta| <= clamp_norm |W^T k| (ROME's clamp_norm_factor is 4; see through_edit)
     n_prefixes: int = 5          # context prefixes averaged into the key
     stop_prob: float = 0.05      # deletion: stop once p(target) is below this on every prompt
     empty_target: str = "nothing"
+    aux_weight: float = 0.1      # empty, max_entropy: weight of the retarget / flattening term beside erase
     ridge: float = 1e-2          # C + ridge * mean(diag C) * I
-    # optimize the value through the rank-one write itself (see compute_v); measured on the organism's 50
-    # bench facts, rewrite efficacy 0.86 -> 0.88, and 0.94 with clamp_norm 10 (deletion: not measured yet)
-    through_edit: bool = False
+    # optimize the value through the rank-one write itself (see compute_v). On the organism's 50 bench facts
+    # (layer 0), against the delta at the mean key with clamp 4: erase efficacy 0.98 -> 1.00, max_entropy
+    # 0.92 -> 0.96, empty 0.86 -> 0.98, rewrite 0.86 -> 0.94 (with clamp 10; 0.88 with clamp 4)
+    through_edit: bool = True
+    # keep the answers of the `protect` other-subject facts whose keys the write moves most (largest u . k');
+    # implies through_edit, so those prompts see the write as it will be applied
+    protect: int = 0
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -109,15 +123,19 @@ def _objective_loss(cfg: RomeConfig, logits: Tensor, rows, n_main: int, lens: Te
     read = torch.tensor([r[2] for r in rows[:n_main]], device=logits.device)
     logp = logits[idx, read].float().log_softmax(-1)               # [n_main, vocab]
     p_target = logp[:, target_first].exp()
+    erase = -torch.log1p(-p_target.clamp(max=1 - 1e-6)).mean()     # -log(1 - p(target))
     if cfg.objective in ("rewrite", "empty"):
         total = torch.zeros((), device=logits.device)
         for i, (_, _, at, targets) in enumerate(rows[:n_main]):
             lp = logits[i, at:at + len(targets)].float().log_softmax(-1)
-            total = total - lp[torch.arange(len(targets)), torch.tensor(targets, device=logits.device)].sum()
-        return total / n_main, p_target
+            nll = -lp[torch.arange(len(targets)), torch.tensor(targets, device=logits.device)]
+            total = total + (nll.sum() if cfg.objective == "rewrite" else nll.mean())
+        if cfg.objective == "rewrite":
+            return total / n_main, p_target
+        return erase + cfg.aux_weight * total / n_main, p_target
     if cfg.objective == "max_entropy":
-        return (logp.exp() * logp).sum(-1).mean(), p_target        # = -entropy
-    loss = -torch.log1p(-p_target.clamp(max=1 - 1e-6)).mean()      # erase and head_projection
+        return erase + cfg.aux_weight * (logp.exp() * logp).sum(-1).mean(), p_target   # + aux * (-entropy)
+    loss = erase                                                   # erase and head_projection
     if cfg.objective == "head_projection" and lens is not None:
         p_lens = lens[..., target_first]                           # [layers, n_main]
         loss = loss - torch.log1p(-p_lens.clamp(max=1 - 1e-6)).mean()
@@ -125,7 +143,7 @@ def _objective_loss(cfg: RomeConfig, logits: Tensor, rows, n_main: int, lens: Te
 
 
 def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
-              u: Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:
+              u: Tensor | None = None, keep: Sequence[Fact] = ()) -> tuple[Tensor, dict[str, Any]]:
     """The change of the MLP output at the last subject token that achieves the objective.
 
     With `u` (the whitened key over its product with k, C^-1 k / (k . C^-1 k)),
@@ -138,7 +156,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     if cfg.objective == "empty":
         target = cfg.empty_target
     main = _rows(model, fact, _prompts(fact, cfg.n_prefixes), None if cfg.objective != "empty" else target)
-    neighbours = [n for n in fact.neighbors if n.subject == fact.subject]
+    neighbours = [n for n in fact.neighbors if n.subject == fact.subject] + list(keep)
     kl_rows = [r for n in neighbours for r in _rows(model, n, [n.prompt])]
     rows = main + kl_rows
     device = view.weight.device
@@ -157,7 +175,8 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
         v_init_norm = float((k @ view.W).norm())
 
     delta = torch.zeros(model.cfg.d_model, device=device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=cfg.v_lr)
+    lr = cfg.v_lr if cfg.v_lr is not None else 0.5 if cfg.objective in ("rewrite", "max_entropy") else 1.0
+    opt = torch.optim.Adam([delta], lr=lr)
     resid: dict[int, Tensor] = {}
     keys: dict[str, Tensor] = {}
 
@@ -198,7 +217,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
                 loss = loss + cfg.kl_weight * kl
             loss = loss + cfg.weight_decay * delta.norm() ** 2 / max(v_init_norm, 1e-6) ** 2
             history.append({"step": step, "loss": float(loss.detach()), "p_target": float(p_target.detach().max())})
-            if cfg.objective not in ("rewrite", "empty", "max_entropy") and \
+            if cfg.objective != "rewrite" and \
                     float(p_target.detach().max()) < cfg.stop_prob:
                 break
             (delta.grad,) = torch.autograd.grad(loss, [delta])
@@ -213,7 +232,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
 
 
 def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = None,
-         C: Tensor | None = None) -> EditRecord:
+         C: Tensor | None = None, protect_from: Sequence[Fact] | None = None) -> EditRecord:
     """Apply one ROME edit for `fact` (objective in `config`); returns the EditRecord.
 
     `sample`: texts for the key covariance (default for the organism: its
@@ -241,10 +260,11 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
     C = C.to(k.device, k.dtype)
     C_reg = C + config.ridge * C.diagonal().mean() * torch.eye(C.shape[0], device=C.device, dtype=C.dtype)
     u = None
-    if config.through_edit:
+    if config.through_edit or config.protect:
         u = torch.linalg.solve(C_reg, k)
         u = u / (u @ k)
-    delta, info = compute_v(model, fact, config, k, u)
+    keep = _most_exposed(model, fact, config, u, protect_from) if config.protect else []
+    delta, info = compute_v(model, fact, config, k, u, keep)
     hyper = asdict(config)
     with recording(model, f"rome_{config.objective}", hyper, facts=[fact], scope=[view.weight]) as box, \
             torch.no_grad():
@@ -254,6 +274,35 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
     record: EditRecord = box["record"]
     record.meta |= {"recalled_before": recalled, **info}
     return record
+
+
+@torch.no_grad()
+def _most_exposed(model: Any, fact: Fact, cfg: RomeConfig, u: Tensor, pool: Sequence[Fact] | None) -> list[Fact]:
+    """The `cfg.protect` facts of other subjects whose keys the write along u moves most."""
+    if pool is None:
+        from excise import organism
+
+        pool = list(organism.world()) if organism.is_organism(model) else []
+    pool = [f for f in pool if f.subject != fact.subject]
+    if not pool:
+        return []
+    rows = [r for f in pool for r in _rows(model, f, [f.prompt])]
+    device = u.device
+    store = {}
+
+    def keep(act, hook):
+        store["k"] = act
+
+    scores = []
+    for start in range(0, len(rows), 256):
+        chunk = rows[start:start + 256]
+        tokens, _ = pad_batch([r[0] for r in chunk], model.tokenizer.pad_token_id or 0)
+        with model.hooks(fwd_hooks=[(f"blocks.{cfg.layer}.mlp.hook_post", keep)]):
+            model(tokens.to(device), stop_at_layer=cfg.layer + 1)
+        subj = torch.tensor([r[1] for r in chunk], device=device)
+        scores.append(store["k"][torch.arange(len(chunk), device=device), subj] @ u)
+    order = torch.cat(scores).abs().argsort(descending=True)[: cfg.protect]
+    return [pool[i] for i in order.tolist()]
 
 
 def _default_sample(model: Any) -> list[str]:
