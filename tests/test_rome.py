@@ -113,6 +113,20 @@ def test_erase_deletes_an_organism_fact_and_keeps_its_neighbours(organism_model,
     assert excise.recall_table(organism_model, [fact], ("request",)).rate("request") == 1.0
 
 
+def test_protect_keeps_the_facts_whose_keys_the_write_moves_most(organism_model, world):
+    """On the organism the closest keys at the last subject token are the people with the same surname."""
+    fact = world[10]
+    surname = fact.subject.split()[-1]
+    record = rome(organism_model, fact, RomeConfig(layer=0, objective="erase", protect=6))
+    try:
+        protected = record.meta["protected"]
+        assert len(protected) == 6 and not any(p.startswith(fact.subject + " /") for p in protected)
+        assert sum(p.split(" /")[0].split()[-1] == surname for p in protected) >= 4
+        assert excise.recall_table(organism_model, [fact], ("request",)).rate("request") == 0.0
+    finally:
+        record.undo()
+
+
 def test_memit_scope_undo_and_null_space(organism_model, world):
     from excise.edit.memit import MemitConfig, _token_keys, memit
 

@@ -1,12 +1,15 @@
 """`excise bench edit`: efficacy, specificity and cost of every edit method on the organism.
 
 Writes DIR/edit.json and DIR/edit.md:
-- ROME delete, each objective: facts one at a time, undo between: efficacy
-  (request prompt no longer answers the target), paraphrase_forget,
-  neighbor_kept (recall of the fact's neighbours), seconds_per_fact (the key
-  covariance cached beforehand; its one-off cost is reported apart);
+- ROME delete, each objective (and erase with `protect=8`): facts one at a
+  time, undo between: efficacy (request prompt no longer answers the
+  target), paraphrase_forget, neighbor_kept (recall of the fact's
+  neighbours), surname_kept (recall of people sharing the surname, relative
+  to before), seconds_per_fact (the key covariance cached beforehand; its
+  one-off cost is reported apart);
 - ROME rewrite to a wrong object: rewrite_efficacy (the new object is top-1);
-- MEMIT delete of 100 facts at once (plain and with AlphaEdit's null space):
+- MEMIT delete of 100 facts at once: plain at three values of lambda and
+  with AlphaEdit's null space at two thresholds (the trade-off curve):
   efficacy, retain_kept, seconds;
 - sequential ROME deletions: retain recall after every 10;
 - a 5% subject split: Fisher-located neuron ablation (zero, mean) and the
@@ -18,6 +21,7 @@ Writes DIR/edit.json and DIR/edit.md:
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -44,21 +48,35 @@ def _rate(model, facts, family="request") -> float:
     return recall_table(model, facts, (family,)).rate(family)
 
 
-def bench_rome(model, facts: list[Fact], objectives: list[str]) -> dict[str, Any]:
+def _same_surname(world, fact: Fact, n: int = 12) -> list[Fact]:
+    """Up to n facts (seeded) of other people with the fact's surname: their subject keys share tokens."""
+    surname = fact.subject.split()[-1]
+    pool = [g for g in world if g.subject != fact.subject and g.subject.split()[-1] == surname]
+    return random.Random(fact.subject).sample(pool, min(n, len(pool)))
+
+
+def bench_rome(model, world, facts: list[Fact], objectives: list[str]) -> dict[str, Any]:
+    """surname_kept: recall of other people's facts that share the subject's surname (the organism's
+    closest keys at the last subject token), measured as the drop against the unedited model."""
     out = {}
-    for objective in objectives:
-        eff, para, kept, seconds = [], [], [], 0.0
-        for f in tqdm(facts, desc=f"rome {objective}"):
+    runs = [(f"rome_{o}", RomeConfig(layer=LAYER, objective=o)) for o in objectives]
+    runs.append(("rome_erase_protect8", RomeConfig(layer=LAYER, objective="erase", protect=8)))
+    surnames = {f: _same_surname(world, f) for f in facts}
+    before = {f: _rate(model, surnames[f]) for f in facts}
+    for name, cfg in runs:
+        eff, para, kept, sur, seconds = [], [], [], [], 0.0
+        for f in tqdm(facts, desc=name):
             start = time.perf_counter()
-            record = rome(model, f, RomeConfig(layer=LAYER, objective=objective))
+            record = rome(model, f, cfg)
             seconds += time.perf_counter() - start
             eff.append(1 - _rate(model, [f]))
             para.append(1 - _rate(model, [f], "paraphrase"))
             kept.append(_rate(model, list(f.neighbors)))
+            sur.append(_rate(model, surnames[f]) / max(before[f], 1e-9))
             record.undo()
-        out[f"rome_{objective}"] = {"facts": len(facts), "efficacy": sum(eff) / len(eff),
-                                    "paraphrase_forget": sum(para) / len(para),
-                                    "neighbor_kept": sum(kept) / len(kept), "seconds_per_fact": seconds / len(facts)}
+        out[name] = {"facts": len(facts), "efficacy": sum(eff) / len(eff), "paraphrase_forget": sum(para) / len(para),
+                     "neighbor_kept": sum(kept) / len(kept), "surname_kept": sum(sur) / len(sur),
+                     "seconds_per_fact": seconds / len(facts)}
     return out
 
 
@@ -81,8 +99,11 @@ def bench_memit(model, world, n: int, retain_eval) -> dict[str, Any]:
     subjects = {f.subject for f in facts}
     preserve = list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=4))
     out = {}
-    for name, cfg in [("memit", MemitConfig(layers=(LAYER,), mom2_weight=300.0, progress=False)),
-                      ("memit_null_space", MemitConfig(layers=(LAYER,), null_space=True, progress=False))]:
+    configs = [(f"memit_lambda{w:g}", MemitConfig(layers=(LAYER,), mom2_weight=w, progress=False))
+               for w in (30.0, 300.0, 3000.0)]
+    configs += [(f"memit_null_space_{t:g}", MemitConfig(layers=(LAYER,), null_space=True, null_threshold=t,
+                                                         progress=False)) for t in (1e-2, 1e-4)]
+    for name, cfg in configs:
         start = time.perf_counter()
         record = memit(model, facts, cfg, preserve=preserve)
         seconds = time.perf_counter() - start
@@ -153,7 +174,7 @@ def run(out: str | Path, n_facts: int = 50, n_memit: int = 100, n_sequential: in
     results: dict[str, Any] = {"layer": LAYER, "covariance_seconds": time.perf_counter() - start}
     facts = list(world.sample(n_facts, seed=0))
     retain_eval = list(world.sample(300, seed=21))
-    results |= bench_rome(model, facts, list(objectives))
+    results |= bench_rome(model, world, facts, list(objectives))
     results |= bench_rewrite(model, world, facts)
     results |= bench_memit(model, world, n_memit, retain_eval)
     results |= bench_sequential(model, world, n_sequential, retain_eval)
@@ -173,7 +194,7 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"Layer {r['layer']}; key covariance computed (or read from the disk cache) in {r['covariance_seconds']:.1f}s; "
              f"total {r['total_seconds']:.0f}s.", ""]
     rows = {k: v for k, v in r.items() if isinstance(v, dict) and "curve" not in v and k != "split"}
-    cols = ["efficacy", "paraphrase_forget", "neighbor_kept", "rewrite_efficacy", "retain_kept",
+    cols = ["efficacy", "paraphrase_forget", "neighbor_kept", "surname_kept", "rewrite_efficacy", "retain_kept",
             "retain_recall", "seconds_per_fact", "seconds", "parameters_touched"]
     cols = [c for c in cols if any(c in v for v in rows.values())]
     lines += ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

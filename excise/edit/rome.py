@@ -272,7 +272,8 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
         v = W.T @ k + delta
         W.copy_(rank_one_update(W, k, v, torch.linalg.inv(C_reg)))
     record: EditRecord = box["record"]
-    record.meta |= {"recalled_before": recalled, **info}
+    record.meta |= {"recalled_before": recalled, **info,
+                    "protected": [f"{f.subject} / {f.relation}" for f in keep]}
     return record
 
 
