@@ -307,6 +307,9 @@ def to_markdown(r: dict[str, Any], figure: str, depth: int = 1) -> str:
         "attribution-located heads), random (as many, seeded), all parameters, or ROME/MEMIT's layer "
         f"{LAYER}. **Bold**: forget quality >= 0.05 with utility >= 0.95.", "",
     ]
+    for rerun in r.get("reruns", []):
+        lines += [f"Rows of {', '.join(rerun['methods'])} re-measured on {rerun['date']} "
+                  f"(same seed and settings): {rerun['why']}.", ""]
     for s in r["splits"]:
         lines += [f"{h}# {s['fraction']:.0%} split: {s['forget_facts']} facts of {s['forget_people']} people", "",
                   f"Located: {s['located_neurons']} Fisher neurons ({s['locate_seconds']['fisher']:.1f}s)"
