@@ -95,14 +95,15 @@ def causal_trace(
 
     plans = {kind: trace_plans(kind, n_layers, n_pos, config.window) for kind in kinds}
     states = clean_states(model, tokens, {rs.hook for ps in plans.values() for p in ps for rs in p})
-    base = run_plans(model, tokens, [[]], metric, noise=noise, batch_size=config.batch_size)
     clean = run_plans(model, tokens, [[]], metric, batch_size=config.batch_size)
-    scores = {}
-    for kind in kinds:
-        skip = [is_noop(p, setup["subject"][0], n_layers, last) for p in plans[kind]]
-        probs = run_plans(model, tokens, plans[kind], metric, noise=noise, batch_size=config.batch_size,
-                          skip=skip, clean=states)
-        scores[kind] = probs.mean(dim=1).view(n_layers, n_pos)
+    # every kind's plans, and the corrupted baseline (no restore) last, in one run: fewer, fuller batches
+    every = [p for kind in kinds for p in plans[kind]] + [[]]
+    skip = [is_noop(p, setup["subject"][0], n_layers, last) for p in every[:-1]] + [False]
+    probs = run_plans(model, tokens, every, metric, noise=noise, batch_size=config.batch_size, skip=skip,
+                      clean=states).mean(dim=1)
+    base = probs[-1:]
+    scores = {kind: probs[i * n_layers * n_pos:(i + 1) * n_layers * n_pos].view(n_layers, n_pos)
+              for i, kind in enumerate(kinds)}
     return Localization(
         method="causal_trace", scores=scores, axes={k: ("layer", "position") for k in kinds},
         tokens=setup["labels"], subject=setup["subject"],

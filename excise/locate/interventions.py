@@ -14,6 +14,7 @@ Cost: ceil(len(plans) * n_samples / batch_size) forwards.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -183,29 +184,120 @@ def run_plans(
         return out
     out = torch.empty(len(plans) * n_samples)
     all_rows = [(p, s) for p in range(len(plans)) for s in range(n_samples)]
-    for start in range(0, len(all_rows), batch_size):
-        chunk = all_rows[start:start + batch_size]
-        plan_ids = [p for p, _ in chunk]
-        masks = {h: m.to(device) for h, m in _masks(plans, plan_ids, clean, grains).items()}
-        hooks = []
+    corrupted = _corrupted_residuals(model, tokens, noise) if _can_resume(model) else None
+    first = [-1] * len(plans) if corrupted is None else [_first_block(p, model.cfg.n_layers) for p in plans]
+    order = sorted(range(len(all_rows)), key=lambda i: first[all_rows[i][0]])   # stable: groups by first block
+    groups: dict[int, list[int]] = {}
+    for i in order:
+        groups.setdefault(first[all_rows[i][0]], []).append(i)
+    for block, members in groups.items():
+        for start in range(0, len(members), batch_size):
+            idx = members[start:start + batch_size]
+            chunk = [all_rows[i] for i in idx]
+            values = _run_chunk(model, tokens, plans, chunk, metric, clean, grains, noise, block, corrupted)
+            if values.shape != (len(chunk),):
+                raise ValueError(f"metric must return one number per batch row, shape ({len(chunk)},); "
+                                 f"got {tuple(values.shape)}")
+            out[idx] = values.float().cpu()
+    return out.view(len(plans), n_samples)
+
+
+def _run_chunk(model: Any, tokens: Tensor, plans: Sequence[Sequence[Restore]], chunk: list[tuple[int, int]],
+               metric: Metric, clean: dict[str, Tensor], grains: dict[str, str], noise: Tensor | None,
+               block: int, corrupted: dict[int, Tensor] | None) -> Tensor:
+    """The metric for rows (plan, noise sample), resuming at `block` from the corrupted run when it can."""
+    device = tokens.device
+    masks = {h: m.to(device) for h, m in _masks(plans, [p for p, _ in chunk], clean, grains).items()}
+    hooks = [(h, _restorer(mask, clean[h], grains[h])) for h, mask in masks.items()]
+    sample_ids = torch.tensor([s for _, s in chunk])
+    with torch.no_grad():
+        if block >= 0 and corrupted is not None:
+            # blocks below `block` would compute exactly the corrupted run: start from its residual
+            with model.hooks(fwd_hooks=hooks):
+                return metric(_resume(model, corrupted[block][sample_ids.to(device)], block,
+                                      getattr(metric, "positions", None)))
         if noise is not None:
-            sample_ids = torch.tensor([s for _, s in chunk])
             batch_noise = noise[sample_ids].to(device)
 
             def add_noise(act: Tensor, hook: Any) -> Tensor:
                 return act + batch_noise.to(act.dtype)
 
-            hooks.append(("hook_embed", add_noise))
-        for hook_name, mask in masks.items():
-            hooks.append((hook_name, _restorer(mask, clean[hook_name], grains[hook_name])))
-        batch = tokens[None].expand(len(chunk), -1)
-        with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-            values = metric(model(batch))
-        if values.shape != (len(chunk),):
-            raise ValueError(f"metric must return one number per batch row, shape ({len(chunk)},); "
-                             f"got {tuple(values.shape)}")
-        out[start:start + len(chunk)] = values.float().cpu()
-    return out.view(len(plans), n_samples)
+            hooks.insert(0, ("hook_embed", add_noise))
+        with model.hooks(fwd_hooks=hooks):
+            return metric(model(tokens[None].expand(len(chunk), -1)))
+
+
+def _first_block(plan: Sequence[Restore], n_layers: int) -> int:
+    """The lowest block a plan restores in (n_layers: none; -1: a hook outside the blocks, run it all)."""
+    layers = [rs.layer for rs in plan]
+    if any(layer is None for layer in layers):
+        return -1
+    return min(layers, default=n_layers)
+
+
+def _resume(model: Any, residual: Tensor, block: int, positions: Sequence[int] | None = None) -> Tensor:
+    """Logits from the residual entering `block` (n_layers: the final residual), running the blocks above.
+
+    With `positions` (the only ones the metric reads), the unembedding runs
+    there alone and the other positions' logits are left zero.
+    """
+    for b in model.blocks[block:]:
+        residual = b(residual)
+        residual = residual[0] if isinstance(residual, tuple) else residual
+    final = model.ln_final(residual)
+    if positions is None:
+        return model.unembed(final)
+    at = torch.tensor(sorted(set(positions)), device=final.device)
+    read = model.unembed(final[:, at])
+    logits = read.new_zeros(final.shape[0], final.shape[1], read.shape[-1])
+    logits[:, at] = read
+    return logits
+
+
+def _corrupted_residuals(model: Any, tokens: Tensor, noise: Tensor | None) -> dict[int, Tensor]:
+    """Residual entering each block (and the final one, at n_layers) of the corrupted run, per noise sample."""
+    n_layers = model.cfg.n_layers
+    names = {f"blocks.{b}.hook_resid_pre": b for b in range(n_layers)} | {
+        f"blocks.{n_layers - 1}.hook_resid_post": n_layers}
+    store: dict[int, Tensor] = {}
+
+    def keeper(block: int):  # by the requested name: an alias's hook.name is the canonical one
+        def keep(act: Tensor, hook: Any) -> None:
+            store[block] = act.detach()
+        return keep
+
+    n = 1 if noise is None else noise.shape[0]
+    hooks = [(name, keeper(block)) for name, block in names.items()]
+    if noise is not None:
+        hooks.insert(0, ("hook_embed", lambda act, hook: act + noise.to(act.device, act.dtype)))
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens[None].expand(n, -1))
+    return store
+
+
+_RESUMABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _can_resume(model: Any) -> bool:
+    """Whether running `model.blocks[k:]` by hand reproduces the model (checked once per model).
+
+    True for GPT-2-style bridges; a block that needs more than the residual
+    (rotary position embeddings passed in, as Llama's) fails the check and
+    every row runs the whole forward.
+    """
+    if model not in _RESUMABLE:
+        ok = False
+        try:
+            if all(hasattr(model, a) for a in ("blocks", "ln_final", "unembed")) and model.cfg.n_layers > 1:
+                tokens = torch.arange(1, 6, device=next(iter(model.parameters())).device) % model.cfg.d_vocab
+                with torch.no_grad():
+                    full = model(tokens[None])
+                    resumed = _resume(model, _corrupted_residuals(model, tokens, None)[1], 1)
+                ok = resumed.shape == full.shape and bool(torch.allclose(resumed, full, atol=1e-5, rtol=1e-4))
+        except Exception:  # noqa: BLE001 - any failure means: do not take the fast path
+            ok = False
+        _RESUMABLE[model] = ok
+    return _RESUMABLE[model]
 
 
 def _restorer(mask: Tensor, clean: Tensor, grain: str):
@@ -226,6 +318,7 @@ def target_metric(position: int, target_id: int, kind: str = "prob") -> Metric:
         logp = logits[:, position].float().log_softmax(-1)[:, target_id]
         return logp.exp() if kind == "prob" else logp
 
+    metric.positions = (position,)      # type: ignore[attr-defined]  # the only logits it reads
     return metric
 
 
@@ -235,4 +328,5 @@ def logit_diff_metric(position: int, good_id: int, bad_id: int) -> Metric:
     def metric(logits: Tensor) -> Tensor:
         return (logits[:, position, good_id] - logits[:, position, bad_id]).float()
 
+    metric.positions = (position,)      # type: ignore[attr-defined]
     return metric
