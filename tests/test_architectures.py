@@ -63,6 +63,11 @@ def test_the_model_recalls_its_facts(arch):
 
 
 def test_batched_trace_equals_one_at_a_time(arch):
+    from excise.locate.interventions import _can_resume
+
+    # both paths of run_plans are checked against the loop: GPT-2's blocks resume from a residual, the
+    # Llama's (rotary embeddings passed in by the model) run whole forwards
+    assert _can_resume(arch.model) == (arch.name == "organism")
     cfg = TraceConfig(n_samples=2, batch_size=13)
     batched = causal_trace(arch.model, arch.facts[0], config=cfg)
     loop = trace_one_at_a_time(arch.model, arch.facts[0], config=cfg)

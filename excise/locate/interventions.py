@@ -8,7 +8,14 @@ sample r % n_samples, and each hook overwrites, with one `torch.where`, the
 rows and cells its plans name. Hooks live only inside `model.hooks(...)`, so
 an exception anywhere (a metric callback included) leaves the model clean.
 
-Cost: ceil(len(plans) * n_samples / batch_size) forwards.
+Rows are grouped by the lowest block their plan restores in: the blocks
+below it would compute exactly the corrupted run, so the group starts from
+that run's residual there (when running the blocks by hand reproduces the
+model, checked once per model; otherwise every row runs the whole forward),
+and only the positions the metric reads are unembedded.
+
+Cost: about ceil(rows per start block / batch_size) forwards per start block,
+each through the blocks from there up.
 """
 
 from __future__ import annotations
@@ -186,10 +193,9 @@ def run_plans(
     all_rows = [(p, s) for p in range(len(plans)) for s in range(n_samples)]
     corrupted = _corrupted_residuals(model, tokens, noise) if _can_resume(model) else None
     first = [-1] * len(plans) if corrupted is None else [_first_block(p, model.cfg.n_layers) for p in plans]
-    order = sorted(range(len(all_rows)), key=lambda i: first[all_rows[i][0]])   # stable: groups by first block
-    groups: dict[int, list[int]] = {}
-    for i in order:
-        groups.setdefault(first[all_rows[i][0]], []).append(i)
+    groups: dict[int, list[int]] = {}          # rows by the block they start at
+    for i, (p, _) in enumerate(all_rows):
+        groups.setdefault(first[p], []).append(i)
     for block, members in groups.items():
         for start in range(0, len(members), batch_size):
             idx = members[start:start + batch_size]
