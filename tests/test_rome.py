@@ -99,9 +99,10 @@ def test_covariance_is_cached_with_provenance(tiny, monkeypatch, tmp_path):
     assert torch.equal(second_moment(tiny, 1, TEXTS, cache_dir=tmp_path / "cov"), C)
 
 
-def test_erase_deletes_an_organism_fact_and_keeps_its_neighbours(organism_model, world):
+@pytest.mark.parametrize("objective", ["erase", "max_entropy", "empty", "head_projection"])
+def test_deletion_removes_an_organism_fact_and_keeps_its_neighbours(organism_model, world, objective):
     fact = world[10]
-    record = rome(organism_model, fact, RomeConfig(layer=0, objective="erase"))
+    record = rome(organism_model, fact, RomeConfig(layer=0, objective=objective))
     try:
         table = excise.recall_table(organism_model, [fact], ("request", "paraphrase"))
         assert table.rate("request") == 0.0 and table.rate("paraphrase") <= 1 / 3   # generalizes to most paraphrases
