@@ -128,6 +128,13 @@ def test_protect_keeps_the_facts_whose_keys_the_write_moves_most(organism_model,
         record.undo()
 
 
+def test_protect_needs_facts_to_choose_from_off_the_organism(tiny):
+    before = weights(tiny)
+    with pytest.raises(ValueError, match="protect=3 needs the facts to choose from"):
+        rome(tiny, FACT, RomeConfig(layer=0, protect=3, v_steps=2), sample=TEXTS)
+    assert all(torch.equal(before[n], v) for n, v in weights(tiny).items())
+
+
 def test_memit_scope_undo_and_null_space(organism_model, world):
     from excise.edit.memit import MemitConfig, _token_keys, memit
 

@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from excise.edit.covariance import second_moment
 from excise.edit.record import EditRecord, recording
-from excise.edit.rome import RomeConfig, _default_sample, _prompts, _rows, compute_v
+from excise.edit.rome import RomeConfig, _default_sample, _prompts, _rows, compute_v, layer_keys
 from excise.facts import Fact
 from excise.models import linear
 from excise.scoring import pad_batch
@@ -74,23 +75,9 @@ def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n
     return torch.stack(keys, 1), torch.stack(hidden, 1)          # [d_mlp, n], [d_model, n]
 
 
-@torch.no_grad()
 def _token_keys(model: Any, facts: Sequence[Fact], layer: int) -> Tensor:
     """MLP keys at `layer` at every token of the facts' prompts (+ targets): [d_mlp, n_tokens]."""
-    rows = [r for f in facts for r in _rows(model, f, [f.prompt])]
-    device = next(iter(model.parameters())).device
-    store, out = {}, []
-
-    def keep(act, hook):
-        store["k"] = act
-
-    for start in range(0, len(rows), 256):
-        tokens, last = pad_batch([r[0] for r in rows[start:start + 256]], model.tokenizer.pad_token_id or 0)
-        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
-            model(tokens.to(device), stop_at_layer=layer + 1)
-        real = (torch.arange(tokens.shape[1]) <= last[:, None]).to(device)
-        out.append(store["k"][real])
-    return torch.cat(out).T
+    return layer_keys(model, [r for f in facts for r in _rows(model, f, [f.prompt])], layer, subject_only=False).T
 
 
 def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[str] | None = None,

@@ -78,6 +78,20 @@ class RomeConfig:
     # implies through_edit, so those prompts see the write as it will be applied
     protect: int = 0
 
+    @property
+    def lr(self) -> float:
+        """`v_lr`, or the measured default for the objective."""
+        if self.v_lr is not None:
+            return self.v_lr
+        return 0.5 if self.objective in ("rewrite", "max_entropy") else 1.0
+
+    @property
+    def clamp(self) -> float:
+        """`clamp_norm`, or the measured default for the objective."""
+        if self.clamp_norm is not None:
+            return self.clamp_norm
+        return 10.0 if self.objective == "rewrite" else 4.0
+
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
@@ -178,8 +192,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
         v_init_norm = float((k @ view.W).norm())
 
     delta = torch.zeros(model.cfg.d_model, device=device, requires_grad=True)
-    lr = cfg.v_lr if cfg.v_lr is not None else 0.5 if cfg.objective in ("rewrite", "max_entropy") else 1.0
-    opt = torch.optim.Adam([delta], lr=lr)
+    opt = torch.optim.Adam([delta], lr=cfg.lr)
     resid: dict[int, Tensor] = {}
     keys: dict[str, Tensor] = {}
 
@@ -226,8 +239,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             opt.step()
             with torch.no_grad():
-                clamp = cfg.clamp_norm if cfg.clamp_norm is not None else 10.0 if cfg.objective == "rewrite" else 4.0
-                limit = clamp * v_init_norm
+                limit = cfg.clamp * v_init_norm
                 if delta.norm() > limit:
                     delta.mul_(limit / delta.norm())
     delta = delta.detach()
@@ -263,9 +275,10 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
     k = compute_k(model, fact, config.layer, config.n_prefixes)
     C = C.to(k.device, k.dtype)
     C_reg = C + config.ridge * C.diagonal().mean() * torch.eye(C.shape[0], device=C.device, dtype=C.dtype)
+    C_inv = torch.linalg.inv(C_reg)
     u = None
     if config.through_edit or config.protect:
-        u = torch.linalg.solve(C_reg, k)
+        u = C_inv @ k
         u = u / (u @ k)
     keep = _most_exposed(model, fact, config, u, protect_from) if config.protect else []
     delta, info = compute_v(model, fact, config, k, u, keep)
@@ -274,11 +287,35 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
             torch.no_grad():
         W = view.W
         v = W.T @ k + delta
-        W.copy_(rank_one_update(W, k, v, torch.linalg.inv(C_reg)))
+        W.copy_(rank_one_update(W, k, v, C_inv))
     record: EditRecord = box["record"]
     record.meta |= {"recalled_before": recalled, **info,
                     "protected": [f"{f.subject} / {f.relation}" for f in keep]}
     return record
+
+
+@torch.no_grad()
+def layer_keys(model: Any, rows, layer: int, subject_only: bool, batch_size: int = 256) -> Tensor:
+    """MLP keys at `layer` of `_rows` rows: at each row's last subject token ([rows, d_mlp]) or at every real
+    token ([tokens, d_mlp]); the forwards stop after `layer`."""
+    device = next(iter(model.parameters())).device
+    store: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        store["k"] = act
+
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        tokens, last = pad_batch([r[0] for r in chunk], model.tokenizer.pad_token_id or 0)
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
+            model(tokens.to(device), stop_at_layer=layer + 1)
+        if subject_only:
+            subj = torch.tensor([r[1] for r in chunk], device=device)
+            out.append(store["k"][torch.arange(len(chunk), device=device), subj])
+        else:
+            out.append(store["k"][(torch.arange(tokens.shape[1]) <= last[:, None]).to(device)])
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -287,27 +324,16 @@ def _most_exposed(model: Any, fact: Fact, cfg: RomeConfig, u: Tensor, pool: Sequ
     if pool is None:
         from excise import organism
 
-        pool = list(organism.world()) if organism.is_organism(model) else []
+        if not organism.is_organism(model):
+            raise ValueError(f"protect={cfg.protect} needs the facts to choose from: pass protect_from=[...] "
+                             "(facts of other subjects the model knows); only the organism has a default")
+        pool = list(organism.world())
     pool = [f for f in pool if f.subject != fact.subject]
     if not pool:
         return []
     rows = [r for f in pool for r in _rows(model, f, [f.prompt])]
-    device = u.device
-    store = {}
-
-    def keep(act, hook):
-        store["k"] = act
-
-    scores = []
-    for start in range(0, len(rows), 256):
-        chunk = rows[start:start + 256]
-        tokens, _ = pad_batch([r[0] for r in chunk], model.tokenizer.pad_token_id or 0)
-        with model.hooks(fwd_hooks=[(f"blocks.{cfg.layer}.mlp.hook_post", keep)]):
-            model(tokens.to(device), stop_at_layer=cfg.layer + 1)
-        subj = torch.tensor([r[1] for r in chunk], device=device)
-        scores.append(store["k"][torch.arange(len(chunk), device=device), subj] @ u)
-    order = torch.cat(scores).abs().argsort(descending=True)[: cfg.protect]
-    return [pool[i] for i in order.tolist()]
+    order = (layer_keys(model, rows, cfg.layer, subject_only=True) @ u).abs().argsort(descending=True)
+    return [pool[i] for i in order[: cfg.protect].tolist()]
 
 
 def _default_sample(model: Any) -> list[str]:

@@ -96,9 +96,10 @@ def causal_trace(
     plans = {kind: trace_plans(kind, n_layers, n_pos, config.window) for kind in kinds}
     states = clean_states(model, tokens, {rs.hook for ps in plans.values() for p in ps for rs in p})
     clean = run_plans(model, tokens, [[]], metric, batch_size=config.batch_size)
-    # every kind's plans, and the corrupted baseline (no restore) last, in one run: fewer, fuller batches
+    # every kind's plans, and the corrupted baseline (no restore, a no-op: run_plans gives it the corrupted
+    # run's value) last, in one run: fewer, fuller batches
     every = [p for kind in kinds for p in plans[kind]] + [[]]
-    skip = [is_noop(p, setup["subject"][0], n_layers, last) for p in every[:-1]] + [False]
+    skip = [is_noop(p, setup["subject"][0], n_layers, last) for p in every]
     probs = run_plans(model, tokens, every, metric, noise=noise, batch_size=config.batch_size, skip=skip,
                       clean=states).mean(dim=1)
     base = probs[-1:]
