@@ -1,0 +1,163 @@
+"""Greedy decoding that excise controls, checked against a reference on every call.
+
+Free-text metrics (TOFU's ROUGE-L) need the model's greedy answer. Going
+through `transformers`' `generate` on the module a TransformerBridge wraps is
+not safe: with transformers 5.24.0 the bridge's blocks and Hugging Face's
+KV cache disagree, and `generate` (and the bridge's own cached decoding)
+returns fluent-looking garbage for the TOFU organism while every
+single-forward metric stays right. So:
+
+- `greedy_uncached` is the reference: each step is one plain forward of the
+  bridge over the whole sequence so far (right padding, which a causal model
+  never sees from earlier positions). It uses nothing but `model(tokens)`,
+  the same call every other metric in excise makes. Cost: one forward of the
+  growing batch per new token.
+- `greedy_cached` decodes with the KV cache through the bridge's documented
+  entry point (`return_type="logits_and_cache"`, `past_key_values=`), left
+  padded with an attention mask. Cost: one full forward, then one forward of
+  a single position per new token.
+- `greedy` runs the cached path and checks it, on the same call, against the
+  reference on the most-padded prompt of the first batch; if the two
+  disagree anywhere it warns, names the installed versions, and answers with
+  the reference path. A broken upstream release therefore costs time, never
+  correctness. `tests/test_generation.py` checks the two paths agree token for
+  token on the organism, the TOFU organism and stories260k.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from excise.scoring import encode
+
+log = logging.getLogger(__name__)
+
+__all__ = ["greedy", "greedy_cached", "greedy_uncached"]
+
+
+def _device(model: Any) -> torch.device:
+    return next(iter(model.parameters())).device
+
+
+def _pad_id(model: Any) -> int:
+    tok = model.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return 0 if pad is None else int(pad)
+
+
+def _check_context(model: Any, rows: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    longest = max(len(r) for r in rows) + max_new_tokens
+    if n_ctx is not None and longest > n_ctx:
+        raise ValueError(f"a prompt plus {max_new_tokens} new tokens is {longest} tokens but the model's context is "
+                         f"{n_ctx}; shorten the prompt or lower max_new_tokens")
+
+
+def _cut(new: list[int], eos: int | None) -> list[int]:
+    """The generated tokens up to, not including, the first EOS."""
+    return new[: new.index(eos)] if eos is not None and eos in new else new
+
+
+@torch.no_grad()
+def greedy_uncached(model: Any, rows: Sequence[Sequence[int]], max_new_tokens: int,
+                    eos_id: int | None = None) -> list[list[int]]:
+    """Greedy continuation of each token row: one full forward per new token, no cache (the reference)."""
+    if not rows:
+        return []
+    _check_context(model, rows, max_new_tokens)
+    device, pad = _device(model), _pad_id(model)
+    seqs = [list(r) for r in rows]
+    done = [False] * len(seqs)
+    for _ in range(max_new_tokens):
+        width = max(len(s) for s in seqs)
+        tokens = torch.full((len(seqs), width), pad, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s)] = torch.tensor(s)
+        last = torch.tensor([len(s) - 1 for s in seqs])
+        logits = model(tokens.to(device))[torch.arange(len(seqs)), last.to(device)]
+        nxt = logits.argmax(-1).tolist()
+        for i, t in enumerate(nxt):
+            if not done[i]:
+                seqs[i].append(int(t))
+                done[i] = t == eos_id
+        if all(done):
+            break
+    return [_cut(s[len(r):], eos_id) for s, r in zip(seqs, rows, strict=True)]
+
+
+@torch.no_grad()
+def greedy_cached(model: Any, rows: Sequence[Sequence[int]], max_new_tokens: int,
+                  eos_id: int | None = None) -> list[list[int]]:
+    """Greedy continuation of each token row with the KV cache (left padding, attention mask)."""
+    if not rows:
+        return []
+    _check_context(model, rows, max_new_tokens)
+    device, pad = _device(model), _pad_id(model)
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):                       # left padding: every row ends where decoding starts
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    logits, cache = model(ids, attention_mask=mask, return_type="logits_and_cache")
+    out: list[list[int]] = [[] for _ in rows]
+    done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        nxt = logits[:, -1].argmax(-1)
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                out[i].append(int(t))
+        if eos_id is not None:
+            done |= nxt == eos_id
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits, cache = model(nxt[:, None], attention_mask=mask, past_key_values=cache,
+                              return_type="logits_and_cache")
+    return [_cut(o, eos_id) for o in out]
+
+
+def _versions() -> str:
+    from importlib.metadata import version
+
+    return (f"torch {version('torch')}, transformers {version('transformers')}, "
+            f"transformer-lens {version('transformer-lens')}")
+
+
+def greedy(model: Any, prompts: Sequence[str], max_new_tokens: int, *, batch_size: int = 32,
+           stop_at_eos: bool = True) -> list[list[int]]:
+    """The greedy continuation's token ids of each prompt (BOS as the model prepends it), cut at EOS.
+
+    Decodes with the KV cache and checks the cache against the uncached
+    reference on the most-padded prompt of the first batch; on any
+    disagreement it warns and decodes every prompt with the reference.
+    Cost: per batch, one forward of the batch plus one single-position
+    forward per new token, plus up to `max_new_tokens` forwards of one
+    prompt for the check (the reference path instead: one forward of the
+    whole batch per new token).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    rows = encode(model, prompts)
+    if not rows:
+        return []
+    eos = model.tokenizer.eos_token_id if stop_at_eos else None
+    first = rows[:batch_size]
+    probe = min(range(len(first)), key=lambda i: len(first[i]))
+    cached_first = greedy_cached(model, first, max_new_tokens, eos)
+    if cached_first[probe] != greedy_uncached(model, [first[probe]], max_new_tokens, eos)[0]:
+        warnings.warn(f"KV-cached decoding through the TransformerBridge disagrees with plain forwards ({_versions()}); "
+                      "answering with the uncached reference, which is slower. Install the versions in "
+                      "excise's constraints.txt to get the cached path back.", RuntimeWarning, stacklevel=2)
+        return [o for b in range(0, len(rows), batch_size)
+                for o in greedy_uncached(model, rows[b:b + batch_size], max_new_tokens, eos)]
+    out = list(cached_first)
+    for b in range(batch_size, len(rows), batch_size):
+        out += greedy_cached(model, rows[b:b + batch_size], max_new_tokens, eos)
+    return out
