@@ -1,0 +1,148 @@
+"""The README's measured numbers, written from the files that hold them.
+
+README.md marks each measured passage with `<!-- generated: NAME -->` ...
+`<!-- /generated -->`; `render(text)` rewrites every such block from its
+source, and `tests/test_readme.py` checks the README equals its rendering, so
+a number in the README can only change by changing the file it comes from:
+
+| block | source |
+|---|---|
+| demo | benchmarks/results/demo.json: `excise demo`'s report.json for the default run; tests/test_cli.py checks the demo still produces its numbers |
+| organism | the shipped checkpoint's config.json, excise_organism.json and the world it was trained on |
+| recall | excise/organism/checkpoint/recall.json (written by `python -m excise.organism.train`) |
+| surnames | benchmarks/results/edit.json (`excise bench edit`) |
+| tofu | excise/tofu/models/*/excise_tofu.json and the weight files' sizes |
+| tests | `pytest --collect-only` of the default suite |
+
+Rewrite the README with `python -m excise.bench.readme`; copy a new default
+demo report with `python -m excise.bench.readme --demo excise-report/report.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- /generated -->)", re.S)
+
+
+def demo_numbers(report: dict) -> dict:
+    """The demo report without what varies from run to run (its timings)."""
+    return {k: v for k, v in report.items() if k != "seconds"}
+
+
+def _demo() -> str:
+    r = json.loads((RESULTS / "demo.json").read_text())
+    a, e = r["audit"], r["edit"]
+    att = a["attacks"]
+    before = sum(f["rank_before"] == 0 for f in r["facts"]) / len(r["facts"])
+    rows = ", ".join(f"{name} {att[key]['original']:.2f} / {att[key]['success']:.2f} / {att[key]['chance']:.2f}"
+                     for key, name in (("probes", "probes"), ("logit_lens", "logit lens"), ("relearn", "relearning"),
+                                       ("membership", "membership inference")))
+    above = [f"{key} (p = {v['p_above_chance']:.3f})" for key, v in att.items() if v["p_above_chance"] < 0.05]
+    return (f"What the default run measured (seed {r['seed']}, subject {r['subject']}, {len(r['facts'])} facts):\n"
+            f"request recall {before:.2f} -> {a['recall_after']:.2f}, {e['parameters_changed']:,} of "
+            f"{e['parameters_total']:,} weights changed ({e['parameters_changed'] / e['parameters_total']:.1%}),\n"
+            f"neighbour facts kept {a['neighbours_kept']:.2f}, retain facts kept {a['retain_kept']:.2f}, utility "
+            f"{a['utility_vs_original']:.3f} of the original;\nattack success (original / edited / chance on "
+            f"{a['n_holdout']} facts of never-seen people): {rows}.\nAbove chance after the edit (p < 0.05): "
+            f"{', '.join(above) if above else 'none'}; the report says so. The run took "
+            f"{r['seconds']['total']:.0f} s on 2 CPU cores.\n")
+
+
+def _organism() -> str:
+    from excise.organism import CHECKPOINT_DIR, world
+
+    cfg = json.loads((CHECKPOINT_DIR / "config.json").read_text())
+    meta = json.loads((CHECKPOINT_DIR / "excise_organism.json").read_text())
+    w = world()
+    mb = (CHECKPOINT_DIR / "model.safetensors").stat().st_size / 1e6
+    return (f"A {cfg['n_layer']}-layer, {cfg['n_embd']}-wide GPT-2 (`GPT2LMHeadModel`, {mb:.1f} MB) trained on a "
+            f"synthetic world generated from a seed: {len(w.people)} fictitious people, {len(w.relations)} relations, "
+            f"{len(w.general)} general sentences about the world. Training the shipped checkpoint took "
+            f"{meta['train_seconds'] / 60:.1f} minutes on {meta['threads']} CPU threads (torch {meta['torch']}).\n")
+
+
+def _recall() -> str:
+    from excise.organism import CHECKPOINT_DIR
+
+    r = json.loads((CHECKPOINT_DIR / "recall.json").read_text())
+    fams = list(r["overall"])
+    held = {rel: v["held_out"] for rel, v in r["by_relation"].items()}
+    some = sorted((rel for rel, v in held.items() if v > 0), key=lambda rel: -held[rel])
+    none = [rel.replace("_", " ") for rel, v in held.items() if v == 0]
+    return (f"All {r['n_probes']['request']:,} facts, each under every template of a family:\n\n"
+            "| family | " + " | ".join(fams) + " |\n|---|" + "---|" * len(fams) + "\n"
+            "| recall | " + " | ".join(f"{r['overall'][f]:.3f}" for f in fams) + " |\n\n"
+            "The held-out templates are never trained; the organism generalizes to some\n("
+            + ", ".join(f"{rel.replace('_', ' ')} {held[rel]:.2f}" for rel in some)
+            + ") and not to others (" + ", ".join(none) + ": 0.00), which is itself a fact about paraphrase probes.\n")
+
+
+def _surnames() -> str:
+    e = json.loads((RESULTS / "edit.json").read_text())
+    return (f"(`surname_kept` in the bench; `protect=8` raises it from {e['rome_erase']['surname_kept']:.2f} to "
+            f"{e['rome_erase_protect8']['surname_kept']:.2f}), and\n")
+
+
+def _tofu() -> str:
+    from excise.tofu.organism import SHIPPED, VARIANTS
+
+    metas = {v: json.loads((SHIPPED / v / "excise_tofu.json").read_text()) for v in VARIANTS}
+    sizes = [(SHIPPED / v / "model.safetensors").stat().st_size / 1e6 for v in VARIANTS]
+    minutes = [m["train_seconds"] / 60 for m in metas.values()]
+    return (f"All {len(metas)} ship in `excise/tofu/models/` ({min(sizes):.1f} MB each), so nothing trains on your "
+            f"machine; training each took {min(minutes):.0f} to {max(minutes):.0f} minutes on 2 CPU threads.\n")
+
+
+def test_count() -> tuple[int, int]:
+    """(tests, notebooks) that `python -m pytest` collects by default (one subprocess, seconds)."""
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    ids = [line for line in out.splitlines() if "::" in line or line.endswith(".ipynb")]
+    notebooks = sum(line.endswith(".ipynb") for line in ids)
+    return len(ids) - notebooks, notebooks
+
+
+def _tests() -> str:
+    tests, notebooks = test_count()
+    return f"`python -m pytest` runs everything: {tests} tests and the {notebooks} notebooks (nbmake).\n"
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"demo": _demo, "organism": _organism, "recall": _recall,
+                                        "surnames": _surnames, "tofu": _tofu, "tests": _tests}
+
+
+def render(text: str, only: set[str] | None = None) -> str:
+    """`text` with each generated block (all, or those named in `only`) rewritten from its source."""
+    def block(m: re.Match) -> str:
+        name = m.group(2)
+        if name not in BLOCKS:
+            raise ValueError(f"README block {name!r} has no source; known: {', '.join(BLOCKS)}")
+        if only is not None and name not in only:
+            return m.group(0)
+        return m.group(1) + BLOCKS[name]() + m.group(4)
+    return BLOCK.sub(block, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m excise.bench.readme", description=__doc__.splitlines()[0])
+    p.add_argument("--demo", help="copy this default-run report.json to benchmarks/results/demo.json first")
+    args = p.parse_args(argv)
+    if args.demo:
+        (RESULTS / "demo.json").write_text(Path(args.demo).read_text())
+    readme = ROOT / "README.md"
+    readme.write_text(render(readme.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
