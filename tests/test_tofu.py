@@ -1,4 +1,8 @@
-"""TOFU: the shipped splits, and TOFU's metrics on whole answers, on a few rows (seconds)."""
+"""TOFU: the shipped splits, and TOFU's metrics on whole answers, on a few rows (seconds).
+
+The metrics' parity with TOFU's own code on TOFU's released eval logs is in
+test_tofu_reference.py; here: the maths by hand and the model-facing values.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 import torch
+from scipy.stats import hmean
 
 import excise
-from excise import tofu
+from excise import generation, tofu
+from excise.scoring import encode
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +59,71 @@ def test_bad_input_is_explained(tmp_path, organism_model):
         tofu.answer_probability(organism_model, tofu.load("forget01")[:2])
     with pytest.raises(ValueError, match="no perturbed answers"):
         tofu.truth_ratio(organism_model, tofu.load("retain90")[:1])
+    f01 = tofu.load("forget01")
+    with pytest.raises(ValueError, match=r"\[3, 5\] perturbed answers.*separately"):
+        tofu.truth_ratio(organism_model, [f01[0], replace(f01[1], perturbed_answers=f01[1].perturbed_answers[:3])])
+    with pytest.raises(ValueError, match="max_length and max_new_tokens must be >= 1"):
+        tofu.greedy_answers(organism_model, f01[:1], max_new_tokens=0)
+    with pytest.raises(ValueError, match="lacks.*avg_gt_loss.*eval_"):
+        tofu.SplitEval.from_log({"rougeL_recall": {}})
 
 
-def test_truth_ratio_is_one_when_the_wrong_answers_are_the_right_one(llama):
+def test_the_aggregation_by_hand():
+    L = np.log                               # losses from chosen probabilities: L = -log p
+    # two questions, two perturbed answers each
+    e = tofu.SplitEval(answer_loss=-L(np.array([0.5, 0.2])), paraphrased_loss=-L(np.array([0.4, 0.1])),
+                       perturbed_loss=-L(np.array([[0.1, 0.4], [0.2, 0.2]])), rouge_l=np.array([1.0, 0.5]))
+    # R: the paraphrase's probability over the GEOMETRIC mean of the perturbed ones (0.2 and 0.2), not 0.25 and 0.2
+    np.testing.assert_allclose(e.truth_ratio, [0.4 / 0.2, 0.1 / 0.2])
+    np.testing.assert_allclose(tofu.choice_probability_of_losses(e.answer_loss, e.perturbed_loss),
+                               [0.5 / 1.0, 0.2 / 0.6])
+    assert tofu.truth_score(e.truth_ratio) == pytest.approx((0.5 + 0.0) / 2)          # max(0, 1 - 1/R)
+    assert tofu.truth_score(e.truth_ratio, forget=True) == pytest.approx((0.5 + 0.5) / 2)   # min(R, 1/R)
+    assert tofu.split_scores(e, "retain") == pytest.approx({"probability": 0.35, "rouge_l": 0.75, "truth_score": 0.25})
+    assert tofu.split_scores(e, "forget") == pytest.approx({"probability": 0.35, "rouge_l": 0.75, "truth_score": 0.5})
+    assert tofu.split_scores(e, "world_facts")["probability"] == pytest.approx((0.5 + 1 / 3) / 2)
+    parts = tofu.utility_of(e, e, e)
+    nine = [v for k, v in parts.items() if k != "utility"]
+    assert len(nine) == 9 and parts["utility"] == pytest.approx(9 / sum(1 / v for v in nine))
+    with pytest.raises(ValueError, match="split must be one of"):
+        tofu.split_scores(e, "retain90")
+
+
+def test_rouge_l_is_recall_with_tofus_stemmer():
+    assert tofu.rouge_l(["the dogs were running"], ["The dog runs"])[0] == 1.0     # no stemmer: 1/3
+    assert tofu.rouge_l(["Paris."], ["The Eiffel Tower is in Paris"])[0] == pytest.approx(1 / 6)
+    assert tofu.rouge_l([], []).shape == (0,)
+
+
+def test_answer_loss_is_the_mean_nll_of_the_answer_and_its_eos(llama):
+    q = tofu.load("forget01")[0]
+    prompt = llama.to_tokens(q.prompt)[0].tolist()
+    answer = llama.tokenizer(f" {q.answer}", add_special_tokens=False)["input_ids"] + [llama.tokenizer.eos_token_id]
+    tokens = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logp = llama(tokens).log_softmax(-1)[0, :-1].double()
+    nll = -logp.gather(-1, tokens[0, 1:, None])[len(prompt) - 1:, 0]
+    assert len(nll) == len(answer)
+    loss = tofu.answer_losses(llama, [q.prompt], [q.answer])
+    assert loss[0] == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert tofu.answer_probability(llama, [q])[0] == pytest.approx(float(torch.exp(-nll.mean())), rel=1e-5)
+
+
+def test_truth_ratio_is_tofus_ratio_of_answer_losses(llama):
     rows = tofu.load("forget01")[:4]
     same = [replace(q, perturbed_answers=(q.paraphrased_answer,) * 3) for q in rows]
     assert np.allclose(tofu.truth_ratio(llama, same), 1.0, atol=1e-5)
     r = tofu.truth_ratio(llama, rows)
     assert (r > 0).all() and not np.allclose(r, 1.0)
+    para = tofu.answer_losses(llama, [q.prompt for q in rows], [q.paraphrased_answer for q in rows])
+    pert = np.array([tofu.answer_losses(llama, [q.prompt] * 5, list(q.perturbed_answers)) for q in rows])
+    np.testing.assert_allclose(r, np.exp(pert.mean(1) - para), rtol=1e-5)
+    arithmetic = np.exp(-para) / np.exp(-pert).mean(1)        # the paper's prose (inverted): not what TOFU computes
+    assert not np.allclose(r, arithmetic, rtol=1e-3)
+    # a row with the answer as its perturbed answers: R > 1 exactly when the paraphrase is likelier than the answer
+    ans = tofu.answer_losses(llama, [q.prompt for q in rows], [q.answer for q in rows])
+    flipped = tofu.truth_ratio(llama, [replace(q, perturbed_answers=(q.answer,) * 2) for q in rows])
+    np.testing.assert_allclose(flipped, np.exp(ans - para), rtol=1e-5)
     p = tofu.choice_probability(llama, [replace(q, perturbed_answers=(q.answer,) * 3) for q in rows])
     assert np.allclose(p, 1 / 4, atol=1e-5)
 
@@ -71,6 +134,25 @@ def test_forget_quality_is_symmetric_and_one_against_itself(llama):
     assert tofu.forget_quality(a, a) == 1.0
     assert tofu.forget_quality(a, b) == tofu.forget_quality(b, a)
     assert tofu.forget_quality(a, a * 100) < 0.01
+
+
+def test_greedy_answers_follow_tofus_length_budget_and_fit_the_context(llama, monkeypatch):
+    rows = tofu.load("forget01")[:6]
+    prompts = [q.prompt for q in rows]
+    n = [len(r) for r in encode(llama, prompts)]
+    monkeypatch.setattr(llama.cfg, "n_ctx", 100)     # prompt + 200 does not fit: each budget is cut to 100 - n
+    assert max(n) > min(n)      # the shortest prompt's budget does not fit beside the longest: decoded apart
+
+    def alone(p: str, budget: int) -> str:
+        return llama.tokenizer.decode(generation.greedy(llama, [p], budget)[0], skip_special_tokens=True).strip()
+
+    said = tofu.greedy_answers(llama, rows)
+    assert said == [alone(p, 100 - m) for p, m in zip(prompts, n, strict=True)]
+    assert any("\n" in s for s in said)                  # TOFU cuts no answer at a newline
+    short = tofu.greedy_answers(llama, rows, max_length=60)          # 60 tokens in all, the prompt included
+    assert short == [alone(p, 60 - m) if m < 60 else "" for p, m in zip(prompts, n, strict=True)]
+    assert "" in short and any(short)
+    assert tofu.greedy_answers(llama, rows, max_new_tokens=3) == [alone(p, 3) for p in prompts]
 
 
 def test_rouge_l_recall_of_the_models_own_answer_is_one(llama):
@@ -85,10 +167,23 @@ def test_model_utility_is_the_harmonic_mean_of_nine_numbers(llama):
     parts = tofu.model_utility(llama, tofu.load("retain_perturbed")[:3], tofu.load("real_authors")[:3],
                                tofu.load("world_facts")[:3], max_new_tokens=8)
     nine = {k: v for k, v in parts.items() if k != "utility"}
-    assert len(nine) == 9 and all(0 <= v <= 1 for v in nine.values())
+    assert set(nine) == {f"{s}_{k}" for s in ("retain", "real_authors", "world_facts")
+                         for k in ("probability", "rouge_l", "truth_score")}
+    assert all(0 <= v <= 1 for v in nine.values())
+    assert parts["utility"] == pytest.approx(float(hmean(list(nine.values()))), rel=1e-12)
     assert min(nine.values()) - 1e-9 <= parts["utility"] <= np.mean(list(nine.values()))
-    if min(nine.values()) == 0:
-        assert parts["utility"] == 0.0
+
+
+def test_evaluate_holds_the_values_tofu_logs(llama):
+    rows = tofu.load("real_authors")[:3]
+    e = tofu.evaluate(llama, rows, max_new_tokens=4)
+    np.testing.assert_allclose(np.exp(-e.answer_loss), tofu.answer_probability(llama, rows), rtol=1e-6)
+    np.testing.assert_array_equal(e.answer_loss, e.paraphrased_loss)        # no paraphrase: the answer stands in
+    assert e.perturbed_loss.shape == (3, len(rows[0].perturbed_answers))
+    np.testing.assert_allclose(e.truth_ratio, tofu.truth_ratio(llama, rows), rtol=1e-6)
+    np.testing.assert_allclose(tofu.split_scores(e, "real_authors")["probability"],
+                               tofu.choice_probability(llama, rows).mean(), rtol=1e-6)
+    np.testing.assert_array_equal(e.rouge_l, tofu.rouge_l_recall(llama, rows, 4))
 
 
 def test_tofu_organism_recipe_trains_reproducibly_without_its_forget_split(tmp_path, monkeypatch):

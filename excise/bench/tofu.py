@@ -42,7 +42,7 @@ RETAIN_OF = {without: variant for variant, without in VARIANTS.items() if withou
 
 def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecipe(), seed: int = 0,
         methods: tuple[str, ...] = METHODS, steps: int = 40, neurons_per_row: int = 4, n_retain: int = 400,
-        max_new_tokens: int = 64, utility_rows: int | None = None, progress: bool = True,
+        max_new_tokens: int | None = None, utility_rows: int | None = None, progress: bool = True,
         log=lambda m: None) -> dict[str, Any]:
     """The table for `split` (see the module docstring); `utility_rows` caps each utility set (smoke runs)."""
     if split not in FORGET_SPLITS:

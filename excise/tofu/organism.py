@@ -44,7 +44,7 @@ class TofuRecipe:
     n_layer: int = 4              # the organism's depth
     n_embd: int = 192             # 2.6M parameters: about 85 s per epoch on one busy CPU core
     n_head: int = 6
-    n_positions: int = 256        # the longest row (168) plus a 64-token greedy answer fit
+    n_positions: int = 256        # the longest row (168) fits; greedy answers get what is left of 200 (TOFU's max_length)
     epochs: int = 40              # a first guess: memorising 150k answer tokens takes many passes (unmeasured)
     batch_size: int = 32
     lr: float = 2e-3              # the organism trains at 3e-3 with width 128; wider, a little lower

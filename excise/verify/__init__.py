@@ -4,7 +4,7 @@
     report.summary(); report.plot(); report.to_json("audit.json")
 
 Probes, the logit-lens, relearning and membership-inference attacks (each
-with its chance level), specificity, and TOFU's forget quality and model
+with its chance level), specificity, and TOFU's forget quality and an organism
 utility against the retrain oracle. `entanglement(model, facts)` maps how
 deleting one fact damages the others, next to their component overlap.
 """
@@ -12,7 +12,7 @@ deleting one fact damages the others, next to their component overlap.
 from excise.verify.audit import AuditConfig, audit
 from excise.verify.calibration import guardrail, suppress_last_layer
 from excise.verify.entanglement import Entanglement, entanglement
-from excise.verify.forget_quality import forget_quality, model_utility, truth_ratios
+from excise.verify.forget_quality import forget_quality, organism_utility, truth_ratios
 from excise.verify.logit_lens import LensProbe, logit_lens
 from excise.verify.membership import auc, membership_inference, membership_scores
 from excise.verify.probes import Probe, probe
@@ -21,4 +21,4 @@ from excise.verify.report import ATTACKS, AuditReport
 
 __all__ = ["ATTACKS", "AuditConfig", "AuditReport", "Entanglement", "entanglement", "LensProbe", "Probe", "RelearnConfig", "audit", "auc",
            "forget_quality", "guardrail", "logit_lens", "membership_inference", "membership_scores",
-           "model_utility", "probe", "relearn", "suppress_last_layer", "truth_ratios"]
+           "organism_utility", "probe", "relearn", "suppress_last_layer", "truth_ratios"]

@@ -15,7 +15,7 @@ reference and the retrain oracle) it measures:
   never saw (needs `holdout`; the organism brings its own);
 - specificity: neighbour and retain recall, general-text loss;
 - truth ratios (with `alternatives`), hence TOFU's forget quality against
-  the oracle, and model utility.
+  the oracle, and the organism utility.
 
 The models given are never changed: relearning fine-tunes copies.
 """
@@ -32,7 +32,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from excise.facts import FAMILIES, Fact
-from excise.verify.forget_quality import model_utility, truth_ratios
+from excise.verify.forget_quality import organism_utility, truth_ratios
 from excise.verify.logit_lens import logit_lens
 from excise.verify.membership import membership_inference
 from excise.verify.probes import probe
@@ -146,7 +146,7 @@ def _audit_one(model: Any, ctx: _Context, config: AuditConfig, name: str, progre
             ratios, _ = truth_ratios(model, ctx.facts, ctx.alternatives)
             res["truth_ratios"] = ratios.tolist()
             if ctx.retain and ctx.general:
-                res["utility"] = model_utility(model, ctx.retain, ctx.alternatives, ctx.general)
+                res["utility"] = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
         bar.update(bar.total - bar.n)
         res["seconds"] = time.perf_counter() - t0
     return res

@@ -1,21 +1,27 @@
-"""TOFU's forget quality and model utility, on facts whose wrong answers are known.
+"""TOFU's forget quality, and an organism utility, on facts whose wrong answers are known.
 
-Truth ratio of a fact (TOFU): the mean length-normalized probability of the
-wrong answers over that of the right one,
+Truth ratio of a fact, as TOFU's code computes it (`aggregate_eval_stat.py`
+in locuslab/tofu; `excise.tofu.metrics` has the full-answer version): with
+L(a) the mean token NLL of answer a after the fact's prompt,
 
-    R = mean_j P(wrong_j | q)^(1/|wrong_j|)  /  P(target | q)^(1/|target|),
+    R = exp(mean_j L(wrong_j) - L(target))
+      = P(target | q)^(1/|target|)  /  geomean_j P(wrong_j | q)^(1/|wrong_j|),
 
-so R << 1 when the model knows the fact and R ~ 1 when it cannot tell the
-target from the alternatives. Forget quality is the p-value of a
-two-sample Kolmogorov-Smirnov test between the truth ratios of the forget
-facts under the edited model and under the retrain oracle: high means the
-edited model is indistinguishable from one that never saw the facts.
+so R >> 1 when the model knows the fact and R ~ 1 when it cannot tell the
+target from the alternatives (the wrong answers are averaged in log space,
+not as probabilities). The one-word facts end inside a sentence, so no EOS
+is scored. Forget quality is the p-value of a two-sample
+Kolmogorov-Smirnov test between the truth ratios of the forget facts under
+the edited model and under the retrain oracle (`scipy.stats.ks_2samp`, as
+TOFU): high means the edited model is indistinguishable from one that never
+saw the facts.
 
-Model utility (after TOFU's harmonic mean of answer probability, ROUGE and
-truth-ratio score on the data to keep): the harmonic mean of, on the retain
-facts, the answer probability (length-normalized), recall (top-1, standing
-in for ROUGE on one-word answers) and the truth-ratio score max(0, 1 - R),
-and, on general text, the mean token probability exp(-loss).
+Organism utility (after TOFU's model utility, under its own name: TOFU's
+nine-part utility is `excise.tofu.model_utility`): the harmonic mean of, on
+the retain facts, the answer probability exp(-L(target)), recall (top-1,
+standing in for ROUGE on one-word answers) and TOFU's truth-ratio score
+max(0, 1 - 1/R), and, on general text, the mean token probability
+exp(-loss).
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ Alternatives = Callable[[Fact], Sequence[str]]
 
 def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
                  family: str = "request") -> tuple[np.ndarray, np.ndarray]:
-    """(R per fact, the target's normalized probability per fact) under each fact's first `family` template.
+    """(TOFU's R per fact, the target's exp(-L) per fact) under each fact's first `family` template.
 
-    Cost: ceil(A / 64) forwards, A = facts x (1 + alternatives per fact).
+    R = exp(mean_j L(wrong_j) - L(target)) (see the module docstring): > 1
+    where the model prefers the target. Cost: ceil(A / 64) forwards,
+    A = facts x (1 + alternatives per fact).
     """
     examples, owner, is_target = [], [], []
     for i, f in enumerate(facts):
@@ -53,15 +61,15 @@ def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
             examples.append(Example(tuple(ids + list(pt.target_ids[:-1])), len(ids), pt.target_ids))
             owner.append(i)
             is_target.append(j == 0)
-    logp = sequence_logprobs(model, examples).numpy()
-    norm = np.exp(logp / np.array([len(e.answer) for e in examples]))     # P^(1/|a|)
+    logp = sequence_logprobs(model, examples).double().numpy()
+    loss = -logp / np.array([len(e.answer) for e in examples])          # L: mean token NLL
     owner_a, target_a = np.array(owner), np.array(is_target)
     right = np.zeros(len(facts))
     wrong = np.zeros(len(facts))
     for i in range(len(facts)):
-        right[i] = norm[(owner_a == i) & target_a][0]
-        wrong[i] = norm[(owner_a == i) & ~target_a].mean()
-    return wrong / np.maximum(right, 1e-30), right
+        right[i] = loss[(owner_a == i) & target_a][0]
+        wrong[i] = loss[(owner_a == i) & ~target_a].mean()
+    return np.exp(wrong - right), np.exp(-right)
 
 
 def forget_quality(edited_ratios: Sequence[float] | np.ndarray, oracle_ratios: Sequence[float] | np.ndarray) -> float:
@@ -71,14 +79,14 @@ def forget_quality(edited_ratios: Sequence[float] | np.ndarray, oracle_ratios: S
     return float(ks_2samp(np.asarray(edited_ratios), np.asarray(oracle_ratios)).pvalue)
 
 
-def model_utility(model: Any, retain: Sequence[Fact], alternatives: Alternatives,
-                  general: Sequence[str]) -> dict[str, float]:
-    """The utility parts and their harmonic mean (`utility`); see the module docstring."""
+def organism_utility(model: Any, retain: Sequence[Fact], alternatives: Alternatives,
+                     general: Sequence[str]) -> dict[str, float]:
+    """The organism utility's four parts and their harmonic mean (`utility`); see the module docstring."""
     ratios, right = truth_ratios(model, retain, alternatives)
     parts = {
         "retain_probability": float(right.mean()),
         "retain_recall": recall_table(model, retain, ("request",)).rate("request"),
-        "retain_truth_score": float(np.maximum(0.0, 1.0 - ratios).mean()),
+        "retain_truth_score": float(np.maximum(0.0, 1.0 - 1.0 / ratios).mean()),
         "general_probability": math.exp(-general_loss(model, general)),
     }
     parts["utility"] = float(hmean([max(v, 1e-12) for v in parts.values()]))
