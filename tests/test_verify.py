@@ -13,7 +13,7 @@ from excise.verify import (
     AuditConfig, AuditReport, RelearnConfig, audit, auc, forget_quality, guardrail, logit_lens,
     membership_scores, probe, relearn, truth_ratios,
 )
-from excise.verify.membership import _lowest_mean
+from excise.verify.membership import lowest_mean
 from excise.verify.specificity import general_loss, kept, neighbours_of
 
 SMALL = AuditConfig(n_holdout_people=3, n_retain=20, relearn=RelearnConfig(steps=3))
@@ -36,8 +36,8 @@ def test_auc_by_hand():
 
 
 def test_min_k_takes_the_lowest_fraction():
-    assert _lowest_mean(np.array([-1.0, -5.0, -2.0, -3.0, -4.0]), 0.4) == -4.5     # mean of -5, -4
-    assert _lowest_mean(np.array([-1.0]), 0.2) == -1.0                            # at least one token
+    assert lowest_mean(np.array([-1.0, -5.0, -2.0, -3.0, -4.0]), 0.4) == -4.5     # mean of -5, -4
+    assert lowest_mean(np.array([-1.0]), 0.2) == -1.0                            # at least one token
 
 
 def test_forget_quality_is_the_ks_p_value():
@@ -71,16 +71,17 @@ def test_truth_ratio_by_hand(organism_model, world):
     fact = world[0]
     alts = world.alternatives(fact)[:2]
     ratios, right = truth_ratios(organism_model, [fact], lambda f: alts)
-    probs = []
+    losses = []                                  # mean token NLL of each answer
     for answer in [fact.target, *alts]:
         toks = organism_model.to_tokens(f"{fact.fill(fact.prompt)} {answer}")
         n = len(organism_model.to_tokens(f" {answer}", prepend_bos=False)[0])
         with torch.no_grad():
             logp = organism_model(toks).log_softmax(-1)[0, :-1]
-        lp = logp.gather(-1, toks[0, 1:, None])[-n:, 0].sum()
-        probs.append(math.exp(float(lp) / n))
-    assert right[0] == pytest.approx(probs[0], rel=1e-4)
-    assert ratios[0] == pytest.approx((probs[1] + probs[2]) / 2 / probs[0], rel=1e-3)
+        losses.append(-float(logp.gather(-1, toks[0, 1:, None])[-n:, 0].sum()) / n)
+    assert right[0] == pytest.approx(math.exp(-losses[0]), rel=1e-4)
+    # TOFU's R: the wrong answers' losses averaged (a geometric mean of probabilities), right over wrong
+    assert ratios[0] == pytest.approx(math.exp((losses[1] + losses[2]) / 2 - losses[0]), rel=1e-3)
+    assert ratios[0] > 1                         # the organism knows its fact
 
 
 def test_general_loss_by_hand(organism_model):

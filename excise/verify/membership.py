@@ -11,6 +11,12 @@ each text gets four scores, higher meaning "more likely a member":
   model's own next-token distribution, (log p(x) - mu) / sigma with mu, sigma
   the mean and standard deviation of log p under p.
 
+Min-K% and Min-K%++ follow the reference code (zjysteven/mink-plus-plus,
+run.py): the k% are floor(k * n) of the n predicted tokens. Two guards where
+the reference yields NaN (no AUC can use it): at least one token when
+k * n < 1, and a variance of at least 1e-12 (a one-hot next-token distribution).
+`tests/test_membership_reference.py` holds the reference's numbers.
+
 The AUC of each score separates forget facts (candidates) from holdout facts
 the model never saw: 1.0 is perfect membership evidence, 0.5 is none (what
 the retrain oracle should show). The per-fact verdict flags a forget fact
@@ -27,7 +33,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float, Int
 from scipy.stats import mannwhitneyu
+from torch import Tensor
 
 from excise.facts import Fact
 from excise.scoring import encode, pad_batch
@@ -37,6 +45,20 @@ SCORES = ("loss", "zlib", "min_k", "min_k_pp")
 
 def fact_text(fact: Fact) -> str:
     return f"{fact.fill(fact.prompt)} {fact.target}"
+
+
+def token_scores(logits: Float[Tensor, "b pos vocab"], tokens: Int[Tensor, "b pos"]
+                 ) -> tuple[Float[Tensor, "b pos_1"], Float[Tensor, "b pos_1"]]:
+    """Each predicted token's log-likelihood and its Min-K%++ value, (log p(x) - mu) / sigma.
+
+    Position t of the logits predicts token t + 1, so the first token gets no score.
+    """
+    logp = logits.float().log_softmax(-1)[:, :-1]
+    tok_logp = logp.gather(-1, tokens[:, 1:, None])[..., 0]
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    var = (p * logp.square()).sum(-1) - mu.square()
+    return tok_logp, (tok_logp - mu) / var.clamp_min(1e-12).sqrt()
 
 
 @torch.no_grad()
@@ -50,20 +72,15 @@ def token_statistics(model: Any, texts: Sequence[str], batch_size: int = 64) -> 
         chunk = rows[start:start + batch_size]
         tokens, last = pad_batch(chunk, pad)
         tokens = tokens.to(device)
-        logp = model(tokens).float().log_softmax(-1)[:, :-1]          # predicts tokens[:, 1:]
-        nxt = tokens[:, 1:]
-        tok_logp = logp.gather(-1, nxt[..., None])[..., 0]
-        p = logp.exp()
-        mu = (p * logp).sum(-1)
-        sigma = ((p * logp.square()).sum(-1) - mu.square()).clamp_min(1e-12).sqrt()
-        z = (tok_logp - mu) / sigma
+        tok_logp, z = token_scores(model(tokens), tokens)
         for i, n in enumerate(last.tolist()):        # row i has n + 1 tokens, n predicted
             out.append({"logp": tok_logp[i, :n].cpu().numpy(), "z": z[i, :n].cpu().numpy()})
     return out
 
 
-def _lowest_mean(values: np.ndarray, k: float) -> float:
-    m = max(1, int(round(k * len(values))))
+def lowest_mean(values: np.ndarray, k: float) -> float:
+    """The mean of the floor(k * n) smallest of n values (Min-K%'s reference rule; at least one)."""
+    m = max(1, int(len(values) * k))
     return float(np.sort(values)[:m].mean())
 
 
@@ -77,8 +94,8 @@ def membership_scores(model: Any, texts: Sequence[str], k: float = 0.2) -> dict[
         mean_logp = float(st["logp"].mean())
         scores["loss"].append(mean_logp)
         scores["zlib"].append(mean_logp / len(zlib.compress(text.encode())))
-        scores["min_k"].append(_lowest_mean(st["logp"], k))
-        scores["min_k_pp"].append(_lowest_mean(st["z"], k))
+        scores["min_k"].append(lowest_mean(st["logp"], k))
+        scores["min_k_pp"].append(lowest_mean(st["z"], k))
     return {s: np.asarray(v) for s, v in scores.items()}
 
 
