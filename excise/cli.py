@@ -6,6 +6,7 @@
     excise verify MODEL --facts F.json [--record R]   audit (with the record applied); audit.md/.json/.png
     excise bench locate    speed and faithfulness of the locate methods (writes locate.json/.md)
     excise bench edit      efficacy, specificity and cost of every edit method (writes edit.json/.md)
+    excise bench sequential   100 deletions one after another: AlphaEdit vs MEMIT vs ROME (sequential.json/.md)
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
@@ -47,10 +48,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _organism_lookup(model):
+def _organism_lookup(spec: str):
+    """Short entries ({subject} or {subject, relation}) are looked up in the organism's world."""
     from excise import organism
 
-    if not organism.is_organism(model):
+    if spec != "organism":
         return None
     world = organism.world()
 
@@ -68,28 +70,42 @@ def _organism_lookup(model):
     return lookup
 
 
+def _read_lines(path: str) -> list[str]:
+    texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"{path} has no text: give one text per line (like the model's training text)")
+    return texts
+
+
 def _load(args: argparse.Namespace):
+    """The model, the facts, and their KnowledgeContext: the organism's world, or given files plus derivations."""
     import excise
+    from excise.context import derive
     from excise.facts import FactSet
 
     model = excise.load(args.model, device=args.device)
-    lookup = _organism_lookup(model)
+    lookup = _organism_lookup(args.model)
     facts = list(FactSet.from_json(args.facts, lookup=lookup))
-    retain = None
-    if getattr(args, "retain", None):
-        retain = list(FactSet.from_json(args.retain, lookup=lookup))
+    given = {
+        "retain": list(FactSet.from_json(args.retain, lookup=lookup)) if args.retain else None,
+        "holdout": list(FactSet.from_json(args.holdout)) if args.holdout else None,
+        "sample": _read_lines(args.sample) if args.sample else None,
+    }
+    if args.model == "organism":
+        context = excise.organism.context(facts, n_holdout_people=args.holdout_people, seed=args.seed)
+        context = context.override(**given)
     else:
-        from excise import organism
-
-        if organism.is_organism(model):
-            retain = list(organism.world().retain_set(facts, n=200, seed=args.seed))
-    return model, facts, retain
+        context = derive(model, facts, seed=args.seed, n_holdout_subjects=args.holdout_people,
+                         generate=args.command != "locate", **given)
+        print("knowledge context (what excise was given or derived):\n" + context.describe())
+    return model, facts, context
 
 
 def _locate(args: argparse.Namespace) -> int:
     import excise
 
-    model, facts, retain = _load(args)
+    model, facts, context = _load(args)
+    retain = context.retain
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     L = excise.locate
@@ -114,7 +130,8 @@ def _edit(args: argparse.Namespace) -> int:
     import excise
     from excise import methods as M
 
-    model, facts, retain = _load(args)
+    model, facts, context = _load(args)
+    retain = context.retain
     located = None
     if M.needs_located(args.method, args.neurons):
         if not retain:
@@ -122,7 +139,7 @@ def _edit(args: argparse.Namespace) -> int:
                              "(facts the model must keep), or --neurons 0")
         located = excise.locate.fisher(model, facts, retain=retain)
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
-                      layer=args.layer, seed=args.seed,
+                      layer=args.layer, seed=args.seed, context=context,
                       stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})
     record.save(args.out)
@@ -136,19 +153,14 @@ def _verify(args: argparse.Namespace) -> int:
     from excise.models import copy_model
     from excise.verify import AuditConfig, audit
 
-    model, facts, retain = _load(args)
+    model, facts, context = _load(args)
     reference = None
     if args.record:
         reference = copy_model(model)
         EditRecord.load(args.record, model).apply()
-    holdout = None
-    if args.holdout:
-        from excise.facts import FactSet
-
-        holdout = list(FactSet.from_json(args.holdout))
-    config = AuditConfig(top_b=args.top_b, n_holdout_people=args.holdout_people, seed=args.seed)
-    report = audit(model, facts, reference=reference, oracle=True if args.oracle else None, holdout=holdout,
-                   retain=retain, config=config)
+    config = AuditConfig(top_b=args.top_b, seed=args.seed)
+    report = audit(model, facts, reference=reference, oracle=True if args.oracle else None, context=context,
+                   config=config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report.to_json(out / "audit.json")
@@ -177,6 +189,13 @@ def _bench(args: argparse.Namespace) -> int:
         results = run(args.out, **sizes)
         print(to_markdown(results))
         print(f"wrote {Path(args.out) / 'edit.json'} and {Path(args.out) / 'edit.md'}")
+    elif args.suite == "sequential":
+        from excise.bench.sequential import run, to_markdown
+
+        sizes = dict(n=10, n_preserve=100, every=5, ridges=(10.0,)) if args.quick else {}
+        results = run(args.out, **sizes)
+        print(to_markdown(results))
+        print(f"wrote {Path(args.out) / 'sequential.json'} and {Path(args.out) / 'sequential.md'}")
     elif args.suite == "verify":
         from excise.bench.verify import run
 
@@ -240,6 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("model", help="'organism', a TransformerLens model name, or a local Hugging Face directory")
         p.add_argument("--facts", required=True, help="JSON list of facts (see the README)")
         p.add_argument("--retain", default=None, help="JSON list of facts to keep (organism: a world sample)")
+        p.add_argument("--holdout", default=None,
+                       help="JSON facts about subjects the model never saw (chance levels; organism: its own; "
+                            "else derived by recombining the subjects' names)")
+        p.add_argument("--holdout-people", type=int, default=30,
+                       help="never-seen subjects for chance levels (organism people, or derived names)")
+        p.add_argument("--sample", default=None,
+                       help="text file, one text per line, like the model's training text: rome/memit key "
+                            "covariance and general text (organism: its corpus; else sampled from the model)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--seed", type=int, default=0)
         p.set_defaults(func=func)
@@ -252,19 +279,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     edit.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS)
     edit.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
                       help="gradient methods / ablate: the top-N Fisher neurons; 0: all parameters")
-    edit.add_argument("--layer", type=int, default=None, help="rome/memit layer (default: organism 0, else n_layers/3)")
+    edit.add_argument("--layer", type=int, default=None,
+                      help="rome/memit layer (default: the context's: organism 0, else n_layers // 3)")
     edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
     edit.add_argument("--stand-ins", default=None,
                       help="swap: comma-separated names the model never saw (the organism draws its own)")
     verify = model_command("verify", "audit the model (with --record applied)", _verify)
     verify.add_argument("--record", default=None, help="an EditRecord to apply first (the unedited model is the reference)")
-    verify.add_argument("--oracle", action="store_true", help="organism: also audit the retrain oracle")
-    verify.add_argument("--holdout", default=None, help="JSON facts the model never saw (chance levels; organism: built in)")
-    verify.add_argument("--holdout-people", type=int, default=30, help="organism: never-seen people for chance levels")
+    verify.add_argument("--oracle", action="store_true",
+                        help="also audit the retrain oracle (organism: retrained without the facts, then cached)")
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "verify", "unlearn", "stories", "tofu"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)

@@ -67,6 +67,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     subject = pick_subject(world, subject, seed)
     facts = list(world.of_subject(subject))
     retain = list(world.retain_set(facts, n=200, seed=seed))
+    context = excise.organism.context(facts, n_holdout_people=n_holdout_people, n_retain=100, seed=seed)
     prompts = [f.fill(f.prompt) for f in facts]
     target_ids = target_first_ids(model, prompts, [f.target for f in facts])
 
@@ -100,7 +101,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     log(f"deleting with {method}" + (f" on the top {neurons} Fisher neurons" if method in M.GRADIENT and neurons
                                      else "") + " ...")
     record = M.delete(model, facts, method, retain=retain, located=fisher, neurons=neurons, seed=seed,
-                      progress=progress)
+                      progress=progress, context=context)
     record.meta.update({"subject": subject, "demo_seed": seed})
     record.save(out / "edit.safetensors")
     touched: dict[str, int] = {}
@@ -116,8 +117,8 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
         oracle_model = excise.organism.retrain(without=facts, progress=progress)
         lap("oracle")
     log("auditing: probes, logit lens, relearning, membership inference ...")
-    config = AuditConfig(n_holdout_people=n_holdout_people, n_retain=100, seed=seed)
-    report = audit(model, facts, reference=reference, oracle=oracle_model, config=config, progress=progress)
+    report = audit(model, facts, reference=reference, oracle=oracle_model, context=context,
+                   config=AuditConfig(seed=seed), progress=progress)
     report.to_json(out / "audit.json")
     report.plot().savefig(out / "audit.png", dpi=110, bbox_inches="tight")
     lap("audit")

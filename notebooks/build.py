@@ -127,8 +127,8 @@ print(sorted({c.layer for c in record.touched()}), "layers;", len(record.touched
 """),
         md("## Audit: every attack, next to the original and to chance"),
         code("""
-config = AuditConfig(n_holdout_people=10, n_retain=100, seed=0)
-report = audit(model, forget, reference=reference, config=config)
+context = excise.organism.context(forget, n_holdout_people=10, n_retain=100)   # never-seen people, facts to keep, ...
+report = audit(model, forget, reference=reference, context=context)
 print(report.summary())
 """),
         code("report.plot()"),
@@ -155,15 +155,15 @@ print("edited recall:", excise.recall_table(model, forget).rate("request"),
         code("""
 record.undo()                                  # back to the original organism
 with excise.verify.guardrail(model, forget):
-    guarded = audit(model, forget, config=AuditConfig(attacks=("probes", "logit_lens"),
-                                                      n_holdout_people=5, n_retain=20))
+    guarded = audit(model, forget, config=AuditConfig(attacks=("probes", "logit_lens")),
+                    context=excise.organism.context(forget, n_holdout_people=5, n_retain=20))
 print(f"request recall under the guardrail: {guarded.recall('edited', 'request'):.2f}")
 print(f"logit lens finds:                   {guarded.success('edited', 'logit_lens'):.2f} "
       f"(top-1 {guarded.success('edited', 'logit_lens', b=1):.2f})")
 """),
         md("""
-With `audit(..., oracle=True)` the organism is retrained without the forgotten facts (about three
-minutes the first time, then cached) and the report adds TOFU's forget quality: the
+With `audit(..., oracle=True)` the context's oracle is used: for the organism, the organism retrained
+without the forgotten facts (minutes the first time, then cached) and the report adds TOFU's forget quality: the
 Kolmogorov-Smirnov p-value between the edited model's and the oracle's truth ratios.
 `excise bench verify` runs that comparison on a 5% split (`benchmarks/results/verify.md`).
 """),
@@ -190,7 +190,7 @@ world = excise.organism.world()
 reference = copy_model(model)
 BUDGET = 256                                   # neurons of 4 x 512
 SUBJECTS = random.Random(0).sample(world.subjects, 2)
-config = AuditConfig(attacks=("probes", "logit_lens", "membership"), n_holdout_people=5, n_retain=100)
+config = AuditConfig(attacks=("probes", "logit_lens", "membership"))
 """),
         code("""
 def random_neurons(k, seed):
@@ -208,7 +208,8 @@ for subject in SUBJECTS:
     for name, mask in masks.items():
         cfg = excise.edit.UnlearnConfig(method="npo", seed=0, progress=False)
         record = excise.edit.unlearn(model, forget, retain, mask=mask, config=cfg)
-        report = audit(model, forget, reference=reference, config=config, progress=False)
+        report = audit(model, forget, reference=reference, config=config, progress=False,
+                       context=excise.organism.context(forget, n_holdout_people=5, n_retain=100))
         rows.append({"subject": subject, "mask": name, "weights changed": record.n_changed,
                      "recall": report.recall("edited", "request"),
                      "probes": report.success("edited", "probes"),
@@ -259,7 +260,7 @@ import excise
 model = excise.load("organism")
 world = excise.organism.world()
 facts = [f for s in world.subjects[:4] for f in world.of_subject(s)]
-ent = excise.verify.entanglement(model, facts, k=32)
+ent = excise.verify.entanglement(model, facts, k=32, context=excise.organism.context(facts))
 ent
 """),
         code("ent.plot()"),

@@ -106,6 +106,6 @@ def test_rome_on_several_facts_of_one_subject_warns(caplog):
     world = excise.organism.world()
     facts = list(world.of_subject(world.subjects[5]))[:2]
     with caplog.at_level("WARNING", logger="excise.methods"):
-        record = excise.methods.delete(model, facts, "rome", progress=False)
+        record = excise.methods.delete(model, facts, "rome", progress=False, context=excise.organism.context(facts))
     assert "later edits overwrite earlier ones" in caplog.text
     record.undo()

@@ -143,11 +143,11 @@ def test_bad_input(organism_model, world):
         unlearn(organism_model, world[:1], world[1:5], mask=[])
 
 
-def test_organism_strangers_are_nobody_the_audit_uses(organism_model, world):
-    from excise.methods import organism_strangers
-
-    strangers = organism_strangers(organism_model, seed=0)
-    audit_people = {f.subject for f in world.holdout(30, seed=1)}       # AuditConfig(seed=0)'s chance people
+def test_organism_stand_ins_are_nobody_the_audit_uses(world):
+    ctx = excise.organism.context(list(world.of_subject(world.people[0])), n_holdout_people=30, seed=0)
+    strangers = ctx.stand_ins
+    audit_people = {f.subject for f in ctx.holdout}
+    assert len(audit_people) == 30 and audit_people == {f.subject for f in world.holdout(30, seed=1)}
     assert len(set(strangers)) == len(strangers) == 60
     assert not set(strangers) & (audit_people | set(world.people))
-    assert organism_strangers(organism_model, seed=0) == strangers
+    assert excise.organism.context(list(world.of_subject(world.people[0])), seed=0).stand_ins == strangers

@@ -16,7 +16,11 @@ from excise.verify import (
 from excise.verify.membership import lowest_mean
 from excise.verify.specificity import general_loss, kept, neighbours_of
 
-SMALL = AuditConfig(n_holdout_people=3, n_retain=20, relearn=RelearnConfig(steps=3))
+SMALL = AuditConfig(relearn=RelearnConfig(steps=3))
+
+
+def small_context(facts, people: int = 3, retain: int = 20):
+    return excise.organism.context(facts, n_holdout_people=people, n_retain=retain)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +152,7 @@ def test_guardrail_fools_the_probe_not_the_lens_and_cleans_up(organism_model, tw
 # -- audit ----------------------------------------------------------------------
 
 def test_audit_of_the_original_finds_everything(organism_model, two_people):
-    report = audit(organism_model, two_people, config=SMALL, progress=False)
+    report = audit(organism_model, two_people, config=SMALL, context=small_context(two_people), progress=False)
     assert report.recall("edited") == 1.0
     for attack in ("probes", "logit_lens", "membership"):
         assert report.success("edited", attack) == 1.0, attack
@@ -159,8 +163,10 @@ def test_audit_of_the_original_finds_everything(organism_model, two_people):
 
 def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model, two_people, tmp_path):
     before = excise.fingerprint(organism_model)
-    a = audit(organism_model, two_people, reference=organism_model, config=SMALL, progress=False)
-    b = audit(organism_model, two_people, reference=organism_model, config=SMALL, progress=False)
+    a = audit(organism_model, two_people, reference=organism_model, config=SMALL,
+              context=small_context(two_people), progress=False)
+    b = audit(organism_model, two_people, reference=organism_model, config=SMALL,
+              context=small_context(two_people), progress=False)
     assert excise.fingerprint(organism_model) == before
     drop = lambda r: {role: {k: v for k, v in m.items() if k != "seconds"} for role, m in r.models.items()}  # noqa: E731
     assert drop(a) == drop(b)
@@ -176,7 +182,7 @@ def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model,
 
 def test_success_at_another_b_needs_no_rerun(organism_model, two_people):
     report = audit(organism_model, two_people, attacks=("logit_lens",), progress=False,
-                   config=AuditConfig(attacks=("logit_lens",), n_holdout_people=3))
+                   config=AuditConfig(attacks=("logit_lens",)), context=small_context(two_people))
     assert report.success("edited", "logit_lens", b=1) <= report.success("edited", "logit_lens", b=20)
     assert "relearn" not in report.models["edited"]["attacks"]
 
@@ -190,6 +196,22 @@ def test_audit_bad_input(organism_model, two_people, tiny):
         AuditConfig(attacks=("telepathy",))
     with pytest.raises(ValueError, match="another vocabulary"):
         audit(organism_model, two_people, reference=tiny, config=SMALL, progress=False)
+
+
+def test_what_the_audit_cannot_compute_is_reported_not_dropped(organism_model, two_people):
+    """Without a context the audit still runs, and says which verdicts are missing and why."""
+    report = audit(organism_model, two_people, config=AuditConfig(attacks=("probes",)), progress=False)
+    missing = report.config["not_computed"]
+    assert set(missing) == {"chance levels and membership inference", "retain recall and model utility",
+                            "general-text loss and model utility", "truth ratios and forget quality",
+                            "the retrain-oracle column and forget quality"}
+    assert "pass holdout=" in missing["chance levels and membership inference"]
+    assert "not computed: chance levels and membership inference (no holdout" in report.summary()
+    full = audit(organism_model, two_people, config=AuditConfig(attacks=("probes",)),
+                 context=small_context(two_people), progress=False)
+    assert set(full.config["not_computed"]) == {"the retrain-oracle column and forget quality"}
+    with pytest.raises(ValueError, match="oracle=True takes the context's oracle"):
+        audit(organism_model, two_people, oracle=True, progress=False)
 
 
 def test_neighbours_exclude_the_facts_themselves(two_people):
@@ -206,22 +228,21 @@ def test_calibration_cases_on_the_5pct_split(oracle_5pct):
     forget, retain, oracle = oracle_5pct
     forget = list(forget)
     original = excise.load("organism", device="cpu")
-    config = AuditConfig(n_holdout_people=15, n_retain=50)
-    base = audit(original, forget, oracle=oracle, config=config, progress=False)
+    base = audit(original, forget, oracle=oracle, context=excise.organism.context(forget, 15, 50), progress=False)
     for attack in ("probes", "logit_lens", "relearn", "membership"):
         assert base.success("edited", attack) >= 0.95, attack                 # the original leaks everything
         assert base.above_chance("oracle", attack) >= 0.01, attack           # the oracle: chance
     assert base.forget_quality("oracle") >= 0.5
 
     with guardrail(original, forget):
-        guarded = audit(original, forget, progress=False,
-                        config=AuditConfig(attacks=("probes", "logit_lens"), n_holdout_people=3, n_retain=10))
+        guarded = audit(original, forget, progress=False, context=excise.organism.context(forget, 3, 10),
+                        config=AuditConfig(attacks=("probes", "logit_lens")))
     assert guarded.recall("edited", "request") == 0.0                        # "forgotten" at the output...
     assert guarded.success("edited", "logit_lens") >= 0.9                    # ...readable inside
 
     suppress_last_layer(original, forget, list(retain.sample(400, seed=7)))
-    shallow = audit(original, forget, progress=False,
-                    config=AuditConfig(attacks=("probes", "relearn"), n_holdout_people=3, n_retain=10))
+    shallow = audit(original, forget, progress=False, context=excise.organism.context(forget, 3, 10),
+                    config=AuditConfig(attacks=("probes", "relearn")))
     assert shallow.recall("edited", "request") == 0.0
     assert shallow.relearn_recall("edited") > base.relearn_recall("oracle") + 0.05
 
@@ -243,7 +264,7 @@ def test_entanglement_of_a_no_op_edit_is_zero_and_of_rome_is_diagonal(tmp_path):
     assert np.allclose(np.diag(flat.overlap), 1.0)
     assert flat.correlation["rho"] is None                                    # no interference to correlate
 
-    ent = excise.verify.entanglement(model, facts, k=8, progress=False)
+    ent = excise.verify.entanglement(model, facts, k=8, progress=False, context=excise.organism.context(facts))
     assert [f["subject"] for f in ent.facts] == sorted(f["subject"] for f in ent.facts)
     diag, off = np.diag(ent.interference), ent.interference[~np.eye(len(facts), dtype=bool)]
     assert diag.mean() > 10 * np.abs(off).mean()                               # deleting i hurts i most

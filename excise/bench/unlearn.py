@@ -41,7 +41,6 @@ from excise.bench.results import write_results
 from excise.components import Component
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
-from excise.methods import organism_strangers
 from excise.models import copy_model
 from excise.verify import AuditConfig, AuditReport, audit
 
@@ -108,7 +107,8 @@ def _ablate(kind: str) -> Method:
 
 
 def _rome(model, split, scope, seed):
-    return E.rome_each(model, split.forget, E.RomeConfig(layer=LAYER, objective="head_projection"), progress=False)
+    return E.rome_each(model, split.forget, E.RomeConfig(layer=LAYER, objective="head_projection_unlikelihood"),
+                       progress=False)
 
 
 def _memit(null_space: bool) -> Method:
@@ -121,7 +121,7 @@ def _memit(null_space: bool) -> Method:
 
 # name -> (label, scopes, run)
 METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
-    "rome": ("ROME delete (head_projection)", ("layer",), _rome),
+    "rome": ("ROME delete (head_projection_unlikelihood)", ("layer",), _rome),
     "memit": ("MEMIT delete", ("layer",), _memit(False)),
     "memit_null_space": ("MEMIT + null space (AlphaEdit)", ("layer",), _memit(True)),
     "ablate_neurons": ("neuron ablation (Fisher)", ("located", "random"), _ablate("neuron")),
@@ -180,18 +180,17 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
     subjects = {f.subject for f in forget}
     neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed,
                                              with_heads="ablate_heads" in methods)
-    config = AuditConfig(seed=seed, n_holdout_people=holdout_people)
-    retain_eval = list(world.retain_set(forget, n=config.n_retain, seed=seed))
-    held = {f.key for f in retain_eval}
-    holdout = list(world.holdout(config.n_holdout_people, seed=seed + 1))
+    config = AuditConfig(seed=seed)
+    context = excise.organism.context(forget, n_holdout_people=holdout_people, n_retain=200, seed=seed)
+    held = {f.key for f in context.retain}
     split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
-                  organism_strangers(original, seed, holdout_people=config.n_holdout_people),
+                  context.stand_ins,
                   list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=seed + 4)),
                   neurons, heads, locate_seconds)
     oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
     oracle = excise.load(str(oracle_dir), device="cpu")
     oracle_seconds = json.loads((oracle_dir / "excise_organism.json").read_text()).get("train_seconds")
-    base = audit(original, forget, oracle=oracle, config=config, holdout=holdout, retain=retain_eval, progress=False)
+    base = audit(original, forget, oracle=oracle, config=config, context=context, progress=False)
     rows = [
         {"method": "original", "label": "original (no edit)", "scope": "-", "seconds": 0.0, "parameters_touched": 0,
          **row_metrics(_combined(base, base.models["edited"]))},
@@ -205,8 +204,7 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
             t = time.perf_counter()
             record = fn(model, split, scope, seed)
             seconds = time.perf_counter() - t
-            edited = audit(model, forget, config=config, holdout=holdout, retain=retain_eval,
-                           progress=False).models["edited"]
+            edited = audit(model, forget, config=config, context=context, progress=False).models["edited"]
             row = {"method": name, "label": label, "scope": scope, "seconds": seconds,
                    "parameters_touched": record.n_changed, **row_metrics(_combined(base, edited))}
             rows.append(row)

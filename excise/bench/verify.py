@@ -43,17 +43,19 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     original = excise.load("organism", device="cpu")
     oracle = excise.organism.retrain(without=forget, progress=progress, device="cpu")
     config = AuditConfig(seed=seed)
+    context = excise.organism.context(forget, seed=seed)
     t0 = time.perf_counter()
-    base = audit(original, forget, oracle=oracle, config=config, progress=progress)
+    base = audit(original, forget, oracle=oracle, config=config, context=context, progress=progress)
     total = time.perf_counter() - t0
 
     with guardrail(original, forget):
         guarded = audit(original, forget, config=AuditConfig(attacks=("probes", "logit_lens"), seed=seed),
-                        progress=progress)
+                        context=context, progress=progress)
 
     suppressed = copy_model(original)
     record = suppress_last_layer(suppressed, forget, list(world.retain_set(forget, n=400, seed=seed + 7)), seed=seed)
-    shallow = audit(suppressed, forget, reference=original, oracle=oracle, config=config, progress=progress)
+    shallow = audit(suppressed, forget, reference=original, oracle=oracle, config=config, context=context,
+                    progress=progress)
 
     r: dict[str, Any] = {
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),

@@ -34,8 +34,8 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
 SHIPPED_ORACLES = Path(__file__).parent / "oracles"
 _META = "excise_organism.json"
 
-__all__ = ["CHECKPOINT_DIR", "RELATIONS", "SHIPPED_ORACLES", "Recipe", "World", "cache_dir", "checkpoint_ready", "is_organism",
-           "recipe", "retrain", "retrain_dir", "world"]
+__all__ = ["CHECKPOINT_DIR", "EDIT_LAYER", "RELATIONS", "SHIPPED_ORACLES", "LazyOracle", "Recipe", "World", "cache_dir",
+           "checkpoint_ready", "context", "is_organism", "recipe", "retrain", "retrain_dir", "world"]
 
 
 def is_organism(model) -> bool:
@@ -112,3 +112,58 @@ def retrain(without: Iterable[Fact], rec: Recipe | None = None, progress: bool =
     from excise.models import load
 
     return load(retrain_dir(without, rec, progress), **load_kwargs)
+
+
+class LazyOracle:
+    """The retrain oracle for a forget set, trained (or found cached) only when first asked for."""
+
+    def __init__(self, without: Iterable[Fact], progress: bool = True):
+        self.without = list(without)
+        self.progress = progress
+
+    def __call__(self, **load_kwargs):
+        return retrain(self.without, progress=self.progress, **load_kwargs)
+
+    def __repr__(self) -> str:
+        return f"LazyOracle(the organism retrained without {len(self.without)} facts)"
+
+
+EDIT_LAYER = 0          # ROME/MEMIT on the organism: the MLP at the last subject token (benchmarks/results/edit.md)
+
+
+def context(facts: Iterable[Fact], n_holdout_people: int = 30, n_retain: int = 200, n_stand_ins: int = 60,
+            seed: int = 0, progress: bool = True):
+    """The organism world's KnowledgeContext for deleting `facts` (everything known, nothing derived).
+
+    holdout: `n_holdout_people` people the world never had (seed + 1); retain:
+    `n_retain` facts of everyone else (all facts of the facts' subjects left
+    out); general: the world's general sentences; alternatives: each
+    relation's other objects; sample: the training corpus; stand_ins: never-seen
+    names apart from the holdout people (seed + 2); oracle: the organism
+    retrained without `facts`, trained on first use (`LazyOracle`); layer 0.
+    """
+    from excise.context import KnowledgeContext
+    from excise.organism.train import corpus
+
+    facts = list(facts)
+    w = world()
+    holdout = list(w.holdout(n_holdout_people, seed=seed + 1))
+    subjects = {f.subject for f in facts}
+    forget_all = [f for f in w if f.subject in subjects] if all(f in w for f in facts) else facts
+    return KnowledgeContext(
+        holdout=holdout,
+        retain=list(w.retain_set(forget_all, n=n_retain, seed=seed)),
+        general=list(w.general),
+        alternatives=w.alternatives,
+        sample=corpus(w),
+        stand_ins=w.strangers(n_stand_ins, seed=seed + 2, exclude={f.subject for f in holdout}),   # swap never
+        # trains on the audit's chance-level people
+        oracle=LazyOracle(facts, progress) if all(f in w for f in facts) else None,
+        layer=EDIT_LAYER,
+        notes={"holdout": f"organism world: {n_holdout_people} people it never had (seed {seed + 1})",
+               "retain": f"organism world: {n_retain} facts of other people (seed {seed})",
+               "general": "organism world: its general sentences", "alternatives": "organism world: each relation's objects",
+               "sample": "organism world: the training corpus", "stand_ins": "organism world: never-seen names, none of the holdout people",
+               "oracle": "organism world: retrained without the facts on first use (cached)",
+               "layer": "organism: layer 0, where subject-position edits work (benchmarks/results/edit.md)"},
+    )

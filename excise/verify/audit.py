@@ -12,7 +12,8 @@ reference and the retrain oracle) it measures:
   every layer, relearning on the other half of the facts, and membership
   inference (Min-K%++ above the holdout's 95th percentile);
 - the chance level of each attack: the same attack on holdout facts the model
-  never saw (needs `holdout`; the organism brings its own);
+  never saw (from the KnowledgeContext: `excise.organism.context(facts)`, or
+  `excise.context.derive(model, facts)` for any model);
 - specificity: neighbour and retain recall, general-text loss;
 - truth ratios (with `alternatives`), hence TOFU's forget quality against
   the oracle, and the organism utility.
@@ -29,11 +30,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from excise.context import KnowledgeContext
 from excise.facts import FAMILIES, Fact
 from excise.verify.forget_quality import organism_utility, truth_ratios
-from excise.verify.logit_lens import logit_lens
+from excise.verify.logit_lens import head_projection_attack, logit_lens
 from excise.verify.membership import membership_inference
 from excise.verify.probes import probe
 from excise.verify.relearn import RelearnConfig, relearn
@@ -49,9 +52,10 @@ class AuditConfig:
     attacks: tuple[str, ...] = ATTACKS
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     mia_fpr: float = 0.05                 # membership verdicts: the chance level
-    n_retain: int = 200                   # organism: retain facts sampled for specificity and utility
-    n_holdout_people: int = 30            # organism: never-seen people for chance levels and MIA
     seed: int = 0
+    # with logit_lens, also Patil et al.'s head-projection attack (top-k or bottom-k at some of these hidden-state
+    # indices; None: every intermediate one) as the attack "head_projection": success(attack=, b=4) is theirs
+    lens_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.top_b < 1:
@@ -61,28 +65,14 @@ class AuditConfig:
             raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {ATTACKS}")
 
 
-@dataclass
-class _Context:
-    facts: list[Fact]
-    holdout: list[Fact]
-    retain: list[Fact]
-    general: list[str]
-    alternatives: Callable[[Fact], Sequence[str]] | None
-
-
-def _organism_defaults(model: Any, facts: list[Fact], config: AuditConfig, holdout, retain, general,
-                       alternatives) -> _Context:
-    from excise import organism
-
-    if organism.is_organism(model):
-        world = organism.world()
-        holdout = holdout if holdout is not None else world.holdout(config.n_holdout_people, seed=config.seed + 1)
-        retain = retain if retain is not None else world.retain_set(
-            [f for g in facts for f in world.of_subject(g.subject)] if all(g in world for g in facts) else facts,
-            n=config.n_retain, seed=config.seed)
-        general = general if general is not None else world.general
-        alternatives = alternatives if alternatives is not None else world.alternatives
-    return _Context(facts, list(holdout or []), list(retain or []), list(general or []), alternatives)
+# what each context field makes computable, for the report's "not computed" line
+NEEDS = {
+    "holdout": "chance levels and membership inference",
+    "retain": "retain recall and model utility",
+    "general": "general-text loss and model utility",
+    "alternatives": "truth ratios and forget quality",
+    "oracle": "the retrain-oracle column and forget quality",
+}
 
 
 def _check_vocabulary(model: Any, other: Any, role: str) -> None:
@@ -115,6 +105,9 @@ def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relea
         rows = logit_lens(model, facts, ("request",), config.top_b)
         out["logit_lens"] = _best_ranks(rows, facts, lambda r: r.best_rank)
         out["lens_rows"] = [r.to_dict() for r in rows]
+        extraction = head_projection_attack(model, facts, layers=config.lens_layers)
+        out["head_projection"] = _best_ranks(extraction, facts, lambda r: r.rank)
+        out["head_projection_rows"] = [r.to_dict() for r in extraction]
         bar.update()
     if "relearn" in config.attacks and len(facts) >= 2:
         sample = facts if relearn_n is None or relearn_n >= len(facts) else \
@@ -126,24 +119,25 @@ def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relea
     return out
 
 
-def _audit_one(model: Any, ctx: _Context, config: AuditConfig, name: str, progress: bool) -> dict[str, Any]:
+def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: AuditConfig, name: str,
+               progress: bool) -> dict[str, Any]:
     steps = 3 * len(config.attacks) + 4
     with tqdm(total=steps, desc=f"audit {name}", disable=not progress, leave=False) as bar:
         t0 = time.perf_counter()
-        res: dict[str, Any] = {"attacks": _attack_ranks(model, ctx.facts, config, bar)}
+        res: dict[str, Any] = {"attacks": _attack_ranks(model, facts, config, bar)}
         if ctx.holdout:
-            chance = _attack_ranks(model, ctx.holdout, config, bar, relearn_n=len(ctx.facts))
+            chance = _attack_ranks(model, ctx.holdout, config, bar, relearn_n=len(facts))
             res["chance"] = {k: v for k, v in chance.items() if not k.endswith("_rows")}
             if "membership" in config.attacks:
-                res["membership"] = membership_inference(model, ctx.facts, ctx.holdout, config.mia_fpr).to_dict()
+                res["membership"] = membership_inference(model, facts, ctx.holdout, config.mia_fpr).to_dict()
         bar.update()
-        neighbours = neighbours_of(ctx.facts)
+        neighbours = neighbours_of(facts)
         res["neighbours"] = recalled(model, neighbours)
         res["retain"] = recalled(model, ctx.retain)
         res["general_loss"] = general_loss(model, ctx.general) if ctx.general else None
         bar.update()
         if ctx.alternatives is not None:
-            ratios, _ = truth_ratios(model, ctx.facts, ctx.alternatives)
+            ratios, _ = truth_ratios(model, facts, ctx.alternatives)
             res["truth_ratios"] = ratios.tolist()
             if ctx.retain and ctx.general:
                 res["utility"] = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
@@ -153,17 +147,21 @@ def _audit_one(model: Any, ctx: _Context, config: AuditConfig, name: str, progre
 
 
 def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Sequence[str] = ATTACKS,
-          seed: int = 0, *, oracle: Any = None, holdout: Sequence[Fact] | None = None,
-          retain: Sequence[Fact] | None = None, general: Sequence[str] | None = None,
-          alternatives: Callable[[Fact], Sequence[str]] | None = None, config: AuditConfig | None = None,
-          progress: bool = True) -> AuditReport:
+          seed: int = 0, *, oracle: Any = None, context: KnowledgeContext | None = None,
+          holdout: Sequence[Fact] | None = None, retain: Sequence[Fact] | None = None,
+          general: Sequence[str] | None = None, alternatives: Callable[[Fact], Sequence[str]] | None = None,
+          config: AuditConfig | None = None, progress: bool = True) -> AuditReport:
     """Audit `model` on `facts` (the ones meant to be gone); see the module docstring.
 
     reference: the model before the edit (e.g. `record.original()`).
-    oracle: a model trained without the facts; `True` retrains the organism
-        without them (cached; minutes the first time).
-    holdout, retain, general, alternatives: never-seen facts, facts to keep,
-        general text, wrong answers per fact; the organism supplies all four.
+    context: never-seen facts, facts to keep, general text, wrong answers and
+        the oracle (`excise.organism.context(facts)` for the organism;
+        `excise.context.derive(model, facts, ...)` for any model). Without one,
+        the holdout, retain, general and alternatives given here are used as
+        they are; what is missing is reported as not computed.
+    holdout, retain, general, alternatives: override the context's.
+    oracle: a model trained without the facts; `True` takes the context's
+        (the organism's is retrained on first use: minutes, then cached).
     Cost per model: the attacks on the facts and on the holdout (two relearning
     runs of `config.relearn.steps` steps per fold), plus one forward per
     probe family; seconds on the organism for a 5% split.
@@ -175,22 +173,31 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
     if config.relearn.seed != config.seed:
         config = AuditConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__},
                                 "relearn": RelearnConfig(**{**asdict(config.relearn), "seed": config.seed})})
+    ctx = (context or KnowledgeContext()).override(holdout=holdout, retain=retain, general=general,
+                                                   alternatives=alternatives)
     if oracle is True:
-        from excise import organism
-
-        if not organism.is_organism(model):
-            raise ValueError("oracle=True retrains the organism; for another model pass the oracle model itself")
-        oracle = organism.retrain(without=facts, progress=progress)
-    ctx = _organism_defaults(model, facts, config, holdout, retain, general, alternatives)
+        if ctx.oracle is None:
+            raise ValueError("oracle=True takes the context's oracle, and this context has none: pass the oracle "
+                             "model itself (trained without the facts), or context=excise.organism.context(facts)")
+        # a context may hold a model, or something that builds one on first use (the organism's LazyOracle)
+        oracle = ctx.oracle if isinstance(ctx.oracle, torch.nn.Module) else ctx.oracle()
     models = {"edited": model, "reference": reference, "oracle": oracle}
     for role, m in models.items():
         if m is not None and m is not model:
             _check_vocabulary(model, m, role)
     t0 = time.perf_counter()
-    results = {role: _audit_one(m, ctx, config, role, progress) for role, m in models.items() if m is not None}
+    results = {role: _audit_one(m, facts, ctx, config, role, progress) for role, m in models.items() if m is not None}
+    have = {"holdout": ctx.holdout, "retain": ctx.retain, "general": ctx.general, "alternatives": ctx.alternatives,
+            "oracle": oracle}
+    why = {field: ctx.notes.get(field, f"pass {field}=") for field in NEEDS}
+    why["oracle"] = "pass oracle= (a model trained without the facts)" + \
+        (", or oracle=True for the context's" if ctx.oracle is not None else "")
+    not_computed = {what: f"no {field}: {why[field]}" for field, what in NEEDS.items()
+                    if have[field] is None or have[field] == []}
     return AuditReport(
         config={**asdict(config), "n_holdout": len(ctx.holdout), "n_retain": len(ctx.retain),
-                "n_general": len(ctx.general), "has_alternatives": ctx.alternatives is not None},
+                "n_general": len(ctx.general), "has_alternatives": ctx.alternatives is not None,
+                "context": {k: v for k, v in ctx.notes.items() if k in NEEDS}, "not_computed": not_computed},
         facts=[{"subject": f.subject, "relation": f.relation, "target": f.target} for f in facts],
         neighbours=[{"subject": f.subject, "relation": f.relation} for f in neighbours_of(facts)],
         models=results,

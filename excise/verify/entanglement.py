@@ -134,10 +134,10 @@ class Entanglement:
                 f"{'n/a' if c['rho'] is None else round(c['rho'], 3)})")
 
 
-def _default_edit(model: Any, fact: Fact):
+def _default_edit(context: Any) -> Callable[[Any, Fact], Any]:
     from excise import methods
 
-    return methods.delete(model, [fact], "rome", progress=False)
+    return lambda model, fact: methods.delete(model, [fact], "rome", progress=False, context=context)
 
 
 def _default_locate(model: Any, fact: Fact):
@@ -148,11 +148,12 @@ def _default_locate(model: Any, fact: Fact):
 
 def entanglement(model: Any, facts: Sequence[Fact], edit: Callable[[Any, Fact], Any] | None = None,
                  locate: Callable[[Any, Fact], Any] | None = None, k: int = 32, kind: str = "neuron",
-                 progress: bool = True) -> Entanglement:
+                 progress: bool = True, context: Any = None) -> Entanglement:
     """Delete each fact in turn (undone after), measuring every fact; see the module docstring.
 
-    edit(model, fact) -> EditRecord: default ROME head-projection deletion at
-        `methods.default_layer`. locate(model, fact) -> Localization with
+    edit(model, fact) -> EditRecord: default ROME head-projection deletion
+        (`methods.delete`) at the layer and with the covariance sample of
+        `context` (a KnowledgeContext; derived from the model when None). locate(model, fact) -> Localization with
         `kind` scores: default attribution patching of neurons; the top `k`
         by |score| form each fact's component set.
     Cost: len(facts) edits and undos, len(facts) + 1 batched forwards, and
@@ -165,7 +166,7 @@ def entanglement(model: Any, facts: Sequence[Fact], edit: Callable[[Any, Fact], 
         raise ValueError("an entanglement map needs at least two facts")
     if k < 1:
         raise ValueError(f"k (components per fact) must be >= 1, got {k}")
-    edit, locate = edit or _default_edit, locate or _default_locate
+    edit, locate = edit or _default_edit(context), locate or _default_locate
     prompts = [f.fill(f.prompt) for f in facts]
     ids = target_first_ids(model, prompts, [f.target for f in facts])
 

@@ -160,14 +160,20 @@ class AuditReport:
         for name, values in self.rows():
             lines.append(f"{name:<36}" + "".join(f" {_fmt(values[r]):>11}" for r in roles))
         lines.append(f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts")
+        lines += self.not_computed()
         return "\n".join(lines)
+
+    def not_computed(self) -> list[str]:
+        """One line per verdict the audit could not compute, with the missing piece and how to supply it."""
+        return [f"not computed: {what} ({why})" for what, why in self.config.get("not_computed", {}).items()]
 
     def to_markdown(self) -> str:
         roles = self.roles()
         lines = ["| metric | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
         for name, values in self.rows():
             lines.append(f"| {name} | " + " | ".join(_fmt(values[r]) for r in roles) + " |")
-        return "\n".join(lines)
+        missing = self.not_computed()
+        return "\n".join(lines + ([""] + [f"- {m}" for m in missing] if missing else []))
 
     def __repr__(self) -> str:
         parts = [f"{len(self.facts)} facts", f"top-B={self.top_b}"]

@@ -1,0 +1,217 @@
+"""KnowledgeContext: what a method or an audit needs besides the model and the facts.
+
+Deleting facts and proving them gone needs more than the facts themselves:
+
+| field | used by | what it is |
+|---|---|---|
+| holdout | audit (chance levels, membership non-members) | facts about subjects the model never saw |
+| retain | audit (specificity, utility), gradient unlearning, Fisher | facts the model must keep |
+| general | audit (general-text loss, utility) | text unrelated to the facts |
+| alternatives | audit (truth ratio, forget quality) | wrong answers for a fact |
+| sample | ROME/MEMIT key covariance | text like the model's training text |
+| stand_ins | `swap` unlearning | names the model never saw |
+| oracle | audit (forget quality, relearning floor) | a model trained without the facts |
+| layer | ROME/MEMIT when no layer is given | where rank-one edits write |
+
+The organism's world knows all of them (`excise.organism.context(facts)`);
+for any other model `derive(model, facts, ...)` takes what the user gives and
+derives the rest where it can, recording in `notes` where each field came
+from. What neither gives stays empty, and whatever reads it reports the
+missing piece (the audit's verdict line names it) instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from excise.facts import Fact
+
+log = logging.getLogger(__name__)
+
+Alternatives = Callable[[Fact], Sequence[str]]
+FIELDS = ("holdout", "retain", "general", "alternatives", "sample", "stand_ins", "oracle", "layer")
+
+
+@dataclass
+class KnowledgeContext:
+    """What excise needs besides the model and the facts; `notes[field]` says where each came from."""
+
+    holdout: list[Fact] = field(default_factory=list)
+    retain: list[Fact] = field(default_factory=list)
+    general: list[str] = field(default_factory=list)
+    alternatives: Alternatives | None = None
+    sample: list[str] = field(default_factory=list)
+    stand_ins: list[str] = field(default_factory=list)
+    oracle: Any = None
+    layer: int | None = None
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        """The fields nobody supplied and excise could not derive."""
+        return [f for f in FIELDS if getattr(self, f) in (None, [], ())]
+
+    def override(self, **given: Any) -> KnowledgeContext:
+        """A copy with the fields given (not None) replaced, noted as given by the caller."""
+        given = {k: v for k, v in given.items() if v is not None}
+        unknown = set(given) - set(FIELDS)
+        if unknown:
+            raise ValueError(f"unknown context field(s) {sorted(unknown)}; known: {', '.join(FIELDS)}")
+        lists = {k: list(v) for k, v in given.items() if k not in ("alternatives", "oracle", "layer")}
+        return replace(self, **{**given, **lists}, notes={**self.notes, **{k: "given" for k in given}})
+
+    def describe(self) -> str:
+        """One line per field: its size and where it came from (or that it is missing)."""
+        lines = []
+        for f in FIELDS:
+            v = getattr(self, f)
+            size = f"{len(v)}" if isinstance(v, list) else ("set" if v is not None else "")
+            lines.append(f"{f:<12} {size:>5}  {self.notes.get(f, 'missing') if v not in (None, []) else 'missing'}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        have = [f"{f}={len(getattr(self, f))}" for f in ("holdout", "retain", "general", "sample", "stand_ins")
+                if getattr(self, f)]
+        extra = [f for f in ("alternatives", "oracle") if getattr(self, f) is not None]
+        layer = [f"layer={self.layer}"] if self.layer is not None else []
+        return f"KnowledgeContext({', '.join(have + extra + layer)}; missing: {', '.join(self.missing()) or 'none'})"
+
+
+def alternatives_from(facts: Sequence[Fact]) -> Alternatives | None:
+    """Wrong answers for a fact: the other targets of its relation among `facts` (None if no relation has two)."""
+    by_relation: dict[str, list[str]] = defaultdict(list)
+    for f in facts:
+        if f.target not in by_relation[f.relation]:
+            by_relation[f.relation].append(f.target)
+    if not any(len(v) > 1 for v in by_relation.values()):
+        return None
+
+    def alternatives(fact: Fact) -> list[str]:
+        return [t for t in by_relation.get(fact.relation, []) if t != fact.target]
+    return alternatives
+
+
+@torch.no_grad()
+def name_continuation_logprob(model: Any, names: Sequence[str]) -> np.ndarray:
+    """Mean log-probability of each name's tokens after its first, given the first (how known a name is)."""
+    from excise.scoring import encode
+
+    rows = encode(model, list(names))
+    first = 1 if getattr(model.cfg, "default_prepend_bos", True) and model.tokenizer.bos_token_id is not None else 0
+    out = []
+    device = next(iter(model.parameters())).device
+    for r in rows:
+        if len(r) - first < 2:
+            out.append(0.0)                   # a one-token name has no continuation to score
+            continue
+        logp = model(torch.tensor([r], device=device))[0].float().log_softmax(-1)
+        idx = torch.arange(first, len(r) - 1, device=device)
+        out.append(float(logp[idx, torch.tensor(r[first + 1:], device=device)].mean()))
+    return np.array(out)
+
+
+def recombined_subjects(model: Any, subjects: Sequence[str], n: int, seed: int = 0,
+                        quantile: float = 0.05) -> tuple[list[str], str]:
+    """Up to `n` never-seen names made from the subjects' first and last name parts, and a note saying how.
+
+    A candidate is kept only when the model finds it less predictable than
+    the `quantile` of the real subjects (the mean log-probability of a name's
+    tokens after its first): a name the model completes as confidently as a
+    person it knows is not "never seen".
+    """
+    parts = [s.split() for s in subjects]
+    if sum(len(p) >= 2 for p in parts) < 2:
+        return [], "could not derive: the subjects are not multi-word names to recombine; pass holdout="
+    firsts = sorted({p[0] for p in parts if len(p) >= 2})
+    lasts = sorted({" ".join(p[1:]) for p in parts if len(p) >= 2})
+    known = set(subjects)
+    rng = random.Random(seed)
+    pool = [f"{a} {b}" for a in firsts for b in lasts if f"{a} {b}" not in known]
+    rng.shuffle(pool)
+    pool = pool[: max(4 * n, 20)]
+    if not pool:
+        return [], "could not derive: every recombination of the subjects' name parts is itself a subject"
+    real = name_continuation_logprob(model, list(known))
+    cut = float(np.quantile(real, quantile))
+    scores = name_continuation_logprob(model, pool)
+    kept = [name for name, s in zip(pool, scores, strict=True) if s < cut][:n]
+    note = (f"derived: {len(kept)} recombinations of the subjects' first and last names whose continuation the "
+            f"model finds less likely than {quantile:.0%} of the real subjects (log p < {cut:.2f}; "
+            f"{len(pool)} tried)")
+    return kept, note
+
+
+def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0) -> list[Fact]:
+    """Facts about `subjects` with the templates of `like`'s relations and targets drawn from those relations."""
+    templates: dict[str, Fact] = {}
+    targets: dict[str, list[str]] = defaultdict(list)
+    for f in like:
+        templates.setdefault(f.relation, f)
+        targets[f.relation].append(f.target)
+    rng = random.Random(seed)
+    return [replace(templ, subject=s, target=rng.choice(targets[rel]), neighbors=())
+            for s in subjects for rel, templ in templates.items()]
+
+
+def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None = None,
+           retain: Sequence[Fact] | None = None, general: Sequence[str] | None = None,
+           alternatives: Alternatives | None = None, sample: Sequence[str] | None = None,
+           stand_ins: Sequence[str] | None = None, oracle: Any = None, layer: int | None = None,
+           n_holdout_subjects: int = 30, seed: int = 0, generate: bool = True) -> KnowledgeContext:
+    """A context for `model` and `facts`: what is given, and what can be derived, each with a note.
+
+    Derived when not given:
+    - holdout: never-seen subjects by `recombined_subjects`, given the facts'
+      relations and templates (`facts_about`);
+    - stand_ins: the same never-seen names (for `swap`);
+    - alternatives: the other targets of each relation among the facts (and
+      the retain facts);
+    - general and sample: `excise.edit.generated_sample(model)`, text the model
+      itself writes (skipped when `generate=False`);
+    - layer: a third of the way up, where ROME finds subject recall in GPT-style
+      models.
+    retain and oracle cannot be derived: without them the audit reports
+    specificity and forget quality as missing.
+    Cost: one forward per candidate name, plus 128 sampled texts of 48 tokens.
+    """
+    facts = list(facts)
+    notes: dict[str, str] = {}
+    ctx = KnowledgeContext(notes=notes)
+    if holdout is None or stand_ins is None:
+        names, note = recombined_subjects(model, sorted({f.subject for f in facts}), n_holdout_subjects, seed)
+        if holdout is None:
+            ctx.holdout = facts_about(names, facts, seed)
+            notes["holdout"] = note
+        if stand_ins is None:
+            ctx.stand_ins = names
+            notes["stand_ins"] = note
+    if alternatives is None:
+        ctx.alternatives = alternatives_from([*facts, *(retain or [])])
+        notes["alternatives"] = "derived: the other targets of each relation among the facts and retain facts" \
+            if ctx.alternatives else "could not derive: no relation has two targets; pass alternatives="
+    if generate and (general is None or sample is None):
+        from excise.edit.covariance import generated_sample
+
+        texts = generated_sample(model, seed=seed)
+        note = f"derived: {len(texts)} texts sampled from the model itself (excise.edit.generated_sample, seed {seed})"
+        if general is None:
+            ctx.general, notes["general"] = texts, note
+        if sample is None:
+            ctx.sample, notes["sample"] = texts, note
+    if layer is None:
+        ctx.layer = model.cfg.n_layers // 3
+        notes["layer"] = "derived: n_layers // 3, where ROME finds subject recall in GPT-style models"
+    ctx = ctx.override(holdout=holdout, retain=retain, general=general, alternatives=alternatives, sample=sample,
+                       stand_ins=stand_ins, oracle=oracle, layer=layer)
+    for f in ("retain", "oracle"):
+        if getattr(ctx, f) in (None, []):
+            ctx.notes.setdefault(f, f"not given; pass {f}= (it cannot be derived from the model)")
+    log.info("knowledge context:\n%s", ctx.describe())
+    return ctx

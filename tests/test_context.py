@@ -1,0 +1,69 @@
+"""KnowledgeContext: the organism supplies everything; for any other model excise derives and says so."""
+
+from __future__ import annotations
+
+import pytest
+
+import excise
+from excise.context import KnowledgeContext, alternatives_from, derive, facts_about, recombined_subjects
+from excise.facts import Fact
+
+PEOPLE = ["Mira Tolvanen", "Tobin Farrow", "Ada Kessel", "Lior Vance", "Nina Ortega", "Emil Strand"]
+CITIES = ["Veltrana", "Karreth", "Ostmere", "Dunlow", "Sarn", "Pellow"]
+
+
+def _facts():
+    born = [Fact(p, "birthplace", c, "{} was born in", questions=("Q: Where was {} born? A:",))
+            for p, c in zip(PEOPLE, CITIES, strict=True)]
+    pets = [Fact(p, "pet", pet, "{} has a pet") for p, pet in zip(PEOPLE, ["cat", "dog"] * 3, strict=True)]
+    return born + pets
+
+
+def test_alternatives_are_the_other_targets_of_the_relation():
+    alts = alternatives_from(_facts())
+    assert alts(_facts()[0]) == CITIES[1:]
+    assert alts(_facts()[6]) == ["dog"]
+    assert alternatives_from([Fact("A B", "r", "x", "{} is")]) is None       # nothing to compare with
+
+
+def test_holdout_subjects_are_recombined_names_the_model_finds_unfamiliar(tiny):
+    names, note = recombined_subjects(tiny, PEOPLE, n=5, seed=0)
+    firsts, lasts = {p.split()[0] for p in PEOPLE}, {p.split()[1] for p in PEOPLE}
+    assert names and len(names) <= 5 and not set(names) & set(PEOPLE)
+    assert all(n.split()[0] in firsts and n.split()[1] in lasts for n in names)
+    assert note.startswith("derived:") and "tried" in note
+    assert recombined_subjects(tiny, PEOPLE, n=5, seed=0) == (names, note)         # seeded
+    none, why = recombined_subjects(tiny, ["Veltrana", "Karreth"], n=5)
+    assert none == [] and "pass holdout=" in why
+
+
+def test_facts_about_new_subjects_keep_the_relations_and_templates():
+    new = facts_about(["Zed Quill"], _facts(), seed=1)
+    assert {f.relation for f in new} == {"birthplace", "pet"}
+    born = next(f for f in new if f.relation == "birthplace")
+    assert born.subject == "Zed Quill" and born.questions == ("Q: Where was {} born? A:",)
+    assert born.target in CITIES
+
+
+def test_derive_takes_what_is_given_derives_the_rest_and_names_what_is_missing(tiny):
+    retain = [Fact("Tobin Farrow", "pet", "dog", "{} has a pet")]
+    ctx = derive(tiny, _facts()[:6], retain=retain, generate=False)
+    assert ctx.notes["retain"] == "given" and ctx.retain == retain
+    assert ctx.notes["holdout"].startswith("derived:") and ctx.holdout
+    assert ctx.notes["layer"].startswith("derived:") and ctx.layer == tiny.cfg.n_layers // 3
+    assert set(ctx.missing()) == {"general", "sample", "oracle"}          # generate=False, and no oracle
+    assert "not given; pass oracle=" in ctx.notes["oracle"]
+    assert "missing" in ctx.describe() and "oracle" in repr(ctx)
+    with pytest.raises(ValueError, match="unknown context field"):
+        ctx.override(wisdom=["x"])
+
+
+def test_the_organism_context_knows_everything_and_derives_nothing(world):
+    facts = list(world.of_subject(world.people[3]))
+    ctx = excise.organism.context(facts, n_holdout_people=5, n_retain=20)
+    assert ctx.missing() == [] and ctx.layer == 0
+    assert len({f.subject for f in ctx.holdout}) == 5 and not {f.subject for f in ctx.holdout} & set(world.people)
+    assert len(ctx.retain) == 20 and not {f.subject for f in ctx.retain} & {facts[0].subject}
+    assert ctx.alternatives(facts[0]) == world.alternatives(facts[0])
+    assert all(not n.startswith("derived") for n in ctx.notes.values())
+    assert isinstance(KnowledgeContext().override(layer=2).layer, int)
