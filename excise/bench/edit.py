@@ -1,12 +1,21 @@
 """`excise bench edit`: efficacy, specificity and cost of every edit method on the organism.
 
 Writes DIR/edit.json and DIR/edit.md:
-- ROME delete, each objective (and erase with `protect=8`): facts one at a
-  time, undo between: efficacy (request prompt no longer answers the
-  target), paraphrase_forget, neighbor_kept (recall of the fact's
-  neighbours), surname_kept (recall of people sharing the surname, relative
-  to before), seconds_per_fact (the key covariance cached beforehand; its
-  one-off cost is reported apart);
+- ROME delete, each objective: Patil et al.'s four as their code computes
+  them (`erase`, `max_entropy`, `empty`, `head_projection`) beside excise's
+  `*_unlikelihood` variants, under excise's settings; the four again under
+  the reference's settings (`RomeConfig.reference`: ROME's KL, weight decay,
+  20 steps, lr 0.5, no ridge); `erase_unlikelihood` with ROME's ridge 0 and
+  with `protect=8`. Facts one at a time, undo between: efficacy (request
+  prompt no longer answers the target), paraphrase_forget, neighbor_kept
+  (recall of the fact's neighbours), surname_kept (recall of people sharing
+  the surname, relative to before), lens_top20 (excise's logit-lens attack:
+  the target in the top 20 after some block, request prompt), lens_top4_bottom4
+  (Patil et al.'s head-projection attack: the target in the top 4 or bottom 4
+  of the lens probabilities at some intermediate hidden state, 1..3 on the
+  4-layer organism, for their GPT-J layers 8, 9, 16-23 of 28 and k 4),
+  seconds_per_fact (the key covariance cached beforehand; its one-off cost is
+  reported apart); the same attacks on the unedited model;
 - ROME rewrite to a wrong object: rewrite_efficacy (the new object is top-1);
 - MEMIT delete of 100 facts at once: plain at three values of lambda and
   with AlphaEdit's null space at two thresholds (the trade-off curve):
@@ -34,12 +43,18 @@ from excise.edit import (
     unlearn,
 )
 from excise.edit.covariance import second_moment
+from excise.edit.rome import REFERENCE
 from excise.facts import Fact
 from excise.locate import FisherConfig, fisher
 from excise.organism.train import corpus
 from excise.scoring import recall_table
+from excise.verify.logit_lens import head_projection_attack, logit_lens
 
 LAYER = 0   # on the organism, the layer where subject-position edits reach the answer (see README)
+DELETIONS = ("erase", "erase_unlikelihood", "max_entropy", "max_entropy_unlikelihood", "empty", "empty_unlikelihood",
+             "head_projection", "head_projection_unlikelihood")
+LENS_B = 20        # excise's logit-lens attack: top-B at any block (the audit's top_b)
+ATTACK_K = 4       # Patil et al.'s head-projection attack: top-k or bottom-k (their README's k), default layers
 TARGETS = {"efficacy": (">=", 0.98), "paraphrase_forget": (">=", 0.9), "neighbor_kept": (">=", 0.95),
            "seconds_per_fact": ("<=", 2.0), "rewrite_efficacy": (">=", 0.98)}
 
@@ -55,16 +70,30 @@ def _same_surname(world, fact: Fact, n: int = 12) -> list[Fact]:
     return random.Random(fact.subject).sample(pool, min(n, len(pool)))
 
 
+def _lens_scores(model, fact: Fact) -> dict[str, float]:
+    """Both logit-lens attacks on the fact's request prompt: 1.0 when the attack finds the target."""
+    top = min(p.best_rank for p in logit_lens(model, [fact], ("request",), LENS_B)) < LENS_B
+    patil = any(x.extracted for x in head_projection_attack(model, [fact], k=ATTACK_K))
+    return {"lens_top20": float(top), "lens_top4_bottom4": float(patil)}
+
+
 def bench_rome(model, world, facts: list[Fact], objectives: list[str]) -> dict[str, Any]:
     """surname_kept: recall of other people's facts that share the subject's surname (the organism's
     closest keys at the last subject token), measured as the drop against the unedited model."""
     out = {}
     runs = [(f"rome_{o}", RomeConfig(layer=LAYER, objective=o)) for o in objectives]
-    runs.append(("rome_erase_protect8", RomeConfig(layer=LAYER, objective="erase", protect=8)))
+    runs += [(f"rome_{o}_reference_settings", RomeConfig.reference(LAYER, o)) for o in REFERENCE if o in objectives]
+    runs.append(("rome_erase_unlikelihood_ridge0", RomeConfig(layer=LAYER, objective="erase_unlikelihood", ridge=0.0)))
+    runs.append(("rome_erase_unlikelihood_protect8",
+                 RomeConfig(layer=LAYER, objective="erase_unlikelihood", protect=8)))
     surnames = {f: _same_surname(world, f) for f in facts}
     before = {f: _rate(model, surnames[f]) for f in facts}
+    lens = [_lens_scores(model, f) for f in facts]
+    out["unedited"] = {"facts": len(facts), "efficacy": 1 - _rate(model, facts),
+                       "paraphrase_forget": 1 - _rate(model, facts, "paraphrase"),
+                       **{k: sum(x[k] for x in lens) / len(lens) for k in lens[0]}}
     for name, cfg in runs:
-        eff, para, kept, sur, seconds = [], [], [], [], 0.0
+        eff, para, kept, sur, lens, seconds = [], [], [], [], [], 0.0
         for f in tqdm(facts, desc=name):
             start = time.perf_counter()
             record = rome(model, f, cfg)
@@ -73,9 +102,11 @@ def bench_rome(model, world, facts: list[Fact], objectives: list[str]) -> dict[s
             para.append(1 - _rate(model, [f], "paraphrase"))
             kept.append(_rate(model, list(f.neighbors)))
             sur.append(_rate(model, surnames[f]) / max(before[f], 1e-9))
+            lens.append(_lens_scores(model, f))
             record.undo()
         out[name] = {"facts": len(facts), "efficacy": sum(eff) / len(eff), "paraphrase_forget": sum(para) / len(para),
                      "neighbor_kept": sum(kept) / len(kept), "surname_kept": sum(sur) / len(sur),
+                     **{k: sum(x[k] for x in lens) / len(lens) for k in lens[0]},
                      "seconds_per_fact": seconds / len(facts)}
     return out
 
@@ -164,7 +195,7 @@ def bench_split(model, world, fraction: float, k_neurons: int) -> dict[str, Any]
 
 
 def run(out: str | Path, n_facts: int = 50, n_memit: int = 100, n_sequential: int = 100,
-        objectives: tuple[str, ...] = ("erase", "max_entropy", "empty", "head_projection")) -> dict:
+        objectives: tuple[str, ...] = DELETIONS) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = excise.load("organism", device="cpu")
@@ -194,8 +225,8 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"Layer {r['layer']}; key covariance computed (or read from the disk cache) in {r['covariance_seconds']:.1f}s; "
              f"total {r['total_seconds']:.0f}s.", ""]
     rows = {k: v for k, v in r.items() if isinstance(v, dict) and "curve" not in v and k != "split"}
-    cols = ["efficacy", "paraphrase_forget", "neighbor_kept", "surname_kept", "rewrite_efficacy", "retain_kept",
-            "retain_recall", "seconds_per_fact", "seconds", "parameters_touched"]
+    cols = ["efficacy", "paraphrase_forget", "neighbor_kept", "surname_kept", "lens_top20", "lens_top4_bottom4",
+            "rewrite_efficacy", "retain_kept", "retain_recall", "seconds_per_fact", "seconds", "parameters_touched"]
     cols = [c for c in cols if any(c in v for v in rows.values())]
     lines += ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, v in rows.items():
@@ -220,6 +251,13 @@ def to_markdown(r: dict[str, Any]) -> str:
                   "| after | retain recall | deleted still forgotten |", "|---|---|---|"]
         lines += [f"| {m['after']} | {m['retain_recall']:.3f} | {m['deleted_still_forgotten']:.3f} |"
                   for m in seq["curve"]]
+    lines += ["", "ROME rows: `erase`, `max_entropy`, `empty`, `head_projection` are Patil et al. 2023's objectives as "
+                  "their code computes them; `*_unlikelihood` are excise's variants; `_reference_settings` adds the "
+                  "reference's regularizer and hyperparameters (`RomeConfig.reference`); `_ridge0`: ROME's unridged "
+                  "C^-1. lens_top20: excise's logit-lens attack (target in the top 20 after some block); "
+                  f"lens_top4_bottom4: Patil et al.'s head-projection attack (target in the top {ATTACK_K} or bottom "
+                  f"{ATTACK_K} of the lens probabilities at some intermediate hidden state, 1..3 here). Lower is "
+                  "better for both; `unedited` gives the attacks' level before any edit."]
     targets = ", ".join(f"{k} {op} {b}" for k, (op, b) in TARGETS.items())
     lines += ["", f"Targets (issue 4) for the ROME rows: {targets}; MEMIT: efficacy >= 0.95, retain_kept >= 0.95, "
                   "seconds <= 60; sequential: retain recall >= 0.9 after 100."]

@@ -52,8 +52,7 @@ def _demo() -> str:
             f"neighbour facts kept {a['neighbours_kept']:.2f}, retain facts kept {a['retain_kept']:.2f}, utility "
             f"{a['utility_vs_original']:.3f} of the original;\nattack success (original / edited / chance on "
             f"{a['n_holdout']} facts of never-seen people): {rows}.\nAbove chance after the edit (p < 0.05): "
-            f"{', '.join(above) if above else 'none'}; the report says so. The run took "
-            f"{r['seconds']['total']:.0f} s on 2 CPU cores.\n")
+            f"{', '.join(above) if above else 'none'}; the report says so.\n")
 
 
 def _organism() -> str:
@@ -87,8 +86,9 @@ def _recall() -> str:
 
 def _surnames() -> str:
     e = json.loads((RESULTS / "edit.json").read_text())
-    return (f"(`surname_kept` in the bench; `protect=8` raises it from {e['rome_erase']['surname_kept']:.2f} to "
-            f"{e['rome_erase_protect8']['surname_kept']:.2f}), and\n")
+    before, after = e["rome_erase"], e["rome_erase_protect8"]
+    return (f"(`surname_kept` in the bench; `protect=8` raises it from {before['surname_kept']:.2f} to "
+            f"{after['surname_kept']:.2f}), and\n")
 
 
 def _tofu() -> str:

@@ -6,7 +6,7 @@ neurons are the input of `down_proj`. On the facts the model itself completes
 with confidence (`excise.stories.facts`):
 - causal tracing: the MLP layer whose restoration at the last subject token
   recovers the most, per fact (where ROME writes);
-- ROME delete (erase and head_projection) at every layer but the last, one fact at a time
+- ROME delete (erase_unlikelihood and head_projection_unlikelihood) at every layer but the last, one fact at a time
   with undo between: efficacy (the request prompt no longer answers the
   target), paraphrase_forget, neighbour_kept (recall of the other story facts
   on their request prompts), and logit-lens leakage (the target's first token
@@ -32,7 +32,7 @@ from excise.locate import causal_trace
 from excise.scoring import recall_table
 from excise.verify import logit_lens
 
-OBJECTIVES = ("erase", "head_projection")
+OBJECTIVES = ("erase_unlikelihood", "head_projection_unlikelihood")   # excise's variants (edit/rome.py)
 LENS_TOP = 5
 
 

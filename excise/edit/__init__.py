@@ -12,12 +12,12 @@ from excise.edit.ablation import ablate, mean_activations
 from excise.edit.covariance import generated_sample
 from excise.edit.rank_one import key_second_moment, planted, rank_one_update
 from excise.edit.masks import random_like
-from excise.edit.memit import MemitConfig, memit
+from excise.edit.memit import AlphaEditState, MemitConfig, memit, memit_sequence
 from excise.edit.record import EditRecord, recording
 from excise.edit.rome import RomeConfig, rome, rome_each
 from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
-__all__ = ["EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
-           "ablate", "generated_sample", "key_second_moment", "mean_activations", "memit", "planted", "random_like", "rank_one_update",
+__all__ = ["AlphaEditState", "EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
+           "ablate", "generated_sample", "key_second_moment", "mean_activations", "memit", "memit_sequence", "planted", "random_like", "rank_one_update",
            "recording", "rome", "rome_each", "sequence", "task_vector", "unlearn"]

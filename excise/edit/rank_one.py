@@ -8,6 +8,7 @@ checked against; weights are restored when the context exits.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -30,6 +31,39 @@ def rank_one_update(
     if not torch.isfinite(denom) or denom.abs() < 1e-12:
         raise ValueError("the key is (numerically) zero; a rank-one write needs a non-zero key")
     return W + torch.outer(u, v - W.T @ k) / denom
+
+
+def inverse_second_moment(C: Float[Tensor, "d d"], ridge: float) -> Float[Tensor, "d d"]:
+    """(C + ridge * mean(diag C) * I)^-1, the metric of the rank-one update.
+
+    ROME inverts C as it is (`torch.inverse(mom2.moment())`, rome/compute_u.py:51-53): ridge 0. With
+    ridge 0 and a C that is numerically singular (a sample of fewer tokens than d, or neurons that never
+    fire) the inverse amplifies noise along the null directions: this warns, and raises when the inverse
+    is not finite.
+    """
+    if ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {ridge}")
+    d = C.shape[0]
+    C_reg = C + ridge * C.diagonal().mean() * torch.eye(d, device=C.device, dtype=C.dtype)
+    if ridge == 0:
+        evals = torch.linalg.eigvalsh(C.double())
+        floor = float(evals.max()) * torch.finfo(C.dtype).eps     # condition number above 1 / eps
+        rank = int((evals > floor).sum())
+        if rank < d:
+            warnings.warn(f"the key second moment C is numerically singular (rank {rank} of {d} at {C.dtype} "
+                          f"precision; its smallest eigenvalue is {float(evals.min()):.3g}, its largest "
+                          f"{float(evals.max()):.3g}) and ridge is 0 (ROME's): the update's direction C^-1 k is "
+                          "noise along the null directions. Estimate C on more text (many more tokens than "
+                          f"d_mlp = {d}) or pass ridge > 0 (excise's default 1e-2)", stacklevel=3)
+    try:
+        C_inv = torch.linalg.inv(C_reg)
+    except torch.linalg.LinAlgError as e:
+        raise ValueError(f"the key second moment C ({d}x{d}) is singular with ridge={ridge}: estimate it on "
+                         "more text or pass ridge > 0 (excise's default 1e-2)") from e
+    if not torch.isfinite(C_inv).all():
+        raise ValueError(f"inverting the key second moment C ({d}x{d}) with ridge={ridge} gave non-finite "
+                         "values: estimate C on more text or pass ridge > 0 (excise's default 1e-2)")
+    return C_inv
 
 
 def _mlp_key(model: Any, tokens: Tensor, layer: int, position: int) -> Tensor:

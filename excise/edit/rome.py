@@ -7,21 +7,43 @@
    the objective, found by Adam; the value is v = W^T k + delta.
 3. `rank_one_update` with C, the keys' second moment (see covariance.py).
 
-Objectives (`rewrite`, and the deletion objectives of Patil et al. 2023):
-- `rewrite`: make a new target the answer (-log p(new target));
-- `erase`: push the target's probability down (-log(1 - p(target)));
-- `max_entropy`: erase, while flattening the next-token distribution;
-- `empty`: erase, while retargeting to a neutral answer (`empty_target`);
-- `head_projection`: erase, and also push the target down in the logit lens
-  of every layer from the edited one on (the white-box attack's view).
-The flattening and the neutral answer are weighted by `aux_weight` beside the
-erase term: alone they left the old answer top-1 on 30-50% of organism facts
-(a flat distribution can keep its top token; a neutral answer the model never
-saw needs a change larger than the clamp). Deletions stop once p(target) is
-below `stop_prob` on every prompt. Every objective carries ROME's KL term on
-the subject's other facts (its neighbours), so they keep their answers, and a
-weight decay on delta; `protect` adds the other subjects' facts the write
-moves most.
+Objectives. `rewrite` makes a new target the answer (ROME). The deletion
+objectives of Patil et al. 2023 ("Can sensitive information be deleted from
+LLMs?") carry the paper's names and compute what its code computes
+(Vaidehi99/InfoDeletionAttacks, third_party/rome/compute_v.py:409-528; golden
+numbers in tests/test_patil_reference.py):
+- `erase`: minimize exp(-mean NLL) of the target (its geometric-mean
+  probability over the prompts), `erase_loss`;
+- `head_projection`: the hinge `margin_loss` on logit-lens probabilities at
+  `lens_layers`: the target pushed out of the top-(k-1) and above the k-th
+  smallest, with no erase term;
+- `max_entropy`: maximize the entropy of the logit-lens distributions at
+  `lens_layers` (`lens_entropy`), with no erase term;
+- `empty`: a plain rewrite to " dummy" (`empty_target`), token-mean NLL.
+They take every one of `v_steps` steps (the reference has no early stop under
+`--fact_erasure`). excise's own variants, measured better on some axes (see
+`benchmarks/results/edit.md`), keep their own names; each is the unlikelihood
+term -log(1 - p(target)) (`unlikelihood`) plus an extra term, and stops once
+p(target) < `stop_prob` on every prompt:
+- `erase_unlikelihood`: -log(1 - p) alone;
+- `max_entropy_unlikelihood`: + `aux_weight` x (-entropy of the output);
+- `empty_unlikelihood`: + `aux_weight` x NLL of `empty_target` ("nothing");
+- `head_projection_unlikelihood`: + mean -log(1 - p_lens) after every block
+  from the edited one to the last but one.
+The flattening and the neutral answer sit beside an erase term because alone
+they left the old answer top-1 on 30-50% of organism facts (a flat
+distribution can keep its top token; a neutral answer the model never saw
+needs a change larger than the clamp).
+
+Regularizers (`regularizer`): "excise" (default) adds `kl_weight` x
+KL(before || now) of the subject's other facts (its neighbours, read at their
+prompt's end) and `weight_decay` x |delta|^2 / |W^T k|^2; "rome" is ROME's
+compute_v (rome/compute_v.py:137-142, the same in Patil's copy): `kl_weight`
+x KL(now || before) of "{subject} is a" read at the subject's last token, and
+`weight_decay` x |delta| / |v0|^2 (the norm, not squared; v0 the MLP output
+at the bare prompt, which is also the clamp's base). `RomeConfig.reference`
+sets that and ROME's published hyperparameters. `protect` adds the other
+subjects' facts the write moves most to the KL rows.
 """
 
 from __future__ import annotations
@@ -29,14 +51,15 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from excise.edit.covariance import second_moment
-from excise.edit.rank_one import rank_one_update
+from excise.edit.rank_one import inverse_second_moment, rank_one_update
 from excise.edit.record import EditRecord, recording
 from excise.edit.sequence import sequence
 from excise.facts import Fact, tokenize_prompt
@@ -45,31 +68,60 @@ from excise.scoring import pad_batch, recall_table
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("rewrite", "erase", "max_entropy", "empty", "head_projection")
+REFERENCE = ("erase", "max_entropy", "empty", "head_projection")      # Patil et al. 2023, as their code computes
+UNLIKELIHOOD = ("erase_unlikelihood", "max_entropy_unlikelihood", "empty_unlikelihood",
+                "head_projection_unlikelihood")                        # excise's variants (module docstring)
+OBJECTIVES = ("rewrite", *REFERENCE, *UNLIKELIHOOD)
+REGULARIZERS = ("excise", "rome")
 PREFIXES = ("Here is a fact.", "I read this somewhere.", "Note:", "As everyone knows,",
             "The following is true.", "Listen.", "In short,", "Today we learn that")
+KL_PROMPT = "{} is a"            # ROME's kl_prompts (rome/compute_v.py:40)
 
 
 @dataclass(frozen=True)
 class RomeConfig:
+    """Settings of one ROME edit; the defaults say where they come from.
+
+    The reference code differs from excise's defaults beyond the objective
+    (`RomeConfig.reference` sets ROME's values): 20 Adam steps at lr 0.5 (the
+    rewrite loop breaks before its 20th update; excise takes every step);
+    kl_factor 0.0625 and v_weight_decay 0.5 under `regularizer="rome"`;
+    clamp 4 |v0|; no ridge; delta at the subject's last token of each prompt
+    (`through_edit=False`); 10 model-generated context templates where excise
+    uses the bare prompt and `n_prefixes` fixed prefixes; and ROME divides by
+    the bare prompt's key where excise divides by the mean key (the same for
+    one template).
+    """
+
     layer: int
-    objective: str = "erase"
-    v_steps: int = 100           # ROME: 20; deletions stop early (stop_prob), so this caps rewrite and misses
-    # Adam's lr for delta; None: 0.5 (ROME's) for rewrite and max_entropy, 1.0 for the others. Measured on the
-    # organism's 50 bench facts at 100 steps: lr 0.5 gives rewrite 0.98 (1.0: 0.94) and max_entropy 1.00
-    # (1.0: 0.96), but erase paraphrase forget 0.83 (1.0: 0.88)
+    objective: str = "erase_unlikelihood"   # see OBJECTIVES_MEASURED below
+    v_steps: int = 100           # ROME: 20; the *_unlikelihood deletions stop early (stop_prob)
+    # Adam's lr for delta; None: 0.5 (ROME's) for rewrite, max_entropy_unlikelihood and the reference objectives,
+    # 1.0 for the other *_unlikelihood. Measured on the organism's 50 bench facts at 100 steps: lr 0.5 gives
+    # rewrite 0.98 (1.0: 0.94) and max_entropy_unlikelihood 1.00 (1.0: 0.96), but erase_unlikelihood paraphrase
+    # forget 0.83 (1.0: 0.88)
     v_lr: float | None = None
     kl_weight: float = 0.5       # ROME: 0.0625; on the organism (50 facts) 0.5 keeps neighbours 0.984 vs 0.944
-    weight_decay: float = 0.01   # ROME: 0.5, which on the organism outweighs the deletion loss
+    weight_decay: float = 0.01   # ROME: 0.5 (with its |delta| form), which on the organism outweighs the deletion loss
     # |delta| <= clamp_norm |W^T k| (ROME's clamp_norm_factor is 4). None: 10 for rewrite (organism, 50 facts:
     # rewrite efficacy 0.98, 0.94 at 4), 4 for deletions (the same efficacy 1.00 either way on the organism;
     # on stories260k at 10 an erase of one name broke an unrelated fact)
     clamp_norm: float | None = None
     n_prefixes: int = 5          # context prefixes averaged into the key
-    stop_prob: float = 0.05      # deletion: stop once p(target) is below this on every prompt
-    empty_target: str = "nothing"
-    aux_weight: float = 0.1      # empty, max_entropy: weight of the retarget / flattening term beside erase
-    ridge: float = 1e-2          # C + ridge * mean(diag C) * I
+    stop_prob: float = 0.05      # *_unlikelihood: stop once p(target) is below this on every prompt
+    # None: "dummy" for `empty` (Patil et al.'s --dummy_string, evaluate.py:750), "nothing" for empty_unlikelihood
+    empty_target: str | None = None
+    aux_weight: float = 0.1      # empty_unlikelihood, max_entropy_unlikelihood: weight of the extra term
+    # head_projection's k (Patil et al.'s --k: "We set 4 as the default value", README; argparse default 5)
+    margin_k: int = 4
+    # head_projection / max_entropy: the logit-lens layers, as Hugging Face hidden-state indices (0 = embeddings,
+    # i = after block i-1, n_layers = the output). None: every one after the edited layer through the output
+    # (the reference suggests GPT-J's top ones, README "--margin_layers 23 ... 32"); head_projection_unlikelihood:
+    # after the edited block to the last but one. The reference decodes its last index (already through ln_f)
+    # through ln_f once more and wraps indices above n_layers; excise reads the output there and rejects them
+    lens_layers: tuple[int, ...] | None = None
+    regularizer: str = "excise"  # or "rome": ROME's KL and weight decay (module docstring)
+    ridge: float = 1e-2          # C + ridge * mean(diag C) * I; ROME: 0 (see RIDGE_MEASURED below)
     # optimize the value through the rank-one write itself (see compute_v). On the organism's 50 bench facts
     # (layer 0), against the delta at the mean key: erase efficacy 0.98 -> 1.00, max_entropy 0.92 -> 0.96,
     # empty 0.86 -> 0.98, rewrite 0.86 -> 0.94 (with clamp 10; 0.88 with clamp 4)
@@ -78,12 +130,19 @@ class RomeConfig:
     # implies through_edit, so those prompts see the write as it will be applied
     protect: int = 0
 
+    @classmethod
+    def reference(cls, layer: int, objective: str = "erase", **changes: Any) -> RomeConfig:
+        """ROME's compute_v as Patil et al. run it: hparams/ROME/gpt2-xl.json and the README's kl_factor."""
+        return replace(cls(layer=layer, objective=objective, v_steps=20, v_lr=0.5, kl_weight=0.0625,
+                           weight_decay=0.5, clamp_norm=4.0, regularizer="rome", ridge=0.0, through_edit=False),
+                       **changes)
+
     @property
     def lr(self) -> float:
         """`v_lr`, or the measured default for the objective."""
         if self.v_lr is not None:
             return self.v_lr
-        return 0.5 if self.objective in ("rewrite", "max_entropy") else 1.0
+        return 0.5 if self.objective in ("rewrite", "max_entropy_unlikelihood", *REFERENCE) else 1.0
 
     @property
     def clamp(self) -> float:
@@ -92,13 +151,102 @@ class RomeConfig:
             return self.clamp_norm
         return 10.0 if self.objective == "rewrite" else 4.0
 
+    @property
+    def empty(self) -> str:
+        """The neutral answer of `empty` / `empty_unlikelihood`."""
+        if self.empty_target is not None:
+            return self.empty_target
+        return "dummy" if self.objective == "empty" else "nothing"
+
+    def layers_read(self, n_layers: int) -> tuple[int, ...]:
+        """The hidden-state indices the objective's logit lens reads (empty if it reads none)."""
+        if self.objective not in ("head_projection", "max_entropy", "head_projection_unlikelihood"):
+            return ()
+        if self.lens_layers is not None:
+            layers = tuple(self.lens_layers)
+        elif self.objective == "head_projection_unlikelihood":
+            layers = tuple(range(self.layer + 1, n_layers))
+        else:
+            layers = tuple(range(self.layer + 1, n_layers + 1))
+        bad = [i for i in layers if not 0 <= i <= n_layers]
+        if bad:
+            raise ValueError(f"lens_layers {bad} are out of range: hidden-state indices run 0 (embeddings) to "
+                             f"{n_layers} (the output) on this {n_layers}-layer model")
+        return layers
+
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.regularizer not in REGULARIZERS:
+            raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
         if self.v_steps < 1:
             raise ValueError(f"v_steps must be >= 1, got {self.v_steps}")
         if not 0 <= self.n_prefixes <= len(PREFIXES):
             raise ValueError(f"n_prefixes must be in 0..{len(PREFIXES)}, got {self.n_prefixes}")
+        if self.margin_k < 1:
+            raise ValueError(f"margin_k must be >= 1, got {self.margin_k}")
+        if self.ridge < 0:
+            raise ValueError(f"ridge must be >= 0 (ROME's is 0), got {self.ridge}")
+
+
+# -- the losses (pure maths; compute_v is the plumbing) ----------------------
+
+def target_nll(logits: Float[Tensor, "rows pos vocab"], targets: Int[Tensor, "rows pos"]) -> Float[Tensor, " rows"]:
+    """Per row, the mean NLL of its target tokens; `targets` holds the token each position predicts, -100
+    elsewhere (rome/compute_v.py:123-136: the sum over the target divided by its length)."""
+    logp = logits.float().log_softmax(-1)
+    mask = targets != -100
+    picked = logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return -(picked * mask).sum(-1) / mask.sum(-1)
+
+
+def erase_loss(nll: Float[Tensor, " rows"]) -> Tensor:
+    """Patil et al.'s fact erasure: exp(-mean NLL), the target's geometric-mean probability (compute_v.py:522)."""
+    return torch.exp(-nll.mean())
+
+
+def unlikelihood(p_target: Float[Tensor, "*rows"]) -> Tensor:
+    """excise's erase term: mean of -log(1 - p(target)); its gradient grows as p(target) nears 1."""
+    return -torch.log1p(-p_target.clamp(max=1 - 1e-6)).mean()
+
+
+def margin_loss(probs: Float[Tensor, "layers rows vocab"], target: int, k: int) -> tuple[Tensor, Tensor]:
+    """Patil et al.'s head-projection defense (compute_v.py:431-453): the hinges relu(p_t - p_(k-th largest))
+    and relu(p_(k-th smallest) - p_t), each averaged over layers and rows. Both are zero once the target sits
+    between the k-th smallest and the k-th largest (where the attack, which counts ties in, still finds it
+    exactly at either boundary)."""
+    ordered = probs.sort(-1).values
+    p_t = probs[..., target]
+    top = torch.relu(p_t - ordered[..., -k]).mean()
+    bottom = torch.relu(ordered[..., k - 1] - p_t).mean()
+    return top, bottom
+
+
+def lens_entropy(probs: Float[Tensor, "layers rows vocab"]) -> Tensor:
+    """Mean entropy (nats) of the lens distributions: Patil et al.'s max-entropy defense maximizes it
+    (compute_v.py:409-416)."""
+    return torch.special.entr(probs.float()).sum(-1).mean()
+
+
+def rome_kl(now: Float[Tensor, "rows vocab"], before: Float[Tensor, "rows vocab"]) -> Tensor:
+    """ROME's KL term without its weight: KL(now || before) of log-distributions, batch mean
+    (`kl_div(kl_distr_init, kl_log_probs, log_target=True)`, compute_v.py:137-139)."""
+    return torch.nn.functional.kl_div(before, now, log_target=True, reduction="batchmean")
+
+
+def excise_kl(now: Float[Tensor, "rows vocab"], before: Float[Tensor, "rows vocab"]) -> Tensor:
+    """excise's KL term without its weight: KL(before || now), batch mean."""
+    return torch.nn.functional.kl_div(now, before, log_target=True, reduction="batchmean")
+
+
+def rome_weight_decay(delta: Float[Tensor, " d"], v0: Float[Tensor, " d"]) -> Tensor:
+    """|delta| / |v0|^2 (compute_v.py:140-142; the squared form is commented out there)."""
+    return delta.norm() / v0.norm() ** 2
+
+
+def excise_weight_decay(delta: Float[Tensor, " d"], v_norm: float) -> Tensor:
+    """|delta|^2 / |W^T k|^2."""
+    return delta.norm() ** 2 / max(v_norm, 1e-6) ** 2
 
 
 def _prompts(fact: Fact, n_prefixes: int) -> list[str]:
@@ -133,29 +281,52 @@ def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int) -> Tensor:
     return store["k"][torch.arange(len(rows), device=device), subj].mean(0)
 
 
-def _objective_loss(cfg: RomeConfig, logits: Tensor, rows, n_main: int, lens: Tensor | None,
+def _kl_prompt_row(model: Any, fact: Fact):
+    """ROME's KL prompt "{subject} is a" as a `_rows` row, read at the last subject token (compute_v.py:131)."""
+    pt = tokenize_prompt(model, fact, KL_PROMPT)
+    return (pt.tokens.tolist(), pt.last_subject, pt.last_subject, list(pt.target_ids))
+
+
+def _lens_hook(index: int) -> str:
+    """The hook holding Hugging Face's hidden_states[index]: 0 is the embeddings, i the output of block i-1."""
+    return "blocks.0.hook_resid_pre" if index == 0 else f"blocks.{index - 1}.hook_resid_post"
+
+
+def _target_grid(rows, width: int, device) -> Int[Tensor, "rows width"]:
+    """Each row's target tokens at the positions that predict them (from its read position on), -100 elsewhere."""
+    grid = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, (_, _, at, targets) in enumerate(rows):
+        grid[i, at:at + len(targets)] = torch.tensor(targets)
+    return grid.to(device)
+
+
+def _objective_loss(cfg: RomeConfig, logits: Tensor, grid: Tensor, read: Tensor, lens: Tensor | None,
                     target_first: int) -> tuple[Tensor, Tensor]:
-    """Loss on the fact's prompts (rows[:n_main]); returns (loss, p(target) per prompt)."""
-    idx = torch.arange(n_main, device=logits.device)
-    read = torch.tensor([r[2] for r in rows[:n_main]], device=logits.device)
-    logp = logits[idx, read].float().log_softmax(-1)               # [n_main, vocab]
+    """The objective on the fact's prompts (the first len(read) rows), without the regularizer; returns
+    (loss, p(target's first token) at each prompt's end)."""
+    n = len(read)
+    logp = logits[torch.arange(n, device=logits.device), read].float().log_softmax(-1)   # [n, vocab]
     p_target = logp[:, target_first].exp()
-    erase = -torch.log1p(-p_target.clamp(max=1 - 1e-6)).mean()     # -log(1 - p(target))
-    if cfg.objective in ("rewrite", "empty"):
-        total = torch.zeros((), device=logits.device)
-        for i, (_, _, at, targets) in enumerate(rows[:n_main]):
-            lp = logits[i, at:at + len(targets)].float().log_softmax(-1)
-            nll = -lp[torch.arange(len(targets)), torch.tensor(targets, device=logits.device)]
-            total = total + (nll.sum() if cfg.objective == "rewrite" else nll.mean())
-        if cfg.objective == "rewrite":
-            return total / n_main, p_target
-        return erase + cfg.aux_weight * total / n_main, p_target
-    if cfg.objective == "max_entropy":
-        return erase + cfg.aux_weight * (logp.exp() * logp).sum(-1).mean(), p_target   # + aux * (-entropy)
-    loss = erase                                                   # erase and head_projection
-    if cfg.objective == "head_projection" and lens is not None:
-        p_lens = lens[..., target_first]                           # [layers, n_main]
-        loss = loss - torch.log1p(-p_lens.clamp(max=1 - 1e-6)).mean()
+    o = cfg.objective
+    nll = target_nll(logits[:n], grid) if o in ("rewrite", "erase", "empty", "empty_unlikelihood") else None
+    if o == "rewrite":                      # excise's: summed over the target's tokens (ROME: their mean)
+        return (nll * (grid != -100).sum(-1)).mean(), p_target
+    if o == "empty":
+        return nll.mean(), p_target
+    if o == "erase":
+        return erase_loss(nll), p_target
+    if o == "head_projection":
+        top, bottom = margin_loss(lens, target_first, cfg.margin_k)
+        return top + bottom, p_target
+    if o == "max_entropy":
+        return -lens_entropy(lens), p_target
+    loss = unlikelihood(p_target)           # the *_unlikelihood variants
+    if o == "empty_unlikelihood":
+        loss = loss + cfg.aux_weight * nll.mean()
+    elif o == "max_entropy_unlikelihood":
+        loss = loss + cfg.aux_weight * (logp.exp() * logp).sum(-1).mean()       # + aux * (-entropy)
+    elif o == "head_projection_unlikelihood":
+        loss = loss + unlikelihood(lens[..., target_first])
     return loss, p_target
 
 
@@ -167,29 +338,54 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     the change is applied as the rank-one write will apply it: at every
     position of every prompt, scaled by u . (that position's MLP key), so the
     optimized value accounts for the prompts' keys differing from their mean k.
+    The logit lens of head_projection / max_entropy reads each prompt's last
+    real token (and, with regularizer "rome", the KL prompt's too), as the
+    reference does; for a target of several tokens that is the position
+    predicting its last token, where the hinge reads its first token's
+    probability (compute_v.py:420-440). head_projection_unlikelihood reads the
+    prompt's end. Cost: one forward, then up to `v_steps` forward+backward
+    passes of (n_prefixes + 1 + KL prompts) rows.
     """
     view = linear(model, cfg.layer, "mlp.out")
-    target = fact.target
-    if cfg.objective == "empty":
-        target = cfg.empty_target
-    main = _rows(model, fact, _prompts(fact, cfg.n_prefixes), None if cfg.objective != "empty" else target)
-    neighbours = [n for n in fact.neighbors if n.subject == fact.subject] + list(keep)
-    kl_rows = [r for n in neighbours for r in _rows(model, n, [n.prompt])]
+    n_layers = model.cfg.n_layers
+    rome_reg = cfg.regularizer == "rome"
+    main = _rows(model, fact, _prompts(fact, cfg.n_prefixes),
+                 cfg.empty if cfg.objective in ("empty", "empty_unlikelihood") else None)
+    if rome_reg:
+        kl_rows = [_kl_prompt_row(model, fact)] + [r for n in keep for r in _rows(model, n, [n.prompt])]
+    else:
+        neighbours = [n for n in fact.neighbors if n.subject == fact.subject] + list(keep)
+        kl_rows = [r for n in neighbours for r in _rows(model, n, [n.prompt])]
     rows = main + kl_rows
+    n_main = len(main)
     device = view.weight.device
-    tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
-    tokens = tokens.to(device)
+    tokens, last = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
+    tokens, last = tokens.to(device), last.to(device)
     subj = torch.tensor([r[1] for r in rows], device=device)
     batch = torch.arange(len(rows), device=device)
     target_first = _rows(model, fact, [fact.prompt])[0][3][0]
-    n_layers = model.cfg.n_layers
+    read = torch.tensor([r[2] for r in main], device=device)
+    kl_at = (n_main + torch.arange(len(kl_rows), device=device), torch.tensor([r[2] for r in kl_rows], device=device))
+    grid = _target_grid(main, tokens.shape[1], device)
+    lens_layers = cfg.layers_read(n_layers)
+    if cfg.objective in REFERENCE:          # every row's last real token, the KL prompt's included
+        lens_rows = torch.arange(n_main + (1 if rome_reg else 0), device=device)
+        lens_at = (lens_rows, last[lens_rows])
+    else:
+        lens_at = (torch.arange(n_main, device=device), read)
 
-    with torch.no_grad():
+    mlp_out = f"blocks.{cfg.layer}.hook_mlp_out"
+    store: dict[str, Tensor] = {}
+
+    def keep_out(act, hook):
+        store["out"] = act
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(mlp_out, keep_out)]):
         base = model(tokens)
-        kl_read = torch.tensor([r[2] for r in kl_rows], device=device)
-        kl_ref = base[len(main) + torch.arange(len(kl_rows), device=device), kl_read].float().log_softmax(-1) \
-            if kl_rows else None
+        kl_ref = base[kl_at].float().log_softmax(-1) if kl_rows else None
         v_init_norm = float((k @ view.W).norm())
+        v0 = store["out"][0, main[0][1]].float()    # ROME's target_init: the MLP output at the bare prompt
+    limit = cfg.clamp * (float(v0.norm()) if rome_reg else v_init_norm)
 
     delta = torch.zeros(model.cfg.d_model, device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=cfg.lr)
@@ -204,16 +400,15 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     def keep_key(act, hook):
         keys["post"] = act.detach()
 
-    def keep_resid(layer):
+    def keep_resid(index):
         def keep(act, hook):
-            resid[layer] = act
+            resid[index] = act
         return keep
 
-    hooks = [(f"blocks.{cfg.layer}.hook_mlp_out", add_delta)]
+    hooks = [(mlp_out, add_delta)]
     if u is not None:
         hooks.insert(0, (f"blocks.{cfg.layer}.mlp.hook_post", keep_key))
-    if cfg.objective == "head_projection":
-        hooks += [(f"blocks.{l}.hook_resid_post", keep_resid(l)) for l in range(cfg.layer, n_layers - 1)]
+    hooks += [(_lens_hook(i), keep_resid(i)) for i in sorted(set(lens_layers))]
     history = []
     with torch.enable_grad():
         for step in range(cfg.v_steps):
@@ -221,25 +416,21 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
             with model.hooks(fwd_hooks=hooks):
                 logits = model(tokens)
             lens = None
-            if resid:
-                read = torch.tensor([r[2] for r in main], device=device)
-                stacked = torch.stack([resid[l][torch.arange(len(main), device=device), read] for l in sorted(resid)])
-                lens = model.unembed(model.ln_final(stacked)).float().softmax(-1)   # [layers, n_main, vocab]
-            loss, p_target = _objective_loss(cfg, logits, rows, len(main), lens, target_first)
+            if lens_layers:
+                stacked = torch.stack([resid[i][lens_at] for i in lens_layers])     # [layers, rows, d_model]
+                lens = model.unembed(model.ln_final(stacked)).float().softmax(-1)   # [layers, rows, vocab]
+            loss, p_target = _objective_loss(cfg, logits, grid, read, lens, target_first)
             if kl_rows:
-                kl_read = torch.tensor([r[2] for r in kl_rows], device=device)
-                now = logits[len(main) + torch.arange(len(kl_rows), device=device), kl_read].float().log_softmax(-1)
-                kl = torch.nn.functional.kl_div(now, kl_ref, log_target=True, reduction="batchmean")
-                loss = loss + cfg.kl_weight * kl
-            loss = loss + cfg.weight_decay * delta.norm() ** 2 / max(v_init_norm, 1e-6) ** 2
+                now = logits[kl_at].float().log_softmax(-1)
+                loss = loss + cfg.kl_weight * (rome_kl(now, kl_ref) if rome_reg else excise_kl(now, kl_ref))
+            loss = loss + cfg.weight_decay * (rome_weight_decay(delta, v0) if rome_reg
+                                              else excise_weight_decay(delta, v_init_norm))
             history.append({"step": step, "loss": float(loss.detach()), "p_target": float(p_target.detach().max())})
-            if cfg.objective != "rewrite" and \
-                    float(p_target.detach().max()) < cfg.stop_prob:
+            if cfg.objective in UNLIKELIHOOD and float(p_target.detach().max()) < cfg.stop_prob:
                 break
             (delta.grad,) = torch.autograd.grad(loss, [delta])
             opt.step()
             with torch.no_grad():
-                limit = cfg.clamp * v_init_norm
                 if delta.norm() > limit:
                     delta.mul_(limit / delta.norm())
     delta = delta.detach()
@@ -273,9 +464,7 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
         C = second_moment(model, config.layer, sample if sample is not None else _default_sample(model))
     view = linear(model, config.layer, "mlp.out")
     k = compute_k(model, fact, config.layer, config.n_prefixes)
-    C = C.to(k.device, k.dtype)
-    C_reg = C + config.ridge * C.diagonal().mean() * torch.eye(C.shape[0], device=C.device, dtype=C.dtype)
-    C_inv = torch.linalg.inv(C_reg)
+    C_inv = inverse_second_moment(C.to(k.device, k.dtype), config.ridge)
     u = None
     if config.through_edit or config.protect:
         u = C_inv @ k
