@@ -86,7 +86,10 @@ def _recall() -> str:
 
 def _surnames() -> str:
     e = json.loads((RESULTS / "edit.json").read_text())
-    before, after = e["rome_erase"], e["rome_erase_protect8"]
+    # excise's -log(1 - p) erase is `erase_unlikelihood` since "erase" means Patil et al.'s objective; edit.json
+    # files measured before the rename hold it as `rome_erase`
+    name = "rome_erase_unlikelihood" if "rome_erase_unlikelihood" in e else "rome_erase"
+    before, after = e[name], e[f"{name}_protect8"]
     return (f"(`surname_kept` in the bench; `protect=8` raises it from {before['surname_kept']:.2f} to "
             f"{after['surname_kept']:.2f}), and\n")
 
