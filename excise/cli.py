@@ -113,9 +113,10 @@ def _locate(args: argparse.Namespace) -> int:
         loc = L.fisher(model, facts, retain=retain)
         results = [("fisher", loc)]
     else:
-        fn = {"trace": lambda f: L.causal_trace(model, f, seed=args.seed),
-              "patching": lambda f: L.activation_patching(model, f, seed=args.seed),
-              "attribution": lambda f: L.attribution_patching(model, f, seed=args.seed)}[args.method]
+        subjects = [f.subject for f in facts]        # one noise unit for all, over every subject (ROME's)
+        fn = {"trace": lambda f: L.causal_trace(model, f, seed=args.seed, subjects=subjects),
+              "patching": lambda f: L.activation_patching(model, f, seed=args.seed, subjects=subjects),
+              "attribution": lambda f: L.attribution_patching(model, f, seed=args.seed, subjects=subjects)}[args.method]
         results = [(f"{args.method}-{i}", fn(f)) for i, f in enumerate(facts)]
     for name, loc in results:
         loc.save(out / f"{name}.json")

@@ -64,7 +64,7 @@ def run(out: str | Path, model: str = "stories260k", seed: int = 0, progress: bo
     start = time.perf_counter()
     peaks = {}
     for f in facts:
-        trace = causal_trace(m, f, kinds=("mlp",), seed=seed)
+        trace = causal_trace(m, f, kinds=("mlp",), seed=seed, subjects=[g.subject for g in facts])
         at_subject = trace.scores["mlp"][:, trace.subject[1] - 1]      # [layer] at the last subject token
         peaks[f"{f.subject} / {f.relation}"] = int(at_subject.argmax())
     trace_seconds = time.perf_counter() - start

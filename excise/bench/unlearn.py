@@ -141,7 +141,8 @@ def _locate(model: Any, world: Any, forget: list[Fact], retain: Any, budget: Bud
     t1 = time.perf_counter()
     heads: list[Component] = []
     if with_heads:
-        per_fact = [attribution_patching(model, f, kinds=("head",), seed=seed) for f in forget]
+        subjects = [f.subject for f in forget]          # one noise unit for every fact (ROME's)
+        per_fact = [attribution_patching(model, f, kinds=("head",), seed=seed, subjects=subjects) for f in forget]
         heads = Localization.mean(per_fact).to_components(budget.heads, kind="head")
     return neurons, heads, {"fisher": t1 - t0, "attribution": time.perf_counter() - t1}
 

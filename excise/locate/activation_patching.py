@@ -23,10 +23,9 @@ import torch
 
 from excise.components import head_axis
 from excise.facts import Fact, tokenize_prompt
-from excise.locate.causal_trace import TraceConfig, check_kinds, trace_plans
+from excise.locate.causal_trace import TraceConfig, check_kinds, noise_std, trace_plans
 from excise.locate.interventions import (
-    Metric, Restore, embedding_std, is_noop, logit_diff_metric, run_plans, subject_noise,
-    target_metric,
+    Metric, Restore, is_noop, logit_diff_metric, run_plans, subject_noise, target_metric,
 )
 from excise.locate.localization import Localization
 
@@ -37,7 +36,8 @@ def activation_patching(
     model: Any, fact: Fact, kinds: Sequence[str] = ("resid", "mlp", "attn", "head"), *,
     corrupt: Fact | None = None, template: str | None = None, metric: Metric | None = None,
     head_positions: bool = False, neuron_position: int | None = None,
-    layers: Sequence[int] | None = None, config: TraceConfig | None = None, **overrides: Any,
+    layers: Sequence[int] | None = None, config: TraceConfig | None = None,
+    subjects: Sequence[str] | None = None, **overrides: Any,
 ) -> Localization:
     """Patch clean activations into the corrupted run, one component at a time.
 
@@ -47,7 +47,8 @@ def activation_patching(
     logit difference clean target - corrupt target for a pair, the target's
     log-probability under noise. `layers` restricts head and neuron patching
     (n_layers * d_mlp plans for neurons) to those layers; their scores are NaN
-    elsewhere.
+    elsewhere. `subjects`: the subjects whose token embeddings set the noise
+    unit, as in `causal_trace` (default: `[fact.subject]`).
     """
     config = TraceConfig.resolve(config, overrides)
     check_kinds(kinds, PATCH_KINDS, "activation_patching")
@@ -58,9 +59,10 @@ def activation_patching(
     n_layers, n_pos = model.cfg.n_layers, clean_tokens.shape[0]
     noise = None
     corruption = "noise on the subject"
+    noise_info: dict[str, Any] = {}
     if corrupt is None:
         tokens = clean_tokens
-        std = config.noise * embedding_std(model)
+        std, noise_info = noise_std(model, config, [fact.subject] if subjects is None else subjects)
         noise = subject_noise(config.n_samples, n_pos, model.cfg.d_model, pt.subject, std, config.seed)
         default_metric = target_metric(last, pt.target_ids[0], "logprob")
     else:
@@ -131,7 +133,8 @@ def activation_patching(
         meta={"fact": fact.to_dict() | {"neighbors": []}, "prompt": pt.text,
               "corruption": corruption,
               "score": "metric(patched) - metric(corrupted)", "metric_clean": clean_value,
-              "metric_corrupt": baseline, "neuron_position": position, **config.__dict__, **head_axis(model.cfg)},
+              "metric_corrupt": baseline, "neuron_position": position, **noise_info, **config.__dict__,
+              **head_axis(model.cfg)},
     )
 
 

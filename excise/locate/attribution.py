@@ -24,8 +24,8 @@ from transformer_lens.tools.analysis.attribution_patching import cache_activatio
 
 from excise.components import head_axis
 from excise.facts import Fact, tokenize_prompt
-from excise.locate.causal_trace import TraceConfig, check_kinds
-from excise.locate.interventions import embedding_std, subject_noise
+from excise.locate.causal_trace import TraceConfig, check_kinds, noise_std
+from excise.locate.interventions import subject_noise
 from excise.locate.localization import Localization
 
 ATTRIBUTION_KINDS = ("resid", "mlp", "attn", "head", "neuron")
@@ -37,7 +37,8 @@ _HOOK = {"resid": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out",
 def attribution_patching(
     model: Any, fact: Fact, kinds: Sequence[str] = ("head", "neuron"), *,
     corrupt: Fact | None = None, template: str | None = None, per_position: bool = False,
-    neuron_position: int | None = None, config: TraceConfig | None = None, **overrides: Any,
+    neuron_position: int | None = None, config: TraceConfig | None = None,
+    subjects: Sequence[str] | None = None, **overrides: Any,
 ) -> Localization:
     """Estimated patching effect of every component, from one backward.
 
@@ -45,7 +46,9 @@ def attribution_patching(
     noise, or the logit difference for a corrupt prompt): neurons at
     `neuron_position` (default last subject token) unless `per_position`,
     heads summed over positions unless `per_position`; resid/mlp/attn per
-    (layer, position). Cost: 2 forwards (batch 1 and n_samples) + 1 backward.
+    (layer, position). `subjects`: the subjects whose token embeddings set
+    the noise unit, as in `causal_trace` (default: `[fact.subject]`).
+    Cost: 2 forwards (batch 1 and n_samples) + 1 backward.
     """
     config = TraceConfig.resolve(config, overrides)
     check_kinds(kinds, ATTRIBUTION_KINDS, "attribution_patching")
@@ -58,8 +61,9 @@ def attribution_patching(
     # gradient off autograd's return, which a converted point (attn.hook_z) lacks.
     names = ["hook_embed"] + [_HOOK[k].format(l) for k in kinds for l in range(n_layers)]
 
+    noise_info: dict[str, Any] = {}
     if corrupt is None:
-        std = config.noise * embedding_std(model)
+        std, noise_info = noise_std(model, config, [fact.subject] if subjects is None else subjects)
         noise = subject_noise(config.n_samples, n_pos, model.cfg.d_model, pt.subject, std, config.seed).to(device)
         corrupt_tokens = clean_tokens[None].expand(config.n_samples, -1)
         outer = [("hook_embed", lambda act, hook: act + noise.to(act.dtype))]
@@ -114,5 +118,5 @@ def attribution_patching(
         meta={"fact": fact.to_dict() | {"neighbors": []}, "prompt": pt.text,
               "score": "first-order estimate of metric(patched) - metric(corrupted)",
               "metric_clean": float(clean.metric), "metric_corrupt": float(corr.metric),
-              "neuron_position": position, **config.__dict__, **head_axis(model.cfg)},
+              "neuron_position": position, **noise_info, **config.__dict__, **head_axis(model.cfg)},
     )

@@ -80,8 +80,40 @@ def is_noop(plan: Sequence[Restore], first_diff: int, n_layers: int, read_at: in
 
 
 def embedding_std(model: Any) -> float:
-    """Standard deviation of the token-embedding entries (the noise unit of causal tracing)."""
+    """Standard deviation of every entry of W_E, the whole vocabulary (`noise_scale="vocabulary"`)."""
     return float(model.embed.W_E.detach().float().std())
+
+
+def token_embedding_std(embeddings: Sequence[Float[Tensor, "_tokens d_model"]]) -> float:
+    """Standard deviation of every entry of the stacked rows: one scalar, Bessel-corrected.
+
+    ROME's noise unit (`collect_embedding_std` in kmeng01/rome's
+    experiments/causal_trace.py): the rows are the token embeddings of each
+    subject, one block per subject, repeats counted; the mean taken out is
+    the single mean of all entries, not a per-dimension one.
+    """
+    if not embeddings:
+        raise ValueError("no token embeddings to take a standard deviation over; pass at least one subject")
+    return float(torch.cat([e.detach().float() for e in embeddings]).std())
+
+
+def subject_embeddings(model: Any, subjects: Sequence[str]) -> list[Float[Tensor, "_tokens d_model"]]:
+    """Each subject's token embeddings (the output of `model.embed`, where tracing adds its noise).
+
+    A subject is tokenized alone, as its bare text and without BOS, as ROME
+    tokenizes the subjects it takes the noise unit over. Cost: one embedding
+    lookup per subject, no forward through the blocks.
+    """
+    if isinstance(subjects, str):
+        raise TypeError(f"subjects must be a list of subject strings, got the string {subjects!r}; "
+                        f"pass [{subjects!r}]")
+    device = next(iter(model.parameters())).device
+    out = []
+    with torch.no_grad():
+        for subject in subjects:
+            ids = model.to_tokens(subject, prepend_bos=False).to(device)    # [1, n]
+            out.append(model.embed(ids)[0].detach())
+    return out
 
 
 def subject_noise(
