@@ -7,6 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import excise
+
 from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit, memit_sequence
 from excise.edit.memit import _keys_and_hidden
 from excise.edit.record import storage_owners
@@ -96,7 +98,7 @@ def test_memit_sequence_with_and_without_the_null_space_undoes_all(organism_mode
     assert all(torch.equal(before[n], v) for n, v in weights(model).items())
 
     plain = MemitConfig(layers=(0,), mom2_weight=300.0, v=RomeConfig(layer=0, v_steps=5), progress=False)
-    seq = memit_sequence(model, [f1, f2], plain, progress=False)
+    seq = memit_sequence(model, [f1, f2], plain, progress=False, sample=excise.organism.corpus()[::8])
     assert seq.state is None and len(seq) == 2
     seq.undo()
     assert all(torch.equal(before[n], v) for n, v in weights(model).items())

@@ -12,6 +12,7 @@ from excise.edit.covariance import provenance, second_moment
 from excise.edit.record import storage_owners
 from excise.edit.rome import RomeConfig, rome
 from excise.models import linear
+from excise.organism import corpus
 from tests.conftest import build_tiny_gpt2
 
 TEXTS = ["Mira Tolvanen was born in Veltrana.", "The cat sat on the mat.",
@@ -89,8 +90,12 @@ def test_bad_input(tiny):
     with pytest.raises(ValueError, match="lens_layers \\[3\\] are out of range"):
         rome(tiny, FACT, RomeConfig(layer=0, objective="head_projection", lens_layers=(1, 3), v_steps=1),
              sample=TEXTS)
-    with pytest.raises(ValueError, match="needs a text sample"):
-        rome(tiny, NEW, RomeConfig(layer=0, objective="rewrite"))
+    before = weights(tiny)
+    with pytest.warns(UserWarning, match="no sample given for the key covariance; using 128 texts the model wrote"):
+        record = rome(tiny, NEW, RomeConfig(layer=0, objective="rewrite", v_steps=2))
+    assert record.touched()
+    record.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(tiny).items())
 
 
 def test_covariance_is_cached_with_provenance(tiny, monkeypatch, tmp_path):
@@ -159,7 +164,7 @@ def test_reference_objectives_move_what_they_optimize(organism_model, world, obj
         return float(lens_entropy(lens)) if objective == "max_entropy" else -sum(map(float, margin_loss(lens, tid, 4)))
 
     before = measure()
-    record = rome(organism_model, fact, cfg)
+    record = rome(organism_model, fact, cfg, sample=corpus())
     try:
         assert record.meta["steps"] == 20
         assert measure() > before + 0.01 * abs(before) + 1e-3
@@ -171,7 +176,7 @@ def test_reference_objectives_move_what_they_optimize(organism_model, world, obj
                                        "head_projection_unlikelihood", "max_entropy"])
 def test_deletion_removes_an_organism_fact_and_keeps_its_neighbours(organism_model, world, objective):
     fact = world[10]
-    record = rome(organism_model, fact, RomeConfig(layer=0, objective=objective))
+    record = rome(organism_model, fact, RomeConfig(layer=0, objective=objective), sample=corpus())
     try:
         table = excise.recall_table(organism_model, [fact], ("request", "paraphrase"))
         assert table.rate("request") == 0.0 and table.rate("paraphrase") <= 1 / 3   # generalizes to most paraphrases
@@ -187,7 +192,8 @@ def test_protect_keeps_the_facts_whose_keys_the_write_moves_most(organism_model,
     """On the organism the closest keys at the last subject token are the people with the same surname."""
     fact = world[10]
     surname = fact.subject.split()[-1]
-    record = rome(organism_model, fact, RomeConfig(layer=0, objective="erase_unlikelihood", protect=6))
+    record = rome(organism_model, fact, RomeConfig(layer=0, objective="erase_unlikelihood", protect=6),
+                  sample=corpus(), protect_from=list(world))
     try:
         protected = record.meta["protected"]
         assert len(protected) == 6 and not any(p.startswith(fact.subject + " /") for p in protected)
@@ -213,7 +219,7 @@ def test_memit_scope_undo_and_null_space(organism_model, world):
     cfg = MemitConfig(layers=(0, 1), null_space=True, v=RomeConfig(layer=1, v_steps=5), progress=False)
     K0_before = _token_keys(organism_model, preserve, 0)
     out0 = linear(organism_model, 0, "mlp.out").W.detach().clone()
-    record = memit(organism_model, facts, cfg, preserve=preserve)
+    record = memit(organism_model, facts, cfg, preserve=preserve, sample=corpus())
     try:
         changed = {n for n, v in weights(organism_model).items() if not torch.equal(before[n], v)}
         assert changed and all("mlp" in n and "c_proj" in n for n in changed)
@@ -251,18 +257,18 @@ def test_sequence_applies_in_order_and_undoes_all(organism_model, world):
         seen.append(i)
         return {"recall_of_this_fact": excise.recall_table(organism_model, [facts[i]], ("request",)).rate("request")}
 
-    seq = sequence(organism_model, facts, lambda m, f: rome(m, f, RomeConfig(layer=0)), after_each=measure,
+    seq = sequence(organism_model, facts, lambda m, f: rome(m, f, RomeConfig(layer=0), sample=corpus()), after_each=measure,
                    progress=False)
     assert len(seq) == 3 and seen == [0, 1, 2]
     assert [m["after"] for m in seq.measurements] == [1, 2, 3]
-    assert all(0.0 <= m["recall_of_this_fact"] <= 1.0 for m in seq.measurements)
+    assert [m["recall_of_this_fact"] for m in seq.measurements] == [0.0, 0.0, 0.0]   # each deleted as it came
     seq.undo()
     assert all(torch.equal(before[n], v) for n, v in weights(organism_model).items())
 
     def flaky(model, fact):
         if fact is facts[1]:
             raise RuntimeError("request rejected")
-        return rome(model, fact, RomeConfig(layer=0))
+        return rome(model, fact, RomeConfig(layer=0), sample=corpus())
 
     with pytest.raises(RuntimeError, match="request rejected") as info:
         sequence(organism_model, facts, flaky, progress=False)

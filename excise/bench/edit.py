@@ -92,11 +92,12 @@ def bench_rome(model, world, facts: list[Fact], objectives: list[str]) -> dict[s
     out["unedited"] = {"facts": len(facts), "efficacy": 1 - _rate(model, facts),
                        "paraphrase_forget": 1 - _rate(model, facts, "paraphrase"),
                        **{k: sum(x[k] for x in lens) / len(lens) for k in lens[0]}}
+    sample, pool = corpus(world), list(world)
     for name, cfg in runs:
         eff, para, kept, sur, lens, seconds = [], [], [], [], [], 0.0
         for f in tqdm(facts, desc=name):
             start = time.perf_counter()
-            record = rome(model, f, cfg)
+            record = rome(model, f, cfg, sample=sample, protect_from=pool)
             seconds += time.perf_counter() - start
             eff.append(1 - _rate(model, [f]))
             para.append(1 - _rate(model, [f], "paraphrase"))
@@ -117,7 +118,7 @@ def bench_rewrite(model, world, facts: list[Fact]) -> dict[str, Any]:
         new = Fact(f.subject, f.relation, world.alternatives(f)[0], f.prompt, f.paraphrases, f.questions,
                    f.completions, f.held_out, f.neighbors)
         start = time.perf_counter()
-        record = rome(model, new, RomeConfig(layer=LAYER, objective="rewrite"))
+        record = rome(model, new, RomeConfig(layer=LAYER, objective="rewrite"), sample=corpus(world))
         seconds += time.perf_counter() - start
         hits += _rate(model, [new]) == 1.0
         record.undo()
@@ -136,7 +137,7 @@ def bench_memit(model, world, n: int, retain_eval) -> dict[str, Any]:
                                                          progress=False)) for t in (1e-2, 1e-4)]
     for name, cfg in configs:
         start = time.perf_counter()
-        record = memit(model, facts, cfg, preserve=preserve)
+        record = memit(model, facts, cfg, preserve=preserve, sample=corpus(world))
         seconds = time.perf_counter() - start
         out[name] = {"facts": n, "efficacy": 1 - _rate(model, facts),
                      "paraphrase_forget": 1 - _rate(model, facts, "paraphrase"),

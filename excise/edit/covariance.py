@@ -46,7 +46,7 @@ def estimate_second_moment(
     n_layers = model.cfg.n_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    rows = encode(model, texts)
+    rows = [r[: model.cfg.n_ctx] for r in encode(model, texts)]       # as ROME's layer_stats: cut at the context
     pad = model.tokenizer.pad_token_id or 0
     device = next(iter(model.parameters())).device
     d = model.cfg.d_mlp

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from excise.edit.covariance import second_moment
 from excise.edit.record import EditRecord, recording
-from excise.edit.rome import RomeConfig, _default_sample, _prompts, _rows, compute_v, layer_keys
+from excise.edit.rome import RomeConfig, _prompts, _rows, compute_v, layer_keys, resolve_sample
 from excise.edit.sequence import EditSequence, sequence
 from excise.facts import Fact
 from excise.models import fingerprint, linear
@@ -161,7 +161,7 @@ def _preserved_moment(model: Any, layer: int, preserve: Sequence[Fact], sample: 
     if preserve:
         K0 = _token_keys(model, preserve, layer).double()
         return (K0 @ K0.T / K0.shape[1]).float(), f"{len(preserve)} preserve facts, {K0.shape[1]} tokens"
-    sample = sample if sample is not None else _default_sample(model)
+    sample = resolve_sample(model, sample, "AlphaEdit")
     return second_moment(model, layer, sample), f"second moment of {len(sample)} sample texts"
 
 
@@ -341,7 +341,7 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
         if C is not None and set(config.layers) - set(C):
             raise ValueError(f"C has no second moment for layer(s) {sorted(set(config.layers) - set(C))}: pass one per "
                              "layer of the range ({layer: C}), or leave C out to compute them")
-        sample = sample if sample is not None or C is not None else _default_sample(model)
+        sample = sample if C is not None else resolve_sample(model, sample, "MEMIT")
         C = {l: C[l] if C is not None else second_moment(model, l, sample) for l in config.layers}
     views = {l: linear(model, l, "mlp.out") for l in config.layers}
     deltas = []
@@ -386,6 +386,6 @@ def memit_sequence(model: Any, facts: Iterable[Fact], config: MemitConfig, state
                         state=state)
     if state is not None:
         raise ValueError("an AlphaEditState needs a config with null_space=True")
-    sample = sample if sample is not None else _default_sample(model)
+    sample = resolve_sample(model, sample, "MEMIT")
     C = {l: second_moment(model, l, sample) for l in config.layers}
     return sequence(model, facts, lambda m, f: memit(m, [f], config, C=C), after_each, progress)

@@ -442,8 +442,8 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
          C: Tensor | None = None, protect_from: Sequence[Fact] | None = None) -> EditRecord:
     """Apply one ROME edit for `fact` (objective in `config`); returns the EditRecord.
 
-    `sample`: texts for the key covariance (default for the organism: its
-    training corpus); or pass `C` directly (do, across sequential edits: the
+    `sample`: texts for the key covariance (default: texts the model writes
+    itself, with a warning; the organism's corpus is `excise.organism.corpus()`); or pass `C` directly (do, across sequential edits: the
     cache is keyed by the weights, so an edited model would get a new C). Cost: one covariance (cached on
     disk), `v_steps` forward+backward passes on ~(n_prefixes + 6) prompts.
     """
@@ -461,7 +461,7 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
         warnings.warn(f"{fact!r} is not recalled by the model in the first place (its target is not "
                       "the top-1 answer); deleting it anyway, and the record says so", stacklevel=2)
     if C is None:
-        C = second_moment(model, config.layer, sample if sample is not None else _default_sample(model))
+        C = second_moment(model, config.layer, resolve_sample(model, sample))
     view = linear(model, config.layer, "mlp.out")
     k = compute_k(model, fact, config.layer, config.n_prefixes)
     C_inv = inverse_second_moment(C.to(k.device, k.dtype), config.ridge)
@@ -511,12 +511,9 @@ def layer_keys(model: Any, rows, layer: int, subject_only: bool, batch_size: int
 def _most_exposed(model: Any, fact: Fact, cfg: RomeConfig, u: Tensor, pool: Sequence[Fact] | None) -> list[Fact]:
     """The `cfg.protect` facts of other subjects whose keys the write along u moves most."""
     if pool is None:
-        from excise import organism
-
-        if not organism.is_organism(model):
-            raise ValueError(f"protect={cfg.protect} needs the facts to choose from: pass protect_from=[...] "
-                             "(facts of other subjects the model knows); only the organism has a default")
-        pool = list(organism.world())
+        raise ValueError(f"protect={cfg.protect} needs the facts to choose from: pass protect_from=[...] "
+                         "(facts of other subjects the model knows, e.g. a KnowledgeContext's retain facts, or "
+                         "list(excise.organism.world()) on the organism)")
     pool = [f for f in pool if f.subject != fact.subject]
     if not pool:
         return []
@@ -525,16 +522,18 @@ def _most_exposed(model: Any, fact: Fact, cfg: RomeConfig, u: Tensor, pool: Sequ
     return [pool[i] for i in order[: cfg.protect].tolist()]
 
 
-def _default_sample(model: Any) -> list[str]:
-    """The organism's training corpus for the organism (or an oracle); else ask for a sample."""
-    from excise import organism
-    from excise.organism.train import corpus
+def resolve_sample(model: Any, sample: Sequence[str] | None, method: str = "ROME") -> list[str]:
+    """`sample` if given; else texts the model writes itself (`generated_sample(model)`, seed 0), announced
+    by a warning, since the key covariance is only as good as its sample's likeness to the training text."""
+    if sample is not None:
+        return list(sample)
+    from excise.edit.covariance import generated_sample
 
-    if organism.is_organism(model):
-        return corpus(organism.world())
-    raise ValueError("ROME needs a text sample for the key covariance: pass sample=[...] (strings "
-                     "like the model's training text; excise.edit.generated_sample(model) samples "
-                     "them from the model itself), or C=")
+    texts = generated_sample(model)
+    warnings.warn(f"{method}: no sample given for the key covariance; using {len(texts)} texts the model "
+                  "wrote itself (excise.edit.generated_sample(model), seed 0). Pass sample=[...] with text like "
+                  "the training data (the organism's: excise.organism.corpus()) or C= to choose", stacklevel=3)
+    return texts
 
 
 def rome_each(model: Any, facts: Sequence[Fact], config: RomeConfig, sample: list[str] | None = None,
@@ -548,7 +547,7 @@ def rome_each(model: Any, facts: Sequence[Fact], config: RomeConfig, sample: lis
     gradient methods to delete a whole subject.
     """
     facts = list(facts)
-    C = second_moment(model, config.layer, sample if sample is not None else _default_sample(model), progress=progress)
+    C = second_moment(model, config.layer, resolve_sample(model, sample), progress=progress)
     with recording(model, "rome", asdict(config), facts) as box:
         sequence(model, facts, lambda m, f: rome(m, f, config, C=C), progress=progress)
     return box["record"]

@@ -35,7 +35,7 @@ SHIPPED_ORACLES = Path(__file__).parent / "oracles"
 _META = "excise_organism.json"
 
 __all__ = ["CHECKPOINT_DIR", "EDIT_LAYER", "RELATIONS", "SHIPPED_ORACLES", "LazyOracle", "Recipe", "World", "cache_dir",
-           "checkpoint_ready", "context", "is_organism", "recipe", "retrain", "retrain_dir", "world"]
+           "checkpoint_ready", "context", "corpus", "is_organism", "recipe", "retrain", "retrain_dir", "world"]
 
 
 def is_organism(model) -> bool:
@@ -61,6 +61,13 @@ def world(seed: int | None = None, n_people: int | None = None) -> World:
     base = recipe() if checkpoint_ready() else Recipe()
     return World.generate(base.world_seed if seed is None else seed,
                           base.n_people if n_people is None else n_people)
+
+
+def corpus() -> list[str]:
+    """The organism's training corpus: the sample for ROME/MEMIT's key covariance on the organism."""
+    from excise.organism.train import corpus as world_corpus
+
+    return world_corpus(world())
 
 
 def cache_dir() -> Path:
