@@ -13,7 +13,10 @@ from excise.verify import (
     AuditConfig, AuditReport, RelearnConfig, audit, auc, forget_quality, guardrail, logit_lens,
     membership_scores, probe, relearn, truth_ratios,
 )
-from excise.verify.membership import lowest_mean
+from excise.verify.leakage import (
+    AttackVerdict, compare, compare_layers, detectable_effect, mann_whitney,
+)
+from excise.verify.membership import answer_scores, lowest_mean
 from excise.verify.specificity import general_loss, kept, neighbours_of
 
 SMALL = AuditConfig(relearn=RelearnConfig(steps=3))
@@ -37,6 +40,50 @@ def test_auc_by_hand():
     assert auc([2], [2]) == 0.5                 # a tie counts half
     with pytest.raises(ValueError, match="at least one"):
         auc([], [1])
+
+
+def test_mann_whitney_auc_and_direction_by_hand():
+    assert mann_whitney([3, 4], [1, 2])[0] == 1.0
+    assert mann_whitney([1, 3], [2, 2])[0] == 0.5
+    assert mann_whitney([5, 5, 5], [5, 5])[1] == 1.0           # one repeated value: no evidence, not NaN
+    rng = np.random.default_rng(0)
+    low, high = rng.integers(0, 5, 60), rng.integers(10, 50, 60)
+    leak = compare("probes", low, high, negate=True)             # forget ranks better than never-seen
+    assert leak.verdict == leak.direction == "leaks" and leak.auc == 1.0 and leak.p_value < 1e-10
+    over = compare("probes", high, low, negate=True)
+    assert over.verdict == "over_suppressed" and over.auc == 0.0
+    same = compare("probes", rng.integers(0, 50, 90), rng.integers(0, 50, 90), negate=True)
+    assert same.verdict == "indistinguishable" and same.detectable_effect < 0.25
+    few = compare("probes", [30, 9, 41, 20, 7, 25], rng.integers(0, 50, 120), negate=True)
+    assert few.verdict == "underpowered" and few.n_facts == 6
+    assert AttackVerdict.from_dict(leak.to_dict()) == leak
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        AttackVerdict(**{**leak.to_dict(), "verdict": "clean"})
+
+
+def test_detectable_effect_is_noethers_formula():
+    # (z_0.975 + z_0.8) * sqrt((n1 + n2 + 1) / (12 n1 n2))
+    assert detectable_effect(90, 180) == pytest.approx((1.959964 + 0.841621) * math.sqrt(271 / (12 * 90 * 180)),
+                                                       rel=1e-5)
+    assert detectable_effect(6, 120) > 0.25 > detectable_effect(90, 90)
+    # it is the effect the test finds 80% of the time: simulate shifted normals with that AUC
+    from scipy.stats import norm
+    d = detectable_effect(40, 40)
+    shift = math.sqrt(2) * norm.ppf(0.5 + d)                     # P(X > Y) = 0.5 + d for N(shift, 1) vs N(0, 1)
+    rng = np.random.default_rng(1)
+    hits = [mann_whitney(rng.normal(shift, 1, 40), rng.normal(0, 1, 40))[1] < 0.05 for _ in range(400)]
+    assert 0.72 <= np.mean(hits) <= 0.88
+
+
+def test_the_lens_is_tested_per_layer_with_bonferroni():
+    rng = np.random.default_rng(0)
+    holdout = rng.integers(0, 40, (90, 4))
+    facts = rng.integers(0, 40, (90, 4))
+    facts[:, 2] = 0                                             # readable at layer 2 only
+    v = compare_layers(facts, holdout)
+    assert v.verdict == "leaks" and v.layer in (2, None) and len(v.layers) == 5
+    assert v.detectable_effect == pytest.approx(detectable_effect(90, 90, 0.05 / 5))
+    assert all(r["p_value"] <= 1 for r in v.layers)
 
 
 def test_min_k_takes_the_lowest_fraction():
@@ -69,6 +116,16 @@ def test_membership_scores_match_a_hand_computation(organism_model):
     mu = (p * logp).sum(-1)
     sigma = ((p * logp ** 2).sum(-1) - mu ** 2).sqrt()
     assert s["min_k_pp"][0] == pytest.approx(float(((tok - mu) / sigma).mean()), abs=1e-4)
+
+
+def test_answer_scores_are_the_answer_tokens_given_the_prompt(organism_model, world):
+    fact = world[0]
+    s = answer_scores(organism_model, [fact])
+    toks = organism_model.to_tokens(f"{fact.fill(fact.prompt)} {fact.target}")
+    n = len(organism_model.to_tokens(f" {fact.target}", prepend_bos=False)[0])
+    with torch.no_grad():
+        logp = organism_model(toks).log_softmax(-1)[0, :-1]
+    assert s["answer_loss"][0] == pytest.approx(float(logp.gather(-1, toks[0, 1:, None])[-n:, 0].mean()), abs=1e-5)
 
 
 def test_truth_ratio_by_hand(organism_model, world):
@@ -157,6 +214,12 @@ def test_audit_of_the_original_finds_everything(organism_model, two_people):
     for attack in ("probes", "logit_lens", "membership"):
         assert report.success("edited", attack) == 1.0, attack
     assert report.chance("edited", "membership") == 0.05
+    verdicts = report.leakage()
+    assert set(verdicts) == {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}
+    assert all(v.direction == "leaks" and v.n_facts == 12 for v in verdicts.values())
+    assert {a: v.n_holdout for a, v in verdicts.items()} == {   # relearn: a holdout sample as large as the facts
+        "probes": 18, "logit_lens": 18, "relearn": 12, "membership": 18, "truth_ratio": 18}
+    assert report.summary().startswith("edited vs never-seen facts (two-sided Mann-Whitney): probes: ")
     assert 0 <= report.chance("edited", "logit_lens") <= 1
     assert "attack success: logit_lens (top-20)" in report.summary()
 
@@ -173,6 +236,11 @@ def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model,
     a.to_json(tmp_path / "audit.json")
     back = AuditReport.from_json(tmp_path / "audit.json")
     assert back.rows() == a.rows() and back.summary() == a.summary()
+    assert back.leakage() == a.leakage() and a.to_markdown().startswith("- edited vs never-seen")
+    old = json.loads(a.to_json())                                # a report written before the verdicts were stored
+    for m in old["models"].values():
+        del m["leakage"]
+    assert AuditReport.from_json(json.dumps(old)).leakage("reference") == a.leakage("reference")
     assert json.loads(a.to_json())["facts"][0]["subject"] == two_people[0].subject
     assert a.kept("neighbours") == 1.0 and a.utility("edited") == pytest.approx(1.0)
     fig = a.plot()

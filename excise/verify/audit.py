@@ -7,13 +7,17 @@ For each model given (the edited one, and optionally the unedited
 reference and the retrain oracle) it measures:
 
 - probes: recall under every prompt family;
-- attacks, each a per-fact verdict "the target is among the top-B
-  candidates": black-box probes over every family, the logit lens after
-  every layer, relearning on the other half of the facts, and membership
-  inference (Min-K%++ above the holdout's 95th percentile);
-- the chance level of each attack: the same attack on holdout facts the model
-  never saw (from the KnowledgeContext: `excise.organism.context(facts)`, or
-  `excise.context.derive(model, facts)` for any model);
+- attacks, each a per-fact statistic: black-box probes over every family
+  (best rank), the logit lens (rank after every layer), relearning on the
+  other half of the facts (rank), membership inference (answer-token
+  Min-K%++) and the truth ratio;
+- the same statistics on holdout facts the model never saw (from the
+  KnowledgeContext: `excise.organism.context(facts)`, or
+  `excise.context.derive(model, facts)` for any model), and per attack a
+  two-sided verdict of the two distributions (`excise.verify.leakage`:
+  leaks, over_suppressed, indistinguishable or underpowered), stored as
+  "leakage" per model; Patil et al.'s top-B success and its chance level
+  beside it;
 - specificity: neighbour and retain recall, general-text loss;
 - truth ratios (with `alternatives`), hence TOFU's forget quality against
   the oracle, and the organism utility.
@@ -36,6 +40,7 @@ from tqdm.auto import tqdm
 from excise.context import KnowledgeContext
 from excise.facts import FAMILIES, Fact
 from excise.verify.forget_quality import organism_utility, truth_ratios
+from excise.verify.leakage import leakage
 from excise.verify.logit_lens import head_projection_attack, logit_lens
 from excise.verify.membership import membership_inference
 from excise.verify.probes import probe
@@ -89,6 +94,15 @@ def _best_ranks(rows: list, facts: list[Fact], rank: Callable[[Any], int]) -> li
     return [best[f.key] if best[f.key] is not None else 10**9 for f in facts]
 
 
+def _lens_layers(rows: list, facts: list[Fact]) -> list[list[int]]:
+    """Per fact, per layer: the best logit-lens rank over the fact's prompts."""
+    best: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        k = (r.subject, r.relation)
+        best[k] = list(r.ranks) if k not in best else [min(a, b) for a, b in zip(best[k], r.ranks, strict=True)]
+    return [best[f.key] for f in facts if f.key in best]
+
+
 def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relearn_n: int | None = None) -> dict[str, Any]:
     """Per fact, the best rank each rank-based attack reaches, and its evidence.
 
@@ -105,6 +119,7 @@ def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relea
         rows = logit_lens(model, facts, ("request",), config.top_b)
         out["logit_lens"] = _best_ranks(rows, facts, lambda r: r.best_rank)
         out["lens_rows"] = [r.to_dict() for r in rows]
+        out["lens_layers"] = _lens_layers(rows, facts)
         extraction = head_projection_attack(model, facts, layers=config.lens_layers)
         out["head_projection"] = _best_ranks(extraction, facts, lambda r: r.rank)
         out["head_projection_rows"] = [r.to_dict() for r in extraction]
@@ -130,6 +145,8 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
             res["chance"] = {k: v for k, v in chance.items() if not k.endswith("_rows")}
             if "membership" in config.attacks:
                 res["membership"] = membership_inference(model, facts, ctx.holdout, config.mia_fpr).to_dict()
+            if ctx.alternatives is not None:
+                res["chance"]["truth_ratios"] = truth_ratios(model, ctx.holdout, ctx.alternatives)[0].tolist()
         bar.update()
         neighbours = neighbours_of(facts)
         res["neighbours"] = recalled(model, neighbours)
@@ -141,6 +158,7 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
             res["truth_ratios"] = ratios.tolist()
             if ctx.retain and ctx.general:
                 res["utility"] = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
+        res["leakage"] = {a: v.to_dict() for a, v in leakage(res).items()}
         bar.update(bar.total - bar.n)
         res["seconds"] = time.perf_counter() - t0
     return res

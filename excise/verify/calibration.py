@@ -8,7 +8,12 @@
   probe, but the knowledge upstream is intact, so the relearning attack
   brings it back faster than the retrain oracle can learn it.
 
-Both exist to calibrate `audit`: a verifier that passes them is broken.
+- `over_suppress(model, forget, retain)`: NPO on every parameter run long past
+  forgetting (no early stop). The targets end below what the model says for
+  people it never saw: it knows what to avoid, and the two-sided leakage
+  verdict must say `over_suppressed`.
+
+All exist to calibrate `audit`: a verifier that passes them is broken.
 """
 
 from __future__ import annotations
@@ -67,3 +72,16 @@ def suppress_last_layer(model: Any, forget: Sequence[Fact], retain: Sequence[Fac
     config = UnlearnConfig(method="npo", steps=steps, lr=lr, seed=seed, progress=progress,
                            families=("request", "paraphrase", "question", "completion"))
     return unlearn(model, forget, retain, mask=mask, config=config)
+
+
+def over_suppress(model: Any, forget: Sequence[Fact], retain: Sequence[Fact], steps: int = 200, lr: float = 1e-3,
+                  seed: int = 0, progress: bool = False) -> EditRecord:
+    """NPO unlearning of `forget` (with a retain term) on every parameter for exactly `steps` steps.
+
+    On the organism's 5% split, 200 steps at 1e-3 put the targets' best probe
+    rank at a median of ~1,100 against ~18 for never-seen people (probe AUC
+    0.07) with 0.66 of a retain sample still recalled.
+    """
+    config = UnlearnConfig(method="npo", steps=steps, lr=lr, seed=seed, progress=progress, stop_forget_recall=-1.0,
+                           eval_every=steps, families=("request", "paraphrase", "question", "completion"))
+    return unlearn(model, forget, retain, config=config)

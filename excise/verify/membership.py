@@ -1,7 +1,8 @@
 """Membership inference: can an attacker tell the forget facts were in the training data?
 
 Each fact becomes one text (its request prompt followed by the target), and
-each text gets four scores, higher meaning "more likely a member":
+each text gets six scores, higher meaning "more likely a member". Four score
+the whole text, as the papers do:
 
 - LOSS (Yeom et al. 2018): the mean token log-likelihood.
 - zlib (Carlini et al. 2021): the log-perplexity over the zlib-compressed
@@ -10,6 +11,20 @@ each text gets four scores, higher meaning "more likely a member":
 - Min-K%++ (Zhang et al. 2024): the same over tokens standardized by the
   model's own next-token distribution, (log p(x) - mu) / sigma with mu, sigma
   the mean and standard deviation of log p under p.
+
+Two score only the answer tokens given the prompt, the part of the text that
+carries the fact (`answer_loss`, `answer_min_k_pp`: the mean log-likelihood
+and the mean Min-K%++ value of the target's tokens, k = 100%: answers are one
+to three tokens). A whole-text score also measures the subject's name: a
+model that forgot every fact of a person still knows how the name goes on,
+which a never-seen name does not, so whole-text scores separate forget from
+holdout facts even for the retrain oracle (0.37 whole-text Min-K%++ AUC on
+the organism's 5% split). The audit's membership attack is `answer_loss`:
+on a recalled answer the model is near one-hot, where Min-K%++'s
+(log p - mu) / sigma divides two near-zero numbers and ranks recalled facts
+no higher than never-seen ones (the original organism: answer Min-K%++ AUC
+0.89, none of its facts above the holdout's 95th percentile; answer loss:
+AUC 1.0).
 
 Min-K% and Min-K%++ follow the reference code (zjysteven/mink-plus-plus,
 run.py): the k% are floor(k * n) of the n predicted tokens. Two guards where
@@ -20,8 +35,8 @@ k * n < 1, and a variance of at least 1e-12 (a one-hot next-token distribution).
 The AUC of each score separates forget facts (candidates) from holdout facts
 the model never saw: 1.0 is perfect membership evidence, 0.5 is none (what
 the retrain oracle should show). The per-fact verdict flags a forget fact
-when its Min-K%++ score exceeds the holdout's (1 - fpr) quantile, so chance
-is `fpr`.
+when its answer log-likelihood exceeds the holdout's (1 - fpr) quantile, so
+chance is `fpr`.
 """
 
 from __future__ import annotations
@@ -37,10 +52,12 @@ from jaxtyping import Float, Int
 from scipy.stats import mannwhitneyu
 from torch import Tensor
 
-from excise.facts import Fact
+from excise.facts import Fact, tokenize_prompt
 from excise.scoring import encode, pad_batch
 
-SCORES = ("loss", "zlib", "min_k", "min_k_pp")
+SCORES = ("loss", "zlib", "min_k", "min_k_pp")               # whole text
+ANSWER_SCORES = ("answer_loss", "answer_min_k_pp")          # the answer tokens given the prompt
+ATTACK_SCORE = "answer_loss"                                  # the audit's membership attack (see above)
 
 
 def fact_text(fact: Fact) -> str:
@@ -78,6 +95,31 @@ def token_statistics(model: Any, texts: Sequence[str], batch_size: int = 64) -> 
     return out
 
 
+@torch.no_grad()
+def answer_scores(model: Any, facts: Sequence[Fact], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per fact: the mean log-likelihood and mean Min-K%++ value of the target's tokens after its request prompt.
+
+    Tokens as the probes see them (`tokenize_prompt`, then the target).
+    Cost: ceil(F / batch_size) forwards.
+    """
+    rows, n_answer = [], []
+    for f in facts:
+        pt = tokenize_prompt(model, f, f.prompt)
+        rows.append(pt.tokens.tolist() + list(pt.target_ids))
+        n_answer.append(len(pt.target_ids))
+    pad = model.tokenizer.pad_token_id or 0
+    device = next(iter(model.parameters())).device
+    out: dict[str, list[float]] = {s: [] for s in ANSWER_SCORES}
+    for start in range(0, len(rows), batch_size):
+        tokens, last = pad_batch(rows[start:start + batch_size], pad)
+        tok_logp, z = token_scores(model(tokens.to(device)), tokens.to(device))
+        for i, (n, a) in enumerate(zip(last.tolist(), n_answer[start:start + batch_size], strict=True)):
+            # predicted tokens 0..n-1 are tokens 1..n; the answer is the last a of them
+            out["answer_loss"].append(float(tok_logp[i, n - a:n].mean()))
+            out["answer_min_k_pp"].append(float(z[i, n - a:n].mean()))
+    return {s: np.asarray(v) for s, v in out.items()}
+
+
 def lowest_mean(values: np.ndarray, k: float) -> float:
     """The mean of the floor(k * n) smallest of n values (Min-K%'s reference rule; at least one)."""
     m = max(1, int(len(values) * k))
@@ -111,7 +153,7 @@ def auc(members: Sequence[float] | np.ndarray, non_members: Sequence[float] | np
 @dataclass
 class MembershipResult:
     auc: dict[str, float]                       # per score
-    flagged: list[bool]                         # per forget fact: Min-K%++ above the holdout threshold
+    flagged: list[bool]                         # per forget fact: answer log-likelihood above the holdout threshold
     fpr: float                                  # the chance level of `flagged`
     scores: dict[str, list[float]] = field(repr=False)           # forget facts, per score
     holdout_scores: dict[str, list[float]] = field(repr=False)
@@ -123,19 +165,21 @@ class MembershipResult:
 
 def membership_inference(model: Any, forget: Sequence[Fact], holdout: Sequence[Fact], fpr: float = 0.05,
                          k: float = 0.2) -> MembershipResult:
-    """Score forget facts against never-trained holdout facts; AUC per score, a verdict per fact."""
+    """Score forget facts against never-trained holdout facts; AUC per score (whole-text and answer-only),
+    a verdict per fact (answer log-likelihood)."""
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}")
     if not forget or not holdout:
         raise ValueError("membership inference needs forget facts and holdout facts the model never saw "
                          "(for the organism: world.holdout(n))")
-    f = membership_scores(model, [fact_text(x) for x in forget], k)
-    h = membership_scores(model, [fact_text(x) for x in holdout], k)
-    threshold = float(np.quantile(h["min_k_pp"], 1 - fpr))
+    f = membership_scores(model, [fact_text(x) for x in forget], k) | answer_scores(model, forget)
+    h = membership_scores(model, [fact_text(x) for x in holdout], k) | answer_scores(model, holdout)
+    threshold = float(np.quantile(h[ATTACK_SCORE], 1 - fpr))
+    names = SCORES + ANSWER_SCORES
     return MembershipResult(
-        auc={s: auc(f[s], h[s]) for s in SCORES},
-        flagged=[bool(v > threshold) for v in f["min_k_pp"]],
+        auc={s: auc(f[s], h[s]) for s in names},
+        flagged=[bool(v > threshold) for v in f[ATTACK_SCORE]],
         fpr=fpr,
-        scores={s: f[s].tolist() for s in SCORES},
-        holdout_scores={s: h[s].tolist() for s in SCORES},
+        scores={s: f[s].tolist() for s in names},
+        holdout_scores={s: h[s].tolist() for s in names},
     )

@@ -12,8 +12,17 @@ if TYPE_CHECKING:
 COLOURS = {"reference": "tab:blue", "edited": "tab:red", "oracle": "tab:green"}
 
 
+def _lens_layers(attacks: dict) -> np.ndarray | None:
+    """[facts, layers] logit-lens ranks (best prompt per fact; older reports: every prompt's row)."""
+    if attacks.get("lens_layers"):
+        return np.array(attacks["lens_layers"], dtype=float)
+    rows = attacks.get("lens_rows")
+    return np.array([r["ranks"] for r in rows], dtype=float) if rows else None
+
+
 def plot_report(report: AuditReport):
-    """Three panels: logit-lens rank per layer, attack success vs chance, forget quality vs utility."""
+    """Three panels: logit-lens rank per layer against never-seen facts', attack success vs chance, forget
+    quality vs utility. Cost: no model call, only the report's numbers."""
     import matplotlib.pyplot as plt
 
     from excise.verify.report import ATTACKS
@@ -23,19 +32,25 @@ def plot_report(report: AuditReport):
     fig, axes = plt.subplots(1, 3 if tradeoff else 2, figsize=(15 if tradeoff else 10.5, 4.2))
 
     ax = axes[0]
+    n_layers = 0
+
+    def band(ranks: np.ndarray, colour: str, label: str, style: str = "-") -> None:
+        med = np.median(ranks, axis=0)
+        q1, q3 = np.percentile(ranks, 25, axis=0), np.percentile(ranks, 75, axis=0)
+        x = np.arange(ranks.shape[1])
+        ax.plot(x, med + 1, marker="o", color=colour, label=label, linestyle=style)
+        ax.fill_between(x, q1 + 1, q3 + 1, color=colour, alpha=0.15)
+
     for role in roles:
-        rows = report.models[role]["attacks"].get("lens_rows")
-        if rows:
-            ranks = np.array([r["ranks"] for r in rows], dtype=float)        # [facts, layers]
-            med = np.median(ranks, axis=0)
-            q1, q3 = np.percentile(ranks, 25, axis=0), np.percentile(ranks, 75, axis=0)
-            x = np.arange(ranks.shape[1])
-            ax.plot(x, med + 1, marker="o", color=COLOURS[role], label=role)
-            ax.fill_between(x, q1 + 1, q3 + 1, color=COLOURS[role], alpha=0.15)
-    n_layers = max((len(r["ranks"]) for role in roles
-                    for r in report.models[role]["attacks"].get("lens_rows", [])), default=0)
+        ranks = _lens_layers(report.models[role]["attacks"])
+        if ranks is not None:
+            band(ranks, COLOURS[role], role)
+            n_layers = max(n_layers, ranks.shape[1])
+    main = "edited" if "edited" in roles else roles[0]
+    never = report.models[main].get("chance", {}).get("lens_layers")
+    if never:                  # what a model that never saw the facts does: the holdout under the same model
+        band(np.array(never, dtype=float), "grey", f"never-seen facts ({main} model)", "--")
     ax.set_xticks(np.arange(n_layers))
-    ax.axhline(report.top_b, color="grey", linestyle="--", linewidth=1, label=f"rank {report.top_b}")
     ax.set_yscale("log")
     ax.invert_yaxis()
     ax.set_xlabel("layer (residual stream after it)")

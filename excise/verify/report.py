@@ -1,5 +1,11 @@
 """AuditReport: what an audit measured, per model, as a table, JSON, Markdown and a figure.
 
+Its first verdict is `leakage()`: per attack, is the edited model's
+statistic on the forget facts distinguishable, two-sided, from the same
+statistic on never-seen people's facts (leaks / over_suppressed /
+indistinguishable / underpowered; `excise.verify.leakage`)? Reports written
+before it was stored recompute it from their raw evidence where they can.
+
 The report keeps raw evidence (every probe's rank and top candidates, the
 logit-lens rank after every layer, relearned ranks, membership scores), so
 attack success at another B can be recomputed with `success(..., b=)`
@@ -13,6 +19,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict, leakage
 
 ATTACKS = ("probes", "logit_lens", "relearn", "membership")
 ROLES = ("reference", "edited", "oracle")
@@ -52,6 +60,28 @@ class AuditReport:
     def _has(self, role: str, attack: str) -> bool:
         res = self.models[role]
         return "membership" in res if attack == "membership" else attack in res["attacks"]
+
+    def leakage(self, role: str = "edited") -> dict[str, AttackVerdict]:
+        """Per attack: the two-sided verdict of `role`'s forget facts against never-seen facts.
+
+        Stored by the audit; a report without it (older JSON) recomputes it
+        from its raw evidence, so attacks whose holdout statistic was not kept
+        are left out.
+        """
+        res = self.models.get(role, {})
+        if "leakage" in res:
+            return {a: AttackVerdict.from_dict(v) for a, v in res["leakage"].items()}
+        return leakage(res)
+
+    def verdict_lines(self) -> list[str]:
+        """One line per audited model (the edited one first): each attack's verdict, AUC, p and detectable effect."""
+        lines = []
+        for role in sorted(self.roles(), key=lambda r: r != "edited"):
+            verdicts = self.leakage(role)
+            if verdicts:
+                lines.append(f"{role} vs never-seen facts (two-sided Mann-Whitney): "
+                             + "; ".join(verdicts[a].line() for a in LEAKAGE_ATTACKS if a in verdicts))
+        return lines
 
     def success(self, role: str = "edited", attack: str = "any", b: int | None = None) -> float | None:
         """Share of facts on which the attack succeeds."""
@@ -134,13 +164,16 @@ class AuditReport:
         for fam in ("request", "paraphrase", "question", "completion", "held_out"):
             add(f"recall: {fam}", lambda r, fam=fam: self.recall(r, fam))
         for a in ATTACKS:
-            label = f"{a} (top-{b})" if a != "membership" else "membership (Min-K%++)"
+            label = f"{a} (top-{b})" if a != "membership" else "membership (answer loss)"
             add(f"attack success: {label}", lambda r, a=a: self.success(r, a) if self._has(r, a) else None)
             add(f"chance: {a}", lambda r, a=a: self.chance(r, a))
             add(f"p(above chance): {a}", lambda r, a=a: self.above_chance(r, a))
         add("attack success: any", lambda r: self.success(r, "any"))
         add("relearned recall (top-1)", self.relearn_recall)
-        for score in ("loss", "zlib", "min_k", "min_k_pp"):
+        for a in LEAKAGE_ATTACKS:
+            add(f"leakage: {a}", lambda r, a=a: self.leakage(r)[a].verdict if a in self.leakage(r) else None)
+            add(f"leakage AUC: {a}", lambda r, a=a: self.leakage(r)[a].auc if a in self.leakage(r) else None)
+        for score in ("loss", "zlib", "min_k", "min_k_pp", "answer_loss", "answer_min_k_pp"):
             add(f"MIA AUC: {score}", lambda r, s=score: self.models[r].get("membership", {}).get("auc", {}).get(s))
         add("neighbour recall", lambda r: _rate(self.models[r]["neighbours"]))
         add("retain recall", lambda r: _rate(self.models[r]["retain"]))
@@ -156,7 +189,7 @@ class AuditReport:
     def summary(self) -> str:
         """One table: a row per metric, a column per model audited."""
         roles = self.roles()
-        lines = [f"{'metric':<36}" + "".join(f"{r:>12}" for r in roles)]
+        lines = self.verdict_lines() + [f"{'metric':<36}" + "".join(f"{r:>12}" for r in roles)]
         for name, values in self.rows():
             lines.append(f"{name:<36}" + "".join(f" {_fmt(values[r]):>11}" for r in roles))
         lines.append(f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts")
@@ -169,7 +202,9 @@ class AuditReport:
 
     def to_markdown(self) -> str:
         roles = self.roles()
-        lines = ["| metric | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
+        verdicts = [f"- {line}" for line in self.verdict_lines()]
+        lines = verdicts + ([""] if verdicts else []) + \
+            ["| metric | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
         for name, values in self.rows():
             lines.append(f"| {name} | " + " | ".join(_fmt(values[r]) for r in roles) + " |")
         missing = self.not_computed()
