@@ -1,16 +1,21 @@
 """`excise bench verify`: the audit's calibration cases on the organism's 5% split.
 
-An audit is only worth its verdicts. Four models with known truth:
-- the original organism (knows every forget fact): every attack must succeed;
-- the retrain oracle (never saw them): every attack at chance, where chance
-  is the same attack on holdout people nobody ever saw;
-- an output-only guardrail on the original: the request probe says
-  "forgotten", the logit lens must still catch the facts;
-- NPO confined to the last block: every probe says "forgotten", and
-  relearning on half the facts must bring the other half back faster than
-  the oracle learns them.
+An audit is only worth its verdicts. Five models with known truth, each
+audited against never-seen people's facts with the two-sided leakage test
+(`excise.verify.leakage`: leaks / over_suppressed / indistinguishable /
+underpowered per attack):
+- `original`, the organism (knows every forget fact): every attack must say leaks;
+- `oracle`, retrained without them: every attack indistinguishable;
+- `guardrail`, an output-only filter on the original: the request probe says
+  "forgotten", the logit lens must still say leaks;
+- `last_layer`, NPO confined to the last block: every probe says "forgotten",
+  relearning on half the facts must bring the other half back (leaks);
+- `over_suppressed_npo`, NPO on every parameter run long past forgetting:
+  the targets rank below never-seen people's, over_suppressed.
 
-Writes DIR/verify.json and DIR/verify.md. Attack success is reported at the
+Writes DIR/verify.json (`verdicts: {case: {attack: verdict}}`, and per case
+and attack the AUC, p-value and detectable effect under `leakage`) and
+DIR/verify.md. Attack success is reported at the
 audit's default B = 20 and at B = 1: the organism's relations have 14 to 30
 objects, so "in the top 20" is close to what a model that knows only the
 relation's object set achieves, and top-1 is the sharper test.
@@ -19,6 +24,7 @@ relation's object set achieves, and top-1 is the sharper test.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,30 @@ from typing import Any
 import excise
 from excise.models import copy_model
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, guardrail, suppress_last_layer
+from excise.verify.calibration import over_suppress
+from excise.verify.leakage import LEAKAGE_ATTACKS, MEANINGFUL_EFFECT
+
+CASES = ("original", "oracle", "guardrail", "last_layer", "over_suppressed_npo")
+EXPECTED = {"original": "leaks on every attack", "oracle": "indistinguishable on every attack",
+            "guardrail": "caught (leaks or over_suppressed) on one attack", "last_layer": "caught on one attack",
+            "over_suppressed_npo": "over_suppressed"}
+
+
+def _leakage(report: AuditReport, role: str = "edited") -> dict[str, dict[str, Any]]:
+    keep = ("verdict", "auc", "p_value", "detectable_effect", "direction", "layer", "n_facts", "n_holdout",
+            "median_facts", "median_holdout")
+    return {a: {k: v.to_dict()[k] for k in keep} for a, v in report.leakage(role).items()}
+
+
+def _holds(case: str, verdicts: dict[str, str]) -> bool:
+    v = set(verdicts.values())
+    if case == "original":
+        return v == {"leaks"}
+    if case == "oracle":
+        return v == {"indistinguishable"}
+    if case == "over_suppressed_npo":
+        return "over_suppressed" in v and "leaks" not in v
+    return bool(v & {"leaks", "over_suppressed"})
 
 
 def _attack_table(report: AuditReport, role: str, b: int) -> dict[str, Any]:
@@ -48,16 +78,35 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     base = audit(original, forget, oracle=oracle, config=config, context=context, progress=progress)
     total = time.perf_counter() - t0
 
-    with guardrail(original, forget):
-        guarded = audit(original, forget, config=AuditConfig(attacks=("probes", "logit_lens"), seed=seed),
-                        context=context, progress=progress)
+    with guardrail(original, forget):       # relearning fine-tunes copies, which the output hook does not follow
+        guarded = audit(original, forget, config=AuditConfig(attacks=("probes", "logit_lens", "membership"),
+                                                             seed=seed), context=context, progress=progress)
+
+    npo = copy_model(original)
+    t_npo = time.perf_counter()
+    npo_record = over_suppress(npo, forget, list(world.retain_set(forget, n=400, seed=seed + 7)), seed=seed,
+                               progress=progress)
+    t_npo = time.perf_counter() - t_npo
+    over = audit(npo, forget, reference=original, config=config, context=context, progress=progress)
 
     suppressed = copy_model(original)
     record = suppress_last_layer(suppressed, forget, list(world.retain_set(forget, n=400, seed=seed + 7)), seed=seed)
     shallow = audit(suppressed, forget, reference=original, oracle=oracle, config=config, context=context,
                     progress=progress)
 
+    reports = {"original": (base, "edited"), "oracle": (base, "oracle"), "guardrail": (guarded, "edited"),
+               "last_layer": (shallow, "edited"), "over_suppressed_npo": (over, "edited")}
+    leakage = {case: _leakage(rep, role) for case, (rep, role) in reports.items()}
+    verdicts = {case: {a: v["verdict"] for a, v in per.items()} for case, per in leakage.items()}
     r: dict[str, Any] = {
+        "verdicts": verdicts,
+        "leakage": leakage,
+        "holds": {case: _holds(case, verdicts[case]) for case in CASES},
+        "meaningful_effect": MEANINGFUL_EFFECT,
+        "over_suppressed_npo": {"steps": npo_record.meta["steps"], "lr": npo_record.hyper["lr"], "seconds": t_npo,
+                                "request_recall": over.recall("edited", "request"),
+                                "retain_kept": over.kept("retain"),
+                                "truth_ratio_median": statistics.median(over.models["edited"]["truth_ratios"])},
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
         "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
         "original_attack_success": {a: base.success("edited", a) for a in ATTACKS},
@@ -84,7 +133,7 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
         "audit_seconds_two_models": total,
     }
     (out / "verify.json").write_text(json.dumps(r, indent=1))
-    (out / "verify.md").write_text(to_markdown(r, base, shallow))
+    (out / "verify.md").write_text(to_markdown(r, base, shallow, over))
     return r
 
 
@@ -94,12 +143,40 @@ def _f(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: AuditReport | None = None) -> str:
+def _verdict_table(r: dict[str, Any]) -> list[str]:
+    attacks = [a for a in LEAKAGE_ATTACKS if any(a in per for per in r["leakage"].values())]
+    lines = ["| case | expected | " + " | ".join(a.replace("_", " ") for a in attacks) + " | holds |",
+             "|---" * (len(attacks) + 3) + "|"]
+    for case in CASES:
+        per = r["leakage"].get(case, {})
+        cells = []
+        for a in attacks:
+            v = per.get(a)
+            cells.append("-" if v is None else f"**{v['verdict']}** AUC {v['auc']:.2f}, p {_f(v['p_value'])}, "
+                         f"d {v['detectable_effect']:.2f}" + ("" if v.get("layer") is None else f", L{v['layer']}"))
+        lines.append(f"| {case} | {EXPECTED[case]} | " + " | ".join(cells) + f" | {r['holds'][case]} |")
+    return lines
+
+
+def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: AuditReport | None = None,
+                over: AuditReport | None = None) -> str:
     ok = lambda cond: "holds" if cond else "FAILS"   # noqa: E731
     orig_min = min(v for v in r["original_attack_success"].values() if v is not None)
     oracle_ok = all(p is None or p >= 0.05 for p in r["oracle_p_above_chance"].values())
     lines = [
         "# verify benchmark: are the audit's verdicts true? (organism, 5% split)", "",
+        "## Two-sided verdicts: each model against never-seen facts", "",
+        f"Per attack, a two-sided Mann-Whitney test of the forget facts' statistic against the same statistic "
+        f"on never-seen people's facts (under the same model): AUC = P(forget fact beats a never-seen one), "
+        f"p (logit lens: Bonferroni over layers, L = the layer it is read at), d = the smallest |AUC - 0.5| "
+        f"detectable at alpha 0.05 with power 0.8 (Noether). Indistinguishable needs d <= "
+        f"{r['meaningful_effect']}; otherwise underpowered.", "",
+        *_verdict_table(r), "",
+        f"over_suppressed_npo: NPO on every parameter, {r['over_suppressed_npo']['steps']} steps with no early "
+        f"stop ({_f(r['over_suppressed_npo']['seconds'])} s); request recall "
+        f"{_f(r['over_suppressed_npo']['request_recall'])}, retain kept {_f(r['over_suppressed_npo']['retain_kept'])}, "
+        f"truth ratio median {_f(r['over_suppressed_npo']['truth_ratio_median'])}.", "",
+        "## Top-B success (Patil et al.), one-sided, beside it", "",
         f"{r['forget_facts']} forget facts ({r['forget_people']} people), {r['holdout_facts']} holdout facts "
         f"of never-seen people for chance levels; attack success = target in the top-{r['top_b']} "
         "(membership: Min-K%++ above the holdout's 95th percentile).", "",
@@ -146,4 +223,7 @@ def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: Aud
         lines += ["", "## Audit of the original (edited column) and the oracle", "", base.to_markdown()]
     if shallow is not None:
         lines += ["", "## Audit of the last-block suppression", "", shallow.to_markdown()]
+    if over is not None:
+        lines += ["", "## Audit of the over-suppressed NPO (edited) next to the original (reference)", "",
+                  over.to_markdown()]
     return "\n".join(lines) + "\n"
