@@ -291,27 +291,37 @@ def test_neighbours_exclude_the_facts_themselves(two_people):
 
 @pytest.mark.slow
 def test_calibration_cases_on_the_5pct_split(oracle_5pct):
+    """The two-sided verdicts are true on models whose truth is known (90 forget facts, 90 never-seen ones)."""
     from excise.verify import suppress_last_layer
+    from excise.verify.calibration import over_suppress
 
     forget, retain, oracle = oracle_5pct
     forget = list(forget)
     original = excise.load("organism", device="cpu")
-    base = audit(original, forget, oracle=oracle, context=excise.organism.context(forget, 15, 50), progress=False)
-    for attack in ("probes", "logit_lens", "relearn", "membership"):
-        assert base.success("edited", attack) >= 0.95, attack                 # the original leaks everything
-        assert base.above_chance("oracle", attack) >= 0.01, attack           # the oracle: chance
+    context = excise.organism.context(forget, 15, 50)
+    base = audit(original, forget, oracle=oracle, context=context, progress=False)
+    every = {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}
+    assert {a: v.verdict for a, v in base.leakage("edited").items()} == dict.fromkeys(every, "leaks")
+    assert {a: v.verdict for a, v in base.leakage("oracle").items()} == dict.fromkeys(every, "indistinguishable")
     assert base.forget_quality("oracle") >= 0.5
 
     with guardrail(original, forget):
-        guarded = audit(original, forget, progress=False, context=excise.organism.context(forget, 3, 10),
+        guarded = audit(original, forget, progress=False, context=context,
                         config=AuditConfig(attacks=("probes", "logit_lens")))
     assert guarded.recall("edited", "request") == 0.0                        # "forgotten" at the output...
-    assert guarded.success("edited", "logit_lens") >= 0.9                    # ...readable inside
+    assert guarded.leakage()["logit_lens"].verdict == "leaks"                # ...readable inside
+
+    npo = copy_model(original)
+    over_suppress(npo, forget, list(retain.sample(400, seed=7)), steps=60, lr=3e-3)
+    over = audit(npo, forget, progress=False, context=context, config=AuditConfig(attacks=("probes",)))
+    assert {a: v.verdict for a, v in over.leakage().items()} == dict.fromkeys(("probes", "truth_ratio"),
+                                                                              "over_suppressed")
 
     suppress_last_layer(original, forget, list(retain.sample(400, seed=7)))
-    shallow = audit(original, forget, progress=False, context=excise.organism.context(forget, 3, 10),
+    shallow = audit(original, forget, progress=False, context=context,
                     config=AuditConfig(attacks=("probes", "relearn")))
     assert shallow.recall("edited", "request") == 0.0
+    assert shallow.leakage()["relearn"].verdict == "leaks"                   # it comes back: hidden, not removed
     assert shallow.relearn_recall("edited") > base.relearn_recall("oracle") + 0.05
 
 
