@@ -146,7 +146,10 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
         "edit": {"parameters_changed": record.n_changed, "components_touched": touched,
                  "parameters_total": sum(p.numel() for p in model.parameters()),
                  "record": "edit.safetensors"},
-        "audit": {"attacks": attacks, "recall_after": report.recall("edited", "request"),
+        "audit": {"attacks": attacks,
+                  "leakage": {a: {k: v.to_dict()[k] for k in ("verdict", "auc", "p_value", "detectable_effect")}
+                              for a, v in report.leakage("edited").items()},
+                  "recall_after": report.recall("edited", "request"),
                   "relearned_recall": report.relearn_recall("edited"),
                   "relearned_recall_original": report.relearn_recall("reference"),
                   "neighbours_kept": report.kept("neighbours"), "retain_kept": report.kept("retain"),
@@ -198,15 +201,25 @@ def _markdown(r: dict[str, Any], report: Any, seconds: dict[str, float]) -> str:
               "The edit is saved in `edit.safetensors` (`excise.edit.EditRecord.load(path, model).undo()` "
               "reverts it bit for bit).", "",
               "## Is it gone?", "",
-              f"Each attack succeeds on a fact when the target is among the top {a['top_b']} candidates. Chance: "
+              "Each attack's per-fact statistic against the same statistic on facts of people the model never "
+              "saw (two-sided Mann-Whitney; AUC = P(a forget fact beats a never-seen one); detectable: the "
+              "smallest |AUC - 0.5| this many facts could show at p < 0.05 with power 0.8):", "",
+              "| attack | verdict | AUC | p | detectable |", "|---|---|---|---|---|",
+              *[f"| {n} | **{v['verdict']}** | {v['auc']:.2f} | {_fmt(v['p_value'])} | {v['detectable_effect']:.2f} |"
+                for n, v in a["leakage"].items()], "",
+              f"Beside it, Patil et al.'s top-B success: each attack succeeds on a fact when the target is among the top {a['top_b']} candidates. Chance: "
               f"the same attack on {a['n_holdout']} facts of people the model never saw.", "",
               "| attack | original | edited | chance | p(edited above chance) |", "|---|---|---|---|---|"]
     for name, v in a["attacks"].items():
         lines.append(f"| {name} | {_fmt(v['original'])} | {_fmt(v['success'])} | {_fmt(v['chance'])} | "
                      f"{_fmt(v['p_above_chance'])} |")
-    leaks = [n for n, v in a["attacks"].items() if v["p_above_chance"] is not None and v["p_above_chance"] < 0.05]
-    lines += ["", "Verdict: " + ("no attack does better than chance (p < 0.05)." if not leaks else
-                                 f"still leaking, above chance at p < 0.05: {', '.join(leaks)}."),
+    caught = [f"{n} {v['verdict']}" for n, v in a["leakage"].items() if v["verdict"] in ("leaks", "over_suppressed")]
+    weak = [n for n, v in a["leakage"].items() if v["verdict"] == "underpowered"]
+    same = [n for n, v in a["leakage"].items() if v["verdict"] == "indistinguishable"]
+    lines += ["", "Verdict: " + " ".join(part for part in (
+                  f"distinguishable from never-seen facts: {', '.join(caught)}." if caught else "",
+                  f"indistinguishable: {', '.join(same)}." if same else "",
+                  f"{len(r['facts'])} facts are too few to tell on: {', '.join(weak)}." if weak else "") if part),
               "", f"Request recall after the edit: {_fmt(a['recall_after'])}; after relearning on half the facts, "
               f"the other half comes back at {_fmt(a['relearned_recall'])} top-1 (the original: "
               f"{_fmt(a['relearned_recall_original'])}). Neighbour facts kept: {_fmt(a['neighbours_kept'])}; "

@@ -45,14 +45,15 @@ def _demo() -> str:
     rows = ", ".join(f"{name} {att[key]['original']:.2f} / {att[key]['success']:.2f} / {att[key]['chance']:.2f}"
                      for key, name in (("probes", "probes"), ("logit_lens", "logit lens"), ("relearn", "relearning"),
                                        ("membership", "membership inference")))
-    above = [f"{key} (p = {v['p_above_chance']:.3f})" for key, v in att.items() if v["p_above_chance"] < 0.05]
+    verdicts = "; ".join(f"{key} {v['verdict']} (AUC {v['auc']:.2f}, p = {v['p_value']:.2g}, detectable "
+                         f"|AUC - 0.5| {v['detectable_effect']:.2f})" for key, v in a.get("leakage", {}).items())
     return (f"What the default run measured (seed {r['seed']}, subject {r['subject']}, {len(r['facts'])} facts):\n"
             f"request recall {before:.2f} -> {a['recall_after']:.2f}, {e['parameters_changed']:,} of "
             f"{e['parameters_total']:,} weights changed ({e['parameters_changed'] / e['parameters_total']:.1%}),\n"
             f"neighbour facts kept {a['neighbours_kept']:.2f}, retain facts kept {a['retain_kept']:.2f}, utility "
             f"{a['utility_vs_original']:.3f} of the original;\nattack success (original / edited / chance on "
-            f"{a['n_holdout']} facts of never-seen people): {rows}.\nAbove chance after the edit (p < 0.05): "
-            f"{', '.join(above) if above else 'none'}; the report says so.\n")
+            f"{a['n_holdout']} facts of never-seen people): {rows}.\nAgainst never-seen people's facts, two-sided: "
+            f"{verdicts}; the report says so.\n")
 
 
 def _organism() -> str:
