@@ -86,17 +86,22 @@ def _load(args: argparse.Namespace):
     model = excise.load(args.model, device=args.device)
     lookup = _organism_lookup(args.model)
     facts = list(FactSet.from_json(args.facts, lookup=lookup))
+    sample = _read_lines(args.sample) if args.sample else None
     given = {
         "retain": list(FactSet.from_json(args.retain, lookup=lookup)) if args.retain else None,
         "holdout": list(FactSet.from_json(args.holdout)) if args.holdout else None,
-        "sample": _read_lines(args.sample) if args.sample else None,
+        "sample": sample,
+        "general": sample,          # --sample is the general text too (its help says so), as derived text is both
     }
     if args.model == "organism":
         context = excise.organism.context(facts, n_holdout_people=args.holdout_people, seed=args.seed)
         context = context.override(**given)
     else:
+        # text is sampled from the model (seconds) only for what reads it: the audit's general text, rome/memit's
+        # covariance sample; gradient methods, ablate and task_vector read neither
+        generate = args.command == "verify" or (args.command == "edit" and args.method in ("rome", "memit"))
         context = derive(model, facts, seed=args.seed, n_holdout_subjects=args.holdout_people,
-                         generate=args.command != "locate", **given)
+                         generate=generate, **given)
         print("knowledge context (what excise was given or derived):\n" + context.describe())
     return model, facts, context
 
