@@ -78,3 +78,38 @@ def oracle_5pct(world):
     forget, retain = world.subjects_split(0.05, seed=0)
     oracle = excise.organism.retrain(without=forget, progress=False, device="cpu")
     return forget, retain, oracle
+
+
+# Foreign models (tests/foreign.py): not the organism; another world, tokenizer and (for one) architecture.
+# Each trains in about 9 s on one thread, once per session; tests must not change the directory.
+@pytest.fixture(scope="session")
+def foreign_gpt2_dir(tmp_path_factory):
+    """A GPT-2 with a word-level tokenizer and two-word subjects, trained on the foreign world."""
+    from tests.foreign import build_gpt2
+
+    path = tmp_path_factory.mktemp("foreign_gpt2")
+    build_gpt2(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def foreign_llama_dir(tmp_path_factory):
+    """A Llama (RMSNorm, rotary, 4 query / 2 key-value heads, SwiGLU) with a SentencePiece-style BPE
+    and one-token subjects, trained on the foreign world."""
+    from tests.foreign import build_llama
+
+    path = tmp_path_factory.mktemp("foreign_llama")
+    build_llama(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def foreign_gpt2_facts(foreign_gpt2_dir):
+    """The facts file a test deletes from the foreign GPT-2 (retain.json, world.json, general.txt beside it)."""
+    return foreign_gpt2_dir / "facts.json"
+
+
+@pytest.fixture(scope="session")
+def foreign_llama_facts(foreign_llama_dir):
+    """The facts file a test deletes from the foreign Llama (retain.json, world.json, general.txt beside it)."""
+    return foreign_llama_dir / "facts.json"

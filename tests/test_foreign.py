@@ -1,0 +1,235 @@
+"""excise on models that are not the organism (issues 20 and 25).
+
+Two foreign models (tests/foreign.py), trained in the session on a world the
+organism never had: a GPT-2 with a word-level tokenizer and two-word
+subjects, and a Llama (RMSNorm, rotary, grouped-query attention, SwiGLU) with
+a SentencePiece-style tokenizer and one-token subjects. On each, the command
+line does what a user would: locate, edit with rome, memit and npo, verify.
+Nothing is given that excise can derive: rome without --layer or --sample
+derives both; memit gets the training text (--sample), verify the general
+sentences (--sample: its general text), npo the facts to keep (--retain).
+
+Where a default chosen on the organism fails here, the test is an
+xfail(strict=True) naming the measurement: it fails (XPASS) the day the
+default is fixed, and the marker goes then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from collections import Counter
+
+import pytest
+import torch
+
+import excise
+from excise.cli import main
+from excise.context import derive
+from excise.edit import EditRecord
+from excise.facts import FactSet, tokenize_prompt
+from excise.verify import AuditReport
+from excise.verify.report import ATTACKS
+
+TRAINED = ("request", "paraphrase", "question", "completion")
+MLP_OUT = {"gpt2": ("transformer.h.{}.", "c_proj"), "llama": ("model.layers.{}.", "down_proj")}   # in the name
+
+DERIVED_LAYER = pytest.mark.xfail(strict=True, reason=(
+    "the derived layer (n_layers // 3 = 1, ROME's place in GPT-style models) is past where the foreign models "
+    "look their facts up: after rome there (head_projection_unlikelihood, the CLI's) request recall is 0.67 "
+    "(GPT-2) and 1.00 (Llama); at layer 0, where the causal trace points and the organism edits, it is 0.00 on "
+    "both (test_rome_at_the_layer_the_trace_points_to)"))
+MEMIT_DELETES_NOTHING = pytest.mark.xfail(strict=True, reason=(
+    "the CLI's MEMIT (one layer, mom2_weight=300 chosen on the organism's 100-fact batches) deletes none of "
+    "the 3 facts: request recall 1.00 at the derived layer 1 and at layer 0 on both models; lambda 30 at "
+    "layer 0: Llama 0.33, GPT-2 still 1.00"))
+NPO_NEURONS = pytest.mark.xfail(strict=True, reason=(
+    "the CLI's 256 located neurons (chosen on the organism: 12% of its 2,048 MLP neurons) are half of the "
+    "foreign Llama's 516: NPO keeps 0.85 of the other subjects' facts (64 neurons: 0.90, every parameter: 0.94)"))
+
+
+class Foreign:
+    """One foreign model and the command line's outputs on it, each command run once, on first use."""
+
+    def __init__(self, arch: str, path, out):
+        self.arch, self.dir, self.out = arch, path, out
+        self.facts_file, self.retain_file = path / "facts.json", path / "retain.json"
+        self.facts = list(FactSet.from_json(self.facts_file))
+        self.world = FactSet.from_json(path / "world.json")
+        gone = {f.subject for f in self.facts}
+        self.others = [f for f in self.world if f.subject not in gone]
+        self.model = excise.load(path)
+        self.printed: dict[str, str] = {}
+        self.warned: dict[str, list[str]] = {}
+
+    def cli(self, name: str, *argv) -> str:
+        """`excise argv...` in this process, once per name; what it printed (and warned). Fails on a nonzero exit."""
+        if name not in self.printed:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rc = main([str(a) for a in argv])
+            assert rc == 0, f"excise {' '.join(map(str, argv))} exited {rc}:\n{out.getvalue()}"
+            self.printed[name], self.warned[name] = out.getvalue(), [str(w.message) for w in caught]
+        return self.printed[name]
+
+    def edit(self, name: str, method: str, *extra):
+        record = self.out / f"{name}.safetensors"
+        self.cli(name, "edit", self.dir, "--facts", self.facts_file, "--method", method, "--out", record, *extra)
+        return record
+
+    def rome(self):
+        """rome as a user starts it: no --layer, no --sample."""
+        return self.edit("rome", "rome")
+
+    def npo(self):
+        return self.edit("npo", "npo", "--retain", self.retain_file)
+
+    def locate(self) -> list:
+        self.cli("locate", "locate", self.dir, "--facts", self.facts_file, "--out", self.out / "loc")
+        return [excise.locate.Localization.load(self.out / "loc" / f"trace-{i}.json") for i in range(len(self.facts))]
+
+    def recall_with(self, record, facts, family: str = "request") -> float:
+        """Recall of `facts` with the record applied (then undone, bit for bit)."""
+        before = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        rec = EditRecord.load(record, self.model)
+        rec.apply()
+        try:
+            return excise.recall_table(self.model, facts, families=(family,)).rate()
+        finally:
+            rec.undo()
+            assert all(torch.equal(before[n], p) for n, p in self.model.named_parameters())
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def foreign(request, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EXCISE_CACHE", str(tmp_path_factory.mktemp(f"cache_foreign_{request.param}")))
+    path = request.getfixturevalue(f"foreign_{request.param}_dir")
+    yield Foreign(request.param, path, tmp_path_factory.mktemp(f"cli_foreign_{request.param}"))
+    mp.undo()
+
+
+def _xfail_on(archs: tuple[str, ...], mark, foreign: Foreign, request) -> None:
+    if foreign.arch in archs:
+        request.applymarker(mark)
+
+
+def _trace_layer(locs) -> int:
+    """The layer whose MLP, restored at the last subject token, brings the answer back most, over most facts."""
+    peaks = [int(loc.scores["mlp"][:, loc.subject[1] - 1].argmax()) for loc in locs]
+    return Counter(peaks).most_common(1)[0][0]
+
+
+def test_the_foreign_model_recalls_its_world_under_every_trained_template(foreign):
+    table = excise.recall_table(foreign.model, foreign.world, families=TRAINED)
+    assert all(table.rate(fam) == 1.0 for fam in TRAINED), table.to_markdown()
+    span = tokenize_prompt(foreign.model, foreign.facts[0]).subject
+    assert span[1] - span[0] == {"gpt2": 2, "llama": 1}[foreign.arch]        # two-word vs one-token subjects
+    if foreign.arch == "llama":
+        assert (foreign.model.cfg.n_heads, foreign.model.cfg.n_key_value_heads) == (4, 2)
+
+
+def test_locate_traces_every_fact(foreign):
+    locs = foreign.locate()
+    assert "knowledge context" in foreign.printed["locate"]                 # the derived context is printed first
+    assert not [w for w in foreign.warned["locate"] if "RoPE" in w]         # the resume probe's warning is its own
+    for i, (fact, loc) in enumerate(zip(foreign.facts, locs, strict=True)):
+        assert loc.meta["fact"]["subject"] == fact.subject and (foreign.out / "loc" / f"trace-{i}.png").exists()
+        assert loc.meta["p_clean"] > 0.5 and set(loc.kinds) == {"resid", "mlp", "attn"}
+
+
+def test_rome_writes_a_rank_one_update_per_fact_at_the_derived_layer_from_a_derived_sample(foreign):
+    record = foreign.rome()
+    printed = foreign.printed["rome"]
+    assert "generated_sample" in printed and "n_layers // 3" in printed     # both derived, and said so
+    block, out = MLP_OUT[foreign.arch]
+    rec = EditRecord.load(record, foreign.model)
+    [name] = rec.parameters_touched()                                      # one matrix: the MLP's output
+    assert name.startswith(block.format(foreign.model.cfg.n_layers // 3)) and out in name, name
+    W = dict(foreign.model.named_parameters())[name]
+    before = W.detach().clone()
+    rec.apply()
+    try:
+        assert 1 <= torch.linalg.matrix_rank(W.detach() - before) <= len(foreign.facts)
+    finally:
+        rec.undo()
+
+
+def test_rome_at_the_derived_layer_deletes_the_facts(foreign, request):
+    _xfail_on(("gpt2", "llama"), DERIVED_LAYER, foreign, request)
+    assert foreign.recall_with(foreign.rome(), foreign.facts) <= 0.34
+
+
+def test_rome_at_the_layer_the_trace_points_to_deletes_and_keeps_other_subjects(foreign):
+    """The user's way round a wrong default: locate, then edit where the trace's MLP peak is."""
+    layer = _trace_layer(foreign.locate())
+    assert layer == 0
+    record = foreign.edit("rome_traced", "rome", "--layer", layer, "--sample", foreign.dir / "corpus.txt")
+    assert foreign.recall_with(record, foreign.facts) <= 0.34
+    assert foreign.recall_with(record, foreign.facts, "paraphrase") <= 0.34
+    assert foreign.recall_with(record, foreign.others) >= 0.9
+
+
+def test_memit_deletes_the_facts(foreign, request):
+    _xfail_on(("gpt2", "llama"), MEMIT_DELETES_NOTHING, foreign, request)
+    record = foreign.edit("memit", "memit", "--sample", foreign.dir / "corpus.txt")
+    assert foreign.recall_with(record, foreign.facts) <= 0.34
+
+
+def test_npo_on_located_neurons_deletes_the_facts(foreign):
+    record = foreign.npo()
+    assert "generated_sample" not in foreign.printed["npo"]      # nothing sampled that npo does not read
+    assert foreign.recall_with(record, foreign.facts) <= 0.34
+    assert foreign.recall_with(record, foreign.facts, "paraphrase") <= 0.34
+
+
+def test_npo_on_located_neurons_keeps_other_subjects(foreign, request):
+    _xfail_on(("llama",), NPO_NEURONS, foreign, request)
+    assert foreign.recall_with(foreign.npo(), foreign.others) >= 0.9
+
+
+def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
+    """The audit of the rome edit at the traced layer, next to the unedited model, with a derived holdout."""
+    test_rome_at_the_layer_the_trace_points_to_deletes_and_keeps_other_subjects(foreign)
+    out = foreign.out / "audit"
+    foreign.cli("verify", "verify", foreign.dir, "--facts", foreign.facts_file, "--retain", foreign.retain_file,
+                "--sample", foreign.dir / "general.txt", "--record", foreign.out / "rome_traced.safetensors",
+                "--out", out)
+    assert "generated_sample" not in foreign.printed["verify"]   # --sample is the general text
+    report = AuditReport.from_json(out / "audit.json")
+    assert report.roles() == ["reference", "edited"]
+    assert report.recall("reference") == 1.0 and report.recall("edited") <= 0.34
+    assert report.kept("retain") >= 0.9 and report.config["n_general"] == len(
+        (foreign.dir / "general.txt").read_text().splitlines())
+    missing = "\n".join(report.not_computed())
+    assert "retrain-oracle" in missing and "pass oracle=" in missing
+    if foreign.arch == "gpt2":           # two-word names: never-seen subjects recombined from their parts
+        assert report.config["n_holdout"] > 0 and "chance levels" not in missing
+        for role in ("reference", "edited"):
+            assert all(report.chance(role, attack) is not None for attack in ATTACKS), role
+    else:                                # one-token subjects have no parts to recombine: said, with the fix
+        assert report.config["n_holdout"] == 0
+        assert all(report.chance("edited", attack) is None for attack in ATTACKS)
+        assert "chance levels" in missing and "pass holdout=" in missing
+
+
+def test_derive_makes_holdout_facts_about_never_seen_subjects(foreign_gpt2_dir, foreign_llama_dir):
+    """API: derive(model, facts) recombines two-word names into subjects the world never had; one-token
+    subjects cannot be recombined, and the note says to pass holdout=."""
+    model = excise.load(foreign_gpt2_dir)
+    world = FactSet.from_json(foreign_gpt2_dir / "world.json")
+    facts = [world.fact(town, "founder") for town in world.subjects[:6]]          # six towns
+    ctx = derive(model, facts, generate=False)
+    new = {f.subject for f in ctx.holdout}
+    assert ctx.notes["holdout"].startswith("derived:") and len(new) >= 3
+    assert not new & set(world.subjects)                                           # never seen
+    firsts, lasts = {f.subject.split()[0] for f in facts}, {f.subject.split()[1] for f in facts}
+    assert all(s.split()[0] in firsts and s.split()[1] in lasts for s in new)
+    assert {f.relation for f in ctx.holdout} == {"founder"}
+    assert {f.target for f in ctx.holdout} <= {f.target for f in facts}
+
+    llama = excise.load(foreign_llama_dir)
+    ctx = derive(llama, list(FactSet.from_json(foreign_llama_dir / "facts.json")), generate=False)
+    assert ctx.holdout == [] and "pass holdout=" in ctx.notes["holdout"]
