@@ -42,8 +42,8 @@ DERIVED_LAYER = pytest.mark.xfail(strict=True, reason=(
     "both (test_rome_at_the_layer_the_trace_points_to)"))
 MEMIT_DELETES_NOTHING = pytest.mark.xfail(strict=True, reason=(
     "the CLI's MEMIT (one layer, mom2_weight=300 chosen on the organism's 100-fact batches) deletes none of "
-    "the 3 facts: request recall 1.00 at the derived layer 1 and at layer 0 on both models; lambda 30 at "
-    "layer 0: Llama 0.33, GPT-2 still 1.00"))
+    "the 3 facts: request recall 1.00 at the derived layer 1 and at layer 0 on both models, with the training "
+    "text or the derived sample; lambda 30 at layer 0 with the training text: Llama 0.33, GPT-2 still 1.00"))
 NPO_NEURONS = pytest.mark.xfail(strict=True, reason=(
     "the CLI's 256 located neurons (chosen on the organism: 12% of its 2,048 MLP neurons) are half of the "
     "foreign Llama's 516: NPO keeps 0.85 of the other subjects' facts (64 neurons: 0.90, every parameter: 0.94)"))
