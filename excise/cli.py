@@ -149,6 +149,10 @@ def _edit(args: argparse.Namespace) -> int:
                       stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})
     record.save(args.out)
+    if "site" in record.meta:
+        from excise.locate.site import EditSite
+
+        print(EditSite(**record.meta["site"]).summary())
     print(record.summary())
     print(f"wrote {args.out} (excise verify {args.model} --facts {args.facts} --record {args.out} audits it)")
     return 0
@@ -286,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     edit.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
                       help="gradient methods / ablate: the top-N Fisher neurons; 0: all parameters")
     edit.add_argument("--layer", type=int, default=None,
-                      help="rome/memit layer (default: the context's: organism 0, else n_layers // 3)")
+                      help="rome/memit layer (default: organism 0; else the MLP layer the causal trace points to at "
+                           "the last subject token, one trace per fact, printed and kept in the record)")
     edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
     edit.add_argument("--stand-ins", default=None,
                       help="swap: comma-separated names the model never saw (the organism draws its own)")

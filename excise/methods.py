@@ -25,6 +25,24 @@ METHODS = (*GRADIENT, "rome", "memit", "ablate", "task_vector")
 DEFAULT = "npo"
 DEFAULT_NEURONS = 256
 
+# MEMIT's lambda for deletion, set by the share of the value shift a fact's own key should reach. For one key k,
+# Delta = (lambda C + k k^T)^-1 k r^T moves k's output by r * a / (1 + a), a = k^T C^-1 k / lambda, and
+# E[k^T C^-1 k] = d_mlp over the sample's keys (C = E[k k^T]): a fixed lambda reaches less the narrower the MLP.
+# Measured at layer 0 on the foreign test models (tests/foreign.py, 3 facts, training text as sample): k^T C^-1 k
+# 268-298 (GPT-2, d_mlp 256) and 114-204 (Llama, d_mlp 172); reached share (= a/(1+a) to 0.01) with lambda
+# 300: 0.47-0.51 / 0.27-0.40, request recall after 1.00 / 1.00; lambda 30: 0.90-0.91 / 0.79-0.87, recall
+# 1.00 / 0.33 (other subjects kept 0.98 / 1.00); lambda 1: 1.00 / 0.99, recall 1.00 / 0.33. On the organism
+# (d_mlp 512) the old 300 reached about 0.63. lambda = d_mlp * (1 - reach) / reach: 0.9 of the shift for a
+# typical key (d_mlp / 9: organism 57, GPT-2 28, Llama 19).
+MEMIT_REACH = 0.9
+
+
+def memit_weight(d_mlp: int, reach: float = MEMIT_REACH) -> float:
+    """MEMIT's mom2_weight that lets a typical key (k^T C^-1 k = d_mlp) reach `reach` of its value shift."""
+    if not 0 < reach < 1:
+        raise ValueError(f"reach must be in (0, 1), got {reach}")
+    return d_mlp * (1 - reach) / reach
+
 log = logging.getLogger(__name__)
 
 
@@ -57,9 +75,14 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     context: where the layer (rome/memit), the covariance sample (rome/memit)
         and the stand-ins (swap) come from when not given here
         (`excise.organism.context(facts)` for the organism); without one they
-        are derived (`excise.context.derive`: the layer a third of the way up,
-        a sample the model writes itself, never-seen recombined names) and
-        the record's meta says so.
+        are derived (`excise.context.derive`: a sample the model writes
+        itself, never-seen recombined names) and the record's meta says so.
+        With no layer here or in the context, rome/memit trace each fact
+        (`excise.locate.edit_site`, one MLP trace per fact: seconds) and edit
+        at the MLP peak at the last subject token; `record.meta["site"]` keeps
+        the layer, the per-layer scores and why.
+    MEMIT's lambda is `memit_weight(d_mlp)` (0.9 of the shift for a typical key), its values optimized
+    through the write (`MemitConfig.through_edit`).
     stand_ins: for `swap`, names the model never saw.
     """
     check_method(method)
@@ -95,8 +118,17 @@ def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], 
     if method in ("ablate", "task_vector"):
         return E.ablate(model, mask, mode="zero") if method == "ablate" else E.task_vector(model, facts, mask=mask)
     ctx = _context(model, facts, context)
-    layer_note = "given" if layer is not None else ctx.notes.get("layer", "given")
-    layer = layer if layer is not None else ctx.layer
+    site = None
+    if layer is not None:
+        layer_note = "given"
+    elif ctx.layer is not None:
+        layer, layer_note = ctx.layer, ctx.notes.get("layer", "given")
+    else:                                        # no layer anywhere: where the trace points (one trace per fact)
+        from excise.locate.site import edit_site
+
+        site = edit_site(model, facts, seed=seed)
+        layer, layer_note = site.layer, f"traced: {site.reason}"
+        log.info("%s: %s", method, site.summary())
     sample = ctx.sample
     if not sample:
         sample = E.generated_sample(model, seed=seed)
@@ -111,6 +143,10 @@ def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], 
         record = E.rome_each(model, facts, E.RomeConfig(layer=layer, objective="head_projection_unlikelihood"),
                              sample=sample, progress=progress)
     else:
-        record = E.memit(model, facts, E.MemitConfig(layers=(layer,), mom2_weight=300.0), sample=sample)
+        weight = memit_weight(model.cfg.d_mlp)
+        config = E.MemitConfig(layers=(layer,), mom2_weight=weight, through_edit=True)
+        record = E.memit(model, facts, config, sample=sample)
     record.meta["context"] = {"layer": layer_note, "sample": ctx.notes.get("sample", "derived: generated_sample")}
+    if site is not None:
+        record.meta["site"] = site.to_dict()
     return record

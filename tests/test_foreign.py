@@ -6,8 +6,10 @@ subjects, and a Llama (RMSNorm, rotary, grouped-query attention, SwiGLU) with
 a SentencePiece-style tokenizer and one-token subjects. On each, the command
 line does what a user would: locate, edit with rome, memit and npo, verify.
 Nothing is given that excise can derive: rome without --layer or --sample
-derives both; memit gets the training text (--sample), verify the general
-sentences (--sample: its general text), npo the facts to keep (--retain).
+traces the facts for the layer (excise.locate.edit_site) and samples the
+model for the covariance; memit gets the training text (--sample), verify the
+general sentences (--sample: its general text), npo the facts to keep
+(--retain).
 
 Where a default chosen on the organism fails here, the test is an
 xfail(strict=True) naming the measurement: it fails (XPASS) the day the
@@ -35,15 +37,6 @@ from excise.verify.report import ATTACKS
 TRAINED = ("request", "paraphrase", "question", "completion")
 MLP_OUT = {"gpt2": ("transformer.h.{}.", "c_proj"), "llama": ("model.layers.{}.", "down_proj")}   # in the name
 
-DERIVED_LAYER = pytest.mark.xfail(strict=True, reason=(
-    "the derived layer (n_layers // 3 = 1, ROME's place in GPT-style models) is past where the foreign models "
-    "look their facts up: after rome there (head_projection_unlikelihood, the CLI's) request recall is 0.67 "
-    "(GPT-2) and 1.00 (Llama); at layer 0, where the causal trace points and the organism edits, it is 0.00 on "
-    "both (test_rome_at_the_layer_the_trace_points_to)"))
-MEMIT_DELETES_NOTHING = pytest.mark.xfail(strict=True, reason=(
-    "the CLI's MEMIT (one layer, mom2_weight=300 chosen on the organism's 100-fact batches) deletes none of "
-    "the 3 facts: request recall 1.00 at the derived layer 1 and at layer 0 on both models, with the training "
-    "text or the derived sample; lambda 30 at layer 0 with the training text: Llama 0.33, GPT-2 still 1.00"))
 NPO_NEURONS = pytest.mark.xfail(strict=True, reason=(
     "the CLI's 256 located neurons (chosen on the organism: 12% of its 2,048 MLP neurons) are half of the "
     "foreign Llama's 516: NPO keeps 0.85 of the other subjects' facts (64 neurons: 0.90, every parameter: 0.94)"))
@@ -140,14 +133,20 @@ def test_locate_traces_every_fact(foreign):
         assert loc.meta["p_clean"] > 0.5 and set(loc.kinds) == {"resid", "mlp", "attn"}
 
 
-def test_rome_writes_a_rank_one_update_per_fact_at_the_derived_layer_from_a_derived_sample(foreign):
+def test_rome_writes_a_rank_one_update_per_fact_at_the_traced_layer_from_a_derived_sample(foreign):
+    """No --layer: the edit goes where the causal trace's MLP peak at the last subject token is (layer 0 on
+    both models; the old default n_layers // 3 = 1 left request recall 0.67 / 1.00), and says why."""
     record = foreign.rome()
     printed = foreign.printed["rome"]
-    assert "generated_sample" in printed and "n_layers // 3" in printed     # both derived, and said so
+    assert "generated_sample" in printed and "edit site: layer 0" in printed    # both derived, and said so
     block, out = MLP_OUT[foreign.arch]
     rec = EditRecord.load(record, foreign.model)
+    site = rec.meta["site"]
+    assert site["layer"] == 0 and len(site["scores"]) == foreign.model.cfg.n_layers - 1
+    assert len(site["peaks"]) == len(foreign.facts) and rec.meta["context"]["layer"].startswith("traced:")
+    assert not [w for w in foreign.warned["rome"] if "restores little" in w]       # the subject carries it
     [name] = rec.parameters_touched()                                      # one matrix: the MLP's output
-    assert name.startswith(block.format(foreign.model.cfg.n_layers // 3)) and out in name, name
+    assert name.startswith(block.format(site["layer"])) and out in name, name
     W = dict(foreign.model.named_parameters())[name]
     before = W.detach().clone()
     rec.apply()
@@ -157,9 +156,10 @@ def test_rome_writes_a_rank_one_update_per_fact_at_the_derived_layer_from_a_deri
         rec.undo()
 
 
-def test_rome_at_the_derived_layer_deletes_the_facts(foreign, request):
-    _xfail_on(("gpt2", "llama"), DERIVED_LAYER, foreign, request)
-    assert foreign.recall_with(foreign.rome(), foreign.facts) <= 0.34
+def test_rome_without_a_layer_deletes_the_facts_and_keeps_other_subjects(foreign):
+    record = foreign.rome()
+    assert foreign.recall_with(record, foreign.facts) <= 0.34
+    assert foreign.recall_with(record, foreign.others) >= 0.9
 
 
 def test_rome_at_the_layer_the_trace_points_to_deletes_and_keeps_other_subjects(foreign):
@@ -172,10 +172,14 @@ def test_rome_at_the_layer_the_trace_points_to_deletes_and_keeps_other_subjects(
     assert foreign.recall_with(record, foreign.others) >= 0.9
 
 
-def test_memit_deletes_the_facts(foreign, request):
-    _xfail_on(("gpt2", "llama"), MEMIT_DELETES_NOTHING, foreign, request)
+def test_memit_at_the_traced_layer_deletes_the_facts_and_keeps_other_subjects(foreign):
+    """The CLI's MEMIT: lambda d_mlp / 9 (was 300: 0.27-0.51 of the shift reached, recall 1.00 on both) and
+    values optimized through the write (without: GPT-2 recall still 1.00)."""
     record = foreign.edit("memit", "memit", "--sample", foreign.dir / "corpus.txt")
+    rec = EditRecord.load(record, foreign.model)
+    assert rec.meta["site"]["layer"] == 0 and rec.hyper["through_edit"]
     assert foreign.recall_with(record, foreign.facts) <= 0.34
+    assert foreign.recall_with(record, foreign.others) >= 0.9
 
 
 def test_npo_on_located_neurons_deletes_the_facts(foreign):

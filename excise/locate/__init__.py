@@ -13,6 +13,7 @@ from excise.locate.attribution import attribution_patching
 from excise.locate.causal_trace import TraceConfig, causal_trace, trace_one_at_a_time
 from excise.locate.fisher import FisherConfig, fisher, fisher_diagonal
 from excise.locate.localization import Localization, Scored
+from excise.locate.site import EditSite, edit_site
 
-__all__ = ["FisherConfig", "Localization", "Scored", "TraceConfig", "activation_patching",
-           "attribution_patching", "causal_trace", "fisher", "fisher_diagonal", "trace_one_at_a_time"]
+__all__ = ["EditSite", "FisherConfig", "Localization", "Scored", "TraceConfig", "activation_patching",
+           "attribution_patching", "causal_trace", "edit_site", "fisher", "fisher_diagonal", "trace_one_at_a_time"]
