@@ -73,6 +73,17 @@ def _names(n_layers: int):
 
 
 @torch.no_grad()
+
+def _prompt_jobs(facts: Sequence[Fact], families: Sequence[str]) -> list[tuple[Fact, str, str]]:
+    """(fact, family, template) for every template of every family of every fact."""
+    return [(f, fam, t) for f in facts for fam in families for t in f.templates(fam)]
+
+
+def _encoded(model: Any, jobs: list[tuple[Fact, str, str]]) -> tuple[list[str], Any, list[list[int]]]:
+    """The prompt, its target's first token id and its token ids, per job."""
+    prompts = [f.fill(t) for f, _, t in jobs]
+    return prompts, target_first_ids(model, prompts, [f.target for f, _, _ in jobs]), encode(model, prompts)
+
 def logit_lens(model: Any, facts: Sequence[Fact], families: Sequence[str] = ("request",), top_k: int = 20,
                batch_size: int = 64) -> list[LensProbe]:
     """Logit-lens ranks of each fact's target after every layer, at each prompt's last token.
@@ -82,12 +93,10 @@ def logit_lens(model: Any, facts: Sequence[Fact], families: Sequence[str] = ("re
     """
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    jobs = [(f, fam, t) for f in facts for fam in families for t in f.templates(fam)]
+    jobs = _prompt_jobs(facts, families)
     if not jobs:
         return []
-    prompts = [f.fill(t) for f, _, t in jobs]
-    tids = target_first_ids(model, prompts, [f.target for f, _, _ in jobs])
-    rows = encode(model, prompts)
+    prompts, tids, rows = _encoded(model, jobs)
     pad = model.tokenizer.pad_token_id or 0
     device = next(iter(model.parameters())).device
     names = _names(model.cfg.n_layers)
@@ -204,12 +213,10 @@ def head_projection_attack(model: Any, facts: Sequence[Fact], k: int = 4, layers
         raise ValueError(f"k must be >= 1, got {k}")
     if delta and len(layers) < 2:
         raise ValueError("the probability-delta attack needs at least two layers (it reads their differences)")
-    jobs = [(f, fam, t) for f in facts for fam in families for t in f.templates(fam)]
+    jobs = _prompt_jobs(facts, families)
     if not jobs:
         return []
-    prompts = [f.fill(t) for f, _, t in jobs]
-    tids = target_first_ids(model, prompts, [f.target for f, _, _ in jobs])
-    rows = encode(model, prompts)
+    prompts, tids, rows = _encoded(model, jobs)
     pad = model.tokenizer.pad_token_id or 0
     device = next(iter(model.parameters())).device
     hooks = {i: "blocks.0.hook_resid_pre" if i == 0 else f"blocks.{i - 1}.hook_resid_post" for i in layers}
