@@ -29,12 +29,15 @@ def test_unlearn_quick_table(tmp_path, world):
     assert oracle["forget_quality"] == pytest.approx(1.0)
     assert original["forget_quality"] < 0.05 and original["efficacy"] == 0.0 and original["utility"] == 1.0
     assert oracle["efficacy"] >= 0.9 and 0.9 <= oracle["utility"] <= 1.1
+    assert original["leakage"]["membership"]["verdict"] == "leaks"          # the audit's two-sided verdicts ride along
+    assert oracle["leakage"]["membership"]["verdict"] != "leaks"
     for m in QUICK_METHODS:
         assert rows[(m, "located")]["parameters_touched"] == rows[(m, "random")]["parameters_touched"] > 0
         assert rows[(m, "all")]["parameters_touched"] > 10 * rows[(m, "located")]["parameters_touched"]
         assert all(rows[(m, s)]["efficacy"] > 0.5 for s in METHODS[m][1])
     md = (tmp_path / "RESULTS.md").read_text()
     assert "results/unlearn.png" in md and "| retrain oracle (gold) | retrain |" in md and "What the table says" in md
+    assert "Two-sided verdicts against" in md and "| ok on all |" in md
     assert (out / "unlearn.png").stat().st_size > 10_000
 
 

@@ -43,6 +43,7 @@ from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
 from excise.models import copy_model
 from excise.verify import AuditConfig, AuditReport, audit
+from excise.verify.leakage import LEAKAGE_ATTACKS
 
 SPLITS = (0.01, 0.05, 0.10)
 GRADIENT = ("ga", "graddiff", "kl", "npo", "swap")
@@ -170,6 +171,8 @@ def row_metrics(report: AuditReport) -> dict[str, Any]:
         "general_loss_change": None if gl is None or gl0 is None else gl - gl0,
         "forget_quality": report.forget_quality("edited"),
         "utility": report.utility("edited"),
+        "leakage": {a: {"verdict": v.verdict, "auc": v.auc, "p_value": v.p_value, "layer": v.layer}
+                    for a, v in report.leakage("edited").items()},
     }
 
 
@@ -319,13 +322,35 @@ def to_markdown(r: dict[str, Any], figure: str, depth: int = 1) -> str:
         for row in s["rows"]:
             name = f"**{row['label']}**" if _good(row) and row["method"] not in ("oracle", "original") else row["label"]
             lines.append(f"| {name} | {row['scope']} | " + " | ".join(_f(row.get(k)) for k, _ in COLUMNS) + " |")
-        lines.append("")
+        lines += ["", *_verdict_table(s), ""]
     lines += [f"![forget quality vs model utility]({figure})", "", summary(r, depth + 1), "",
               "Anchors from the literature (not measured here; a 7B chat model on real TOFU, absolute utility): "
               "open-unlearning's TOFU forget10 on Llama-2-7b-chat puts NPO at forget quality 0.42 with model utility "
               "0.54 (its retain model: 1.0 and 0.63) and gradient ascent at about 1e-239 with utility 0. The "
               "organism's utility column is relative to the original, so 1.0 there means no loss.", ""]
     return "\n".join(lines)
+
+
+VERDICT_MARK = {"leaks": "LEAKS", "over_suppressed": "over-suppressed", "indistinguishable": "ok",
+                "underpowered": "underpowered"}
+
+
+def _verdict_table(s: dict[str, Any]) -> list[str]:
+    """Per row and attack, the audit's two-sided verdict against never-seen facts (AUC in brackets)."""
+    rows = [r for r in s["rows"] if r.get("leakage")]
+    if not rows:
+        return ["(no two-sided verdicts: this split was measured before they existed)"]
+    attacks = [a for a in LEAKAGE_ATTACKS if any(a in r["leakage"] for r in rows)]
+    out = [f"Two-sided verdicts against {s.get('audit_holdout_facts', '?')} never-seen facts "
+           "(ok = indistinguishable; AUC: P(forget fact beats a never-seen one), 0.5 = none):", "",
+           "| method | scope | " + " | ".join(a.replace("_", " ") for a in attacks) + " | ok on all |",
+           "|---|---|" + "---|" * (len(attacks) + 1)]
+    for r in rows:
+        cells = [f"{VERDICT_MARK[v['verdict']]} ({v['auc']:.2f})" if (v := r["leakage"].get(a)) else "-"
+                 for a in attacks]
+        ok = all(r["leakage"].get(a, {}).get("verdict") == "indistinguishable" for a in attacks)
+        out.append(f"| {r['label']} | {r['scope']} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
+    return out
 
 
 def summary(r: dict[str, Any], depth: int = 2) -> str:
@@ -341,6 +366,12 @@ def summary(r: dict[str, Any], depth: int = 2) -> str:
                    f"({best['label']}, {best['scope']}, utility {_f(best['utility'])}); "
                    f"{len(good)} of {len(edits)} rows reach forget quality >= 0.05 with utility >= 0.95"
                    + (": " + ", ".join(f"{x['label']} ({x['scope']})" for x in good) if good else "") + ".")
+        clean = [x for x in edits if x.get("leakage")
+                 and all(v["verdict"] == "indistinguishable" for v in x["leakage"].values())]
+        if any(x.get("leakage") for x in edits):
+            out.append(f"  Indistinguishable from never-seen facts on every attack: {len(clean)} of {len(edits)} rows"
+                       + (": " + ", ".join(f"{x['label']} ({x['scope']}, utility {_f(x['utility'])})"
+                                           for x in clean) if clean else "") + ".")
         by = {(x["method"], x["scope"]): x for x in edits}
         pairs = [(m, by[(m, "located")], by[(m, "random")]) for m, _ in {k: 0 for k, _ in by}.items()
                  if (m, "located") in by and (m, "random") in by]
