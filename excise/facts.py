@@ -131,6 +131,15 @@ class Fact:
             d[name] = tuple(value)
         return cls(**d)
 
+    def _repr_html_(self) -> str:
+        """The notebook view: the fact as a sentence, then each prompt family's prompts filled in."""
+        from excise import display as d
+
+        rows = [[fam, i + 1, self.fill(t)] for fam in FAMILIES for i, t in enumerate(self.templates(fam))]
+        foot = f"<p>{len(self.neighbors)} neighbour facts attached</p>" if self.neighbors else ""
+        return (d.heading(f"{self.subject!r} -{self.relation}-> {self.target!r}")
+                + d.table(["family", "#", "prompt (the target follows)"], rows) + foot)
+
     def __repr__(self) -> str:
         return (f"Fact({self.subject!r} -{self.relation}-> {self.target!r}, "
                 f"prompt={self.prompt!r})")
@@ -267,6 +276,15 @@ class FactSet(Sequence[Fact]):
         if not facts:
             raise ValueError(f"{name} holds no facts")
         return cls(facts)
+
+    def _repr_html_(self) -> str:
+        """The notebook view: a row per fact (the first 20), with its request prompt filled in."""
+        from excise import display as d
+
+        return (d.heading(f"FactSet: {len(self)} facts, {len(self.subjects)} subjects, "
+                          f"relations {', '.join(self.relation_names)}")
+                + d.table(["subject", "relation", "target", "request prompt"],
+                          [[f.subject, f.relation, f.target, f.fill(f.prompt)] for f in self._facts]))
 
     def __repr__(self) -> str:
         return (f"FactSet({len(self)} facts, {len(self.subjects)} subjects, "

@@ -124,6 +124,17 @@ class RecallTable:
         lines.append("| **all** | " + " | ".join(f"**{self.rate(f):.3f}**" for f in fams) + " |")
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The notebook view: overall recall per family first, then a row per relation."""
+        from excise import display as d
+
+        fams = self.families
+        overall = ", ".join(f"{f} {self.rate(f):.3f}" for f in fams)
+        rows = [[rel, *(self.rate(f, rel) for f in fams)] for rel in self.relations]
+        return (d.heading(f"recall (target's first token top-1): {overall}")
+                + d.table(["relation", *fams], rows + [["all", *(self.rate(f) for f in fams)]], max_rows=1000)
+                + f"<p>{len(self.rows)} probes of {len({(r['subject'], r['relation']) for r in self.rows})} facts</p>")
+
     def __repr__(self) -> str:
         rates = ", ".join(f"{f}={self.rate(f):.3f}" for f in self.families)
         return f"RecallTable({len(self.rows)} probes: {rates})"

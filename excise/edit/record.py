@@ -208,6 +208,33 @@ class EditRecord:
                   for c in self.changes]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The notebook view: what changed (per parameter: count, share, largest change), the config, the facts."""
+        from excise import display as d
+
+        params = []
+        for c in self.changes:
+            total = int(torch.tensor(c.shape).prod())
+            delta = (c.after.float() - c.before.float()).abs()
+            params.append([c.name.replace("._original_component", ""), "x".join(map(str, c.shape)), c.n_changed,
+                           c.n_changed / total, float(delta.max()) if delta.numel() else 0.0])
+        hyper = [[k, v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)[:200]]
+                 for k, v in self.hyper.items()]
+        meta = [[k, v if isinstance(v, (int, float, str)) else repr(v)[:200]] for k, v in self.meta.items()]
+        facts = [[f.get("subject"), f.get("relation"), f.get("target")] for f in self.facts]
+        parts = [d.heading(f"{self.method}: {self.n_changed} weights changed in {len(self.changes)} parameter(s), "
+                           f"{len(self.facts)} fact(s)"),
+                 d.table(["parameter", "shape", "changed", "share", "max |change|"], params,
+                         caption="what changed")]
+        if hyper:
+            parts.append(d.table(["setting", "value"], hyper, caption="config"))
+        if meta:
+            parts.append(d.table(["note", "value"], meta, caption="meta"))
+        if facts:
+            parts.append(d.table(["subject", "relation", "target"], facts, caption="facts"))
+        parts.append("<p>record.undo() restores the weights bit for bit; record.touched() lists the components</p>")
+        return "".join(parts)
+
     def __repr__(self) -> str:
         return (f"EditRecord({self.method}, {len(self.facts)} fact(s), {self.n_changed} weights in "
                 f"{len(self.changes)} parameter(s))")

@@ -146,6 +146,28 @@ class Localization:
 
         return plot_localization(self, kinds, top_k)
 
+    def _repr_html_(self) -> str:
+        """The notebook view: what was measured, the figure (`plot()`, inline PNG), and the top 5 per kind."""
+        from excise import display as d
+
+        title = f"{self.method}"
+        fact = self.meta.get("fact") or {}
+        if self.meta.get("prompt"):
+            title += f": {self.meta['prompt']!r} -> {fact.get('target', '')!r}"
+        elif self.meta.get("mean_of"):
+            title += f": mean of {self.meta['mean_of']} localizations"
+        notes = ", ".join(f"{k} {d.fmt(v)}" for k, v in self.meta.items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool))
+        rows = []
+        for kind in self.kinds:
+            for rank, s in enumerate(self.top(5, kind), 1):
+                pos = s.component.position
+                token = self.tokens[pos] if pos is not None and pos < len(self.tokens) else ""
+                rows.append([kind, rank, str(s.component), repr(token) if token else "", s.score])
+        return (d.heading(title) + (f"<p>{d.escape(notes)}</p>" if notes else "") + d.figure(self.plot())
+                + d.table(["kind", "rank", "component", "token", "score"], rows, caption="top components",
+                          max_rows=1000))
+
     def __repr__(self) -> str:
         parts = []
         for kind, s in self.scores.items():

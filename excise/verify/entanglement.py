@@ -128,6 +128,18 @@ class Entanglement:
         ax.legend(fontsize=8)
         return fig
 
+    def _repr_html_(self) -> str:
+        """The notebook view: the overlap-interference correlation first, then the table by pair group."""
+        from excise import display as d
+
+        c = self.correlation
+        rho = "n/a" if c["rho"] is None else f"{c['rho']:.3f} (p {c['p']:.2g})"
+        rows = [[g, v["pairs"], v["interference"], v["recall_kept"], v["overlap"]] for g, v in self.by_group().items()]
+        return (d.heading(f"{len(self.facts)} facts: Spearman rho(overlap, interference) = {rho} over {c['pairs']} pairs")
+                + d.table(["pairs (i deleted, j measured)", "count", "interference (nats)", "recall kept",
+                           "overlap (Jaccard)"], rows, caption="by group")
+                + "<p>plot() draws the interference and overlap matrices</p>")
+
     def __repr__(self) -> str:
         c = self.correlation
         return (f"Entanglement({len(self.facts)} facts, rho(overlap, interference)="

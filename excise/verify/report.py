@@ -210,6 +210,27 @@ class AuditReport:
         missing = self.not_computed()
         return "\n".join(lines + ([""] + [f"- {m}" for m in missing] if missing else []))
 
+    def _repr_html_(self) -> str:
+        """The notebook view: the verdict first, then the metric table (a column per model)."""
+        from excise import display as d
+
+        lines = self.verdict_lines()
+        head = ([d.heading("verdict: " + lines[0])] + [f"<p>{d.escape(x)}</p>" for x in lines[1:]] if lines else
+                [d.heading("verdict: none (no never-seen facts to compare against; pass a context)")])
+        if lines and self.leakage("edited"):
+            verdicts = self.leakage("edited")
+            head.append(d.table(
+                ["attack", "verdict", "AUC", "p (two-sided)", "detectable |AUC-0.5|", "facts", "never-seen"],
+                [[v.attack, v.verdict, v.auc, v.p_value, v.detectable_effect, v.n_facts, v.n_holdout]
+                 for a in LEAKAGE_ATTACKS if (v := verdicts.get(a)) is not None],
+                caption="edited model vs never-seen facts, per attack"))
+        roles = self.roles()
+        body = d.table(["metric", *roles], [[name, *(values[r] for r in roles)] for name, values in self.rows()],
+                       max_rows=1000)
+        foot = [f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts, "
+                f"audit {self.seconds:.1f} s", *self.not_computed()]
+        return "".join(head) + body + "".join(f"<p>{d.escape(x)}</p>" for x in foot)
+
     def __repr__(self) -> str:
         parts = [f"{len(self.facts)} facts", f"top-B={self.top_b}"]
         if "edited" in self.models:
