@@ -46,7 +46,11 @@ def _check(model: Any, components: Sequence[Component]) -> list[Component]:
 @torch.no_grad()
 def mean_activations(model: Any, texts: Sequence[str], layers: Iterable[int], batch_size: int = 32
                      ) -> dict[str, torch.Tensor]:
-    """Mean MLP activation ([d_mlp]) and head z ([n_heads, d_head]) per layer over all real tokens."""
+    """Mean MLP activation ([d_mlp]) and head z ([n_heads, d_head]) per layer over all real tokens.
+
+    Returns {hook name: mean}. Cost: ceil(len(texts) / batch_size) forwards;
+    memory: one batch's activations at the hooked layers.
+    """
     layers = sorted(set(layers))
     if not texts:
         raise ValueError("mean ablation needs a text sample: pass sample=[...] (strings)")

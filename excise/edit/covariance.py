@@ -110,6 +110,10 @@ def generated_sample(model: Any, n: int = 128, length: int = 48, seed: int = 0, 
     second moment should describe (for a small model trained on one corpus,
     such as stories260k, they are close; for a large general model, prefer
     real text from its domain).
+
+    Returns up to `n` non-empty strings. Cost: `length` forwards per batch of
+    `batch_size` (no KV cache: each forward reruns the whole prefix), so
+    ceil(n / batch_size) * length forwards of up to `length` tokens.
     """
     tok = model.tokenizer
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id

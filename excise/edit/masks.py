@@ -93,7 +93,10 @@ def count(masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> int:
 def random_like(model: Any, components: Iterable[Component], seed: int = 0) -> list[Component]:
     """A seeded random control for a located set: as many components of each kind, drawn uniformly
     from the whole model (neurons over every layer's MLP, heads over every layer), so it owns as
-    many weights as the located set (for neurons and heads every one owns the same number)."""
+    many weights as the located set (for neurons and heads every one owns the same number).
+
+    Returns the drawn components, sorted per kind. Cost: no model call; O(len(components)) draws.
+    """
     import random
 
     comps = list(components)

@@ -307,7 +307,10 @@ def recording(
     model: torch.nn.Module, method: str, hyper: dict[str, Any] | None = None,
     facts: Iterable[Fact] = (), scope: Sequence[torch.nn.Parameter] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Run an edit; yield a dict whose "record" is filled with the EditRecord on success.
+    """Run an edit; yields a dict whose "record" is filled with the EditRecord on success.
+
+    Cost: one copy of the scoped parameters (the snapshot), a hash of every
+    parameter outside the scope, and a bitwise diff of the scope on exit.
 
     `scope`: the parameters the edit may change (default: all). Only they are
     snapshotted; the others are hashed, and a change outside the scope is an

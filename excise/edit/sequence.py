@@ -61,7 +61,11 @@ def sequence(
     """Apply `edit(model, fact)` for each fact in order. If an edit fails, that edit has
     already restored its own weights; the earlier ones stay applied and are in the
     exception's `sequence` attribute, so the caller can undo them. `state`: what `edit`
-    carries between requests (see the module docstring), used by `undo()`."""
+    carries between requests (see the module docstring), used by `undo()`.
+
+    Returns an EditSequence (its records in order, and `after_each`'s measurements).
+    Cost: the sum of the edits' costs, plus `after_each`'s.
+    """
     out = EditSequence(state=state)
     facts = list(facts)
     for i, fact in enumerate(tqdm(facts, desc="sequential edits", disable=not progress)):

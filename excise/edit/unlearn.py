@@ -120,6 +120,12 @@ def unlearn(
     """Unlearn `forget` with `config.method`, changing only `mask` (None: all parameters).
 
     stand_ins: for `swap`, names of subjects the model never saw (see the module docstring).
+
+    Returns the EditRecord. Cost: at most `config.steps` Adam steps, each a
+    forward + backward on a forget batch and on a retain batch (npo/dpo/kl:
+    plus the original model's log-probs, computed once before training),
+    and a recall check every `eval_every` steps; memory: Adam's two moments
+    and the gradients of the masked parameters (all of them with mask=None).
     """
     config = config or UnlearnConfig()
     forget, retain = list(forget), list(retain)
@@ -267,6 +273,9 @@ def task_vector(
 
     The fine-tuning runs on the model itself inside the edit (masked like
     `unlearn`), then every masked entry is set to theta - alpha * tau.
+
+    Returns the EditRecord. Cost: `config.steps` forward + backward passes on
+    forget batches; memory: a copy of the masked parameters and Adam's moments.
     """
     config = config or TaskVectorConfig()
     forget = list(forget)

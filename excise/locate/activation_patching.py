@@ -49,6 +49,13 @@ def activation_patching(
     (n_layers * d_mlp plans for neurons) to those layers; their scores are NaN
     elsewhere. `subjects`: the subjects whose token embeddings set the noise
     unit, as in `causal_trace` (default: `[fact.subject]`).
+
+    Returns a Localization: metric(patched) - metric(corrupted) per (layer,
+    position) for resid/mlp/attn, per (layer, head) for heads, per (layer,
+    neuron) for neurons. Cost: ceil(P * n_samples / batch_size) forwards,
+    P = n_layers * n_pos per resid/mlp/attn kind, + len(layers) * n_heads
+    (x n_pos with head_positions) for heads, + len(layers) * d_mlp for
+    neurons; memory: one batch of activations plus the clean run's cache.
     """
     config = TraceConfig.resolve(config, overrides)
     check_kinds(kinds, PATCH_KINDS, "activation_patching")

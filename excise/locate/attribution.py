@@ -40,7 +40,7 @@ def attribution_patching(
     neuron_position: int | None = None, config: TraceConfig | None = None,
     subjects: Sequence[str] | None = None, **overrides: Any,
 ) -> Localization:
-    """Estimated patching effect of every component, from one backward.
+    """Estimated patching effect of every component, from one backward; returns a Localization.
 
     Scores match `activation_patching`'s (effect on the target log-prob under
     noise, or the logit difference for a corrupt prompt): neurons at

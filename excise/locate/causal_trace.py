@@ -152,7 +152,7 @@ def causal_trace(
     model: Any, fact: Fact, kinds: Sequence[str] = TRACE_KINDS, template: str | None = None,
     config: TraceConfig | None = None, subjects: Sequence[str] | None = None, **overrides: Any,
 ) -> Localization:
-    """Trace where `fact` flows: restored target probability per (kind, layer, position).
+    """Trace where `fact` flows; returns a Localization of the restored target probability per (kind, layer, position).
 
     `subjects`: the subjects whose token embeddings set the noise unit
     (`noise_scale="subjects"`, ROME's); default: `[fact.subject]`. When
@@ -162,7 +162,8 @@ def causal_trace(
     Cost: at most ceil(len(kinds) * n_layers * n_pos * n_samples / batch_size)
     forwards plus two (clean, corrupted baseline); states that provably cannot
     matter (before the subject, or in the last block off the last position)
-    are not run (see `interventions.is_noop`).
+    are not run (see `interventions.is_noop`). Memory: one batch of
+    activations plus the clean states of every traced hook.
     """
     config = TraceConfig.resolve(config, overrides)
     check_kinds(kinds, TRACE_KINDS, "causal_trace")
@@ -213,7 +214,9 @@ def trace_one_at_a_time(
     """Reference: the same trace as `causal_trace`, one `run_with_hooks` per restored state.
 
     Each forward carries the n_samples noise draws of one state; the clean
-    states come from one `run_with_cache`. Slow by design.
+    states come from one `run_with_cache`. Slow by design: returns {kind:
+    [n_layers, n_pos] restored probabilities} at the cost of len(kinds) *
+    n_layers * n_pos forwards of batch n_samples, one per state (tests only).
     """
     config = config or TraceConfig()
     setup = _setup(model, fact, template, config, subjects)

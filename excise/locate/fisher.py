@@ -48,7 +48,12 @@ class FisherConfig:
 
 def fisher_diagonal(model: Any, facts: Iterable[Fact], config: FisherConfig | None = None,
                     desc: str = "fisher") -> dict[int, torch.Tensor]:
-    """Mean squared gradient of the target log-likelihood, keyed by id(parameter)."""
+    """Mean squared gradient of the target log-likelihood; returns {id(parameter): tensor like it}.
+
+    Cost: one forward + backward per example (per_example, the exact
+    empirical Fisher) or per batch of `batch_size`; memory: one extra copy of
+    every parameter that requires grad (the accumulators) plus its gradients.
+    """
     config = config or FisherConfig()
     facts = list(facts)
     if not facts:
@@ -118,6 +123,11 @@ def fisher(
 
     `score`: "ratio" (forget / retain, SSD; the default when `retain` is
     given), "forget" or "retain".
+
+    Returns a Localization with per-layer `neuron` and `head` scores and
+    `mlp` / `attn` layer totals. Cost: two `fisher_diagonal` passes (forget,
+    retain), each one forward + backward per example and prompt family;
+    memory: twice the parameters (accumulators and gradients).
     """
     config = config or FisherConfig()
     forget = [forget] if isinstance(forget, Fact) else list(forget)

@@ -21,9 +21,10 @@ from excise.components import KINDS, Component
 AXES = ("layer", "position", "index")
 
 
-class Scored(NamedTuple):
-    component: Component
-    score: float
+# The functional form keeps the field types as types (not strings under `from __future__ import
+# annotations`), so tools that read the signature (pdoc) resolve them.
+Scored = NamedTuple("Scored", [("component", Component), ("score", float)])
+Scored.__doc__ = "One component and its score, as `Localization.top()` lists them."
 
 
 @dataclass

@@ -169,7 +169,7 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
           holdout: Sequence[Fact] | None = None, retain: Sequence[Fact] | None = None,
           general: Sequence[str] | None = None, alternatives: Callable[[Fact], Sequence[str]] | None = None,
           config: AuditConfig | None = None, progress: bool = True) -> AuditReport:
-    """Audit `model` on `facts` (the ones meant to be gone); see the module docstring.
+    """Audit `model` on `facts` (the ones meant to be gone); returns an AuditReport (see the module docstring).
 
     reference: the model before the edit (e.g. `record.original()`).
     context: never-seen facts, facts to keep, general text, wrong answers and

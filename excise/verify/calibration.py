@@ -44,6 +44,7 @@ def guardrail(model: Any, facts: Sequence[Fact], hook: str = "unembed.hook_out")
     """Inside the block, the model's output logits of the facts' target tokens sit below every other token.
 
     Yields the blocked token ids. The hook is removed on exit, also on error.
+    Cost: no forward of its own; each forward inside pays one clone of the logits.
     """
     ids = _blocked_ids(model, facts)
     if not ids:
@@ -66,6 +67,8 @@ def suppress_last_layer(model: Any, forget: Sequence[Fact], retain: Sequence[Fac
 
     On the organism's 5% split it stops after about 50 steps with no forget
     fact recalled and 0.8 of a retain sample still recalled.
+
+    Returns the EditRecord. Cost: as `unlearn`, at most `steps` forward + backward passes.
     """
     last = model.cfg.n_layers - 1
     mask = [Component(layer=last, kind="mlp"), Component(layer=last, kind="attn")]

@@ -161,7 +161,7 @@ def _default_locate(model: Any, fact: Fact):
 def entanglement(model: Any, facts: Sequence[Fact], edit: Callable[[Any, Fact], Any] | None = None,
                  locate: Callable[[Any, Fact], Any] | None = None, k: int = 32, kind: str = "neuron",
                  progress: bool = True, context: Any = None) -> Entanglement:
-    """Delete each fact in turn (undone after), measuring every fact; see the module docstring.
+    """Delete each fact in turn (undone after), measuring every fact; returns an Entanglement (see the module docstring).
 
     edit(model, fact) -> EditRecord: default ROME head-projection deletion
         (`methods.delete`) at the layer and with the covariance sample of

@@ -42,7 +42,7 @@ Alternatives = Callable[[Fact], Sequence[str]]
 
 def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
                  family: str = "request") -> tuple[np.ndarray, np.ndarray]:
-    """(TOFU's R per fact, the target's exp(-L) per fact) under each fact's first `family` template.
+    """Returns (TOFU's R per fact, the target's exp(-L) per fact) under each fact's first `family` template.
 
     R = exp(mean_j L(wrong_j) - L(target)) (see the module docstring): > 1
     where the model prefers the target. Cost: ceil(A / 64) forwards,
@@ -73,7 +73,10 @@ def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
 
 
 def forget_quality(edited_ratios: Sequence[float] | np.ndarray, oracle_ratios: Sequence[float] | np.ndarray) -> float:
-    """The KS-test p-value between two truth-ratio distributions (1.0 = indistinguishable)."""
+    """Returns the KS-test p-value between two truth-ratio distributions (1.0 = indistinguishable).
+
+    Cost: no model call; O((m + n) log(m + n)).
+    """
     if len(edited_ratios) == 0 or len(oracle_ratios) == 0:
         raise ValueError("forget quality needs truth ratios from both models")
     return float(ks_2samp(np.asarray(edited_ratios), np.asarray(oracle_ratios)).pvalue)
@@ -81,7 +84,12 @@ def forget_quality(edited_ratios: Sequence[float] | np.ndarray, oracle_ratios: S
 
 def organism_utility(model: Any, retain: Sequence[Fact], alternatives: Alternatives,
                      general: Sequence[str]) -> dict[str, float]:
-    """The organism utility's four parts and their harmonic mean (`utility`); see the module docstring."""
+    """Returns the organism utility's four parts and their harmonic mean (`utility`); see the module docstring.
+
+    Cost: `truth_ratios` on `retain` (ceil(A / 64) forwards), a request
+    `recall_table` (ceil(len(retain) / 256) forwards) and ceil(len(general) / 64)
+    forwards for the general loss.
+    """
     ratios, right = truth_ratios(model, retain, alternatives)
     parts = {
         "retain_probability": float(right.mean()),

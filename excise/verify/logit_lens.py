@@ -88,6 +88,8 @@ def logit_lens(model: Any, facts: Sequence[Fact], families: Sequence[str] = ("re
                batch_size: int = 64) -> list[LensProbe]:
     """Logit-lens ranks of each fact's target after every layer, at each prompt's last token.
 
+    Returns one LensProbe per (fact, prompt).
+
     Cost: ceil(P / batch_size) cached forwards plus two readouts of
     n_layers x P vectors (ranks, then top-k candidates), P = number of prompts.
     """

@@ -127,7 +127,10 @@ def lowest_mean(values: np.ndarray, k: float) -> float:
 
 
 def membership_scores(model: Any, texts: Sequence[str], k: float = 0.2) -> dict[str, np.ndarray]:
-    """The four scores of every text (higher = more likely a training member)."""
+    """Returns the four scores of every text, {score: [len(texts)]} (higher = more likely a training member).
+
+    Cost: ceil(len(texts) / 64) forwards.
+    """
     if not 0 < k <= 1:
         raise ValueError(f"k (the Min-K% fraction) must be in (0, 1], got {k}")
     stats = token_statistics(model, texts)
@@ -142,7 +145,10 @@ def membership_scores(model: Any, texts: Sequence[str], k: float = 0.2) -> dict[
 
 
 def auc(members: Sequence[float] | np.ndarray, non_members: Sequence[float] | np.ndarray) -> float:
-    """P(score of a member > score of a non-member), ties counting half (the ROC AUC)."""
+    """Returns P(score of a member > score of a non-member), ties counting half (the ROC AUC).
+
+    Cost: no model call; O((m + n) log(m + n)) for m members and n non-members.
+    """
     members, non_members = np.asarray(members, float), np.asarray(non_members, float)
     if len(members) == 0 or len(non_members) == 0:
         raise ValueError("AUC needs at least one member and one non-member score")
@@ -165,8 +171,12 @@ class MembershipResult:
 
 def membership_inference(model: Any, forget: Sequence[Fact], holdout: Sequence[Fact], fpr: float = 0.05,
                          k: float = 0.2) -> MembershipResult:
-    """Score forget facts against never-trained holdout facts; AUC per score (whole-text and answer-only),
-    a verdict per fact (answer log-likelihood)."""
+    """Score forget facts against never-trained holdout facts; returns a MembershipResult: the AUC per
+    score (whole-text and answer-only) and a verdict per fact (answer log-likelihood above the holdout's
+    1 - fpr quantile).
+
+    Cost: about 2 N / 64 forwards, N = len(forget) + len(holdout) (whole texts, then answers, in batches of 64).
+    """
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must be in (0, 1), got {fpr}")
     if not forget or not holdout:

@@ -43,6 +43,8 @@ def probe(model: Any, facts: Sequence[Fact], families: Sequence[str] = FAMILIES,
           batch_size: int = 256) -> list[Probe]:
     """Probe every fact under every template of `families` (families a fact lacks are skipped).
 
+    Returns one Probe per (fact, template): the target's rank, log-probability and top candidates.
+
     Cost: ceil(P / batch_size) forwards for ranks and candidates plus
     ceil(P / 64) for sequence log-probabilities, P = number of prompts.
     """

@@ -80,7 +80,11 @@ def finetune(model: Any, facts: Sequence[Fact], config: RelearnConfig) -> Any:
 
 
 def relearn(model: Any, facts: Sequence[Fact], config: RelearnConfig | None = None, top_k: int = 20) -> RelearnResult:
-    """Two folds: fine-tune a copy on one half, probe the other. Cost: 2 x steps forward+backward."""
+    """Two folds: fine-tune a copy on one half, probe the other; returns a RelearnResult.
+
+    Cost: 2 x `config.steps` forward + backward passes, then a probe of each
+    half; memory: one copy of the model (and its optimizer state).
+    """
     config = config or RelearnConfig()
     if len(facts) < 2:
         raise ValueError(f"the relearning attack needs at least 2 facts (one to train on, one to ask), "
