@@ -10,6 +10,7 @@
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
+    excise bench sisa      SISA (sharded exact unlearning): recall, deletion cost and audit vs the oracle (sisa.json/.md)
     excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu.json/.md, tofu-SPLIT.png)
     excise tofu build      train (or find cached) the TOFU organism and its retain models
 
@@ -229,6 +230,13 @@ def _bench(args: argparse.Namespace) -> int:
         print((Path(args.out) / "tofu.md").read_text())
         print(f"wrote {Path(args.out) / 'tofu.json'}, tofu.md, tofu-{args.split}.png and "
               f"{Path(args.out).parent / 'RESULTS.md'}")
+    elif args.suite == "sisa":
+        from excise.bench.sisa import run
+
+        run(args.out, shards=tuple(int(k) for k in args.shards.split(",")), seed=args.seed,
+            log=lambda m: print(m, flush=True))
+        print((Path(args.out) / "sisa.md").read_text())
+        print(f"wrote {Path(args.out) / 'sisa.json'} and sisa.md")
     elif args.suite == "stories":
         from excise.bench.stories import run
 
@@ -302,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu", "sisa"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)
@@ -310,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo and swap)")
     bench.add_argument("--methods", default=None, help="unlearn: comma-separated methods (default: all)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
+    bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],
                        help="tofu: which TOFU forget split (default forget01)")
     bench.set_defaults(func=_bench)

@@ -3,6 +3,7 @@
     world = excise.organism.world()          # every fact, with known ground truth
     model = excise.load("organism")          # the shipped checkpoint
     oracle = excise.organism.retrain(without=forget)   # the exact-unlearning gold standard
+    sisa = excise.organism.Sisa.train(excise.organism.SisaConfig(shards=5), root)   # exact unlearning, sharded
 
 The checkpoint under `checkpoint/` is a Hugging Face directory built by
 `python -m excise.organism.train` from `Recipe()`; it is loaded through the
@@ -23,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from excise.facts import Fact
+from excise.organism.sisa import Sisa, SisaConfig
 from excise.organism.train import Recipe
 from excise.organism.world import RELATIONS, World
 
@@ -34,7 +36,7 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
 SHIPPED_ORACLES = Path(__file__).parent / "oracles"
 _META = "excise_organism.json"
 
-__all__ = ["CHECKPOINT_DIR", "EDIT_LAYER", "RELATIONS", "SHIPPED_ORACLES", "LazyOracle", "Recipe", "World", "cache_dir",
+__all__ = ["CHECKPOINT_DIR", "EDIT_LAYER", "RELATIONS", "SHIPPED_ORACLES", "LazyOracle", "Recipe", "Sisa", "SisaConfig", "World", "cache_dir",
            "checkpoint_ready", "context", "corpus", "is_organism", "recipe", "retrain", "retrain_dir", "world"]
 
 
