@@ -38,14 +38,26 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def value(v: Any, limit: int = 80) -> Any:
+    """A setting as a table cell: numbers and short strings as they are, a long list as its length and start."""
+    if v is None or isinstance(v, (bool, int, float)):
+        return v
+    if isinstance(v, (list, tuple)) and len(v) > 3:
+        text = f"{len(v)} items: {v[0]!r}, ..., {v[-1]!r}"
+    else:
+        text = v if isinstance(v, str) else repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None,
-          max_rows: int = MAX_ROWS) -> str:
-    """An HTML table; numbers right-aligned, text left; at most `max_rows` rows, then a count of the rest."""
+          max_rows: int = MAX_ROWS, numbers: str = "right") -> str:
+    """An HTML table; numbers right-aligned (`numbers="left"` for key-value lists), text left; at most
+    `max_rows` rows, then a count of the rest."""
     rows = list(rows)
     shown = rows[:max_rows]
 
     def cell(tag: str, v: Any) -> str:
-        align = "right" if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
+        align = numbers if isinstance(v, (int, float)) and not isinstance(v, bool) else "left"
         return f'<{tag} style="{_CELL.format(align=align)}">{escape(fmt(v))}</{tag}>'
 
     out = [f'<table style="{_STYLE}">']
@@ -72,3 +84,14 @@ def figure(fig: Any, dpi: int = DPI) -> str:
 
 def heading(text: str) -> str:
     return f"<p><b>{escape(text)}</b></p>"
+
+
+def side_by_side(parts: Iterable[str]) -> str:
+    """Small tables next to each other (they wrap on a narrow page)."""
+    return "".join(f'<div style="display:inline-block;vertical-align:top;margin-right:16px">{p}</div>'
+                   for p in parts)
+
+
+def folded(summary: str, body: str) -> str:
+    """`body` behind a click: for the long tail a reader rarely needs first."""
+    return f"<details><summary>{escape(summary)}</summary>{body}</details>"

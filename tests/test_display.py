@@ -75,8 +75,8 @@ def test_localization_shows_its_figure_and_top_components():
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', html).group(1))
     assert png.startswith(b"\x89PNG") and len(png) < 150_000       # small: modest dpi
     text = text_of(html)
-    assert text.index("'Mira was born' -> 'Veltrana'") < text.index("top components")
-    assert "p_clean 0.900" in text
+    assert text.index("'Mira was born' -> 'Veltrana'") < text.index("top mlp") < text.index("top neuron")
+    assert "p(target) clean 0.900, subject noised 0.100" in text
     assert "L2.mlp@3" in text and "' born'" in text                 # the peak, with its token
     assert "L0.neuron[5]" in text
     short(loc)
@@ -102,11 +102,11 @@ def test_audit_report_puts_the_verdict_first(organism_model, person):
                    context=excise.organism.context(facts, n_holdout_people=2, n_retain=10))
     html = report._repr_html_()
     text = text_of(html)
-    assert text.lstrip().startswith("verdict: edited vs never-seen facts")
-    verdicts = report.leakage()
-    for attack, v in verdicts.items():
-        assert f"{attack}: {v.verdict}" in text.split("metric")[0]
-    assert text.index("verdict") < text.index("attack success: probes") and "recall: request" in text
+    assert text.lstrip().startswith("verdict (edited vs never-seen facts): ")
+    first = text.split("two-sided Mann-Whitney")[0]
+    for attack, v in report.leakage().items():
+        assert attack in first and v.verdict in first
+    assert text.index("verdict") < text.index("recall: request") < text.index("attack success: probes")
     short(report)
 
 

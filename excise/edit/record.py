@@ -218,18 +218,17 @@ class EditRecord:
             delta = (c.after.float() - c.before.float()).abs()
             params.append([c.name.replace("._original_component", ""), "x".join(map(str, c.shape)), c.n_changed,
                            c.n_changed / total, float(delta.max()) if delta.numel() else 0.0])
-        hyper = [[k, v if isinstance(v, (int, float, str, bool)) or v is None else repr(v)[:200]]
-                 for k, v in self.hyper.items()]
-        meta = [[k, v if isinstance(v, (int, float, str)) else repr(v)[:200]] for k, v in self.meta.items()]
+        hyper = [[k, d.value(v)] for k, v in self.hyper.items()]
+        meta = [[k, d.value(v)] for k, v in self.meta.items()]
         facts = [[f.get("subject"), f.get("relation"), f.get("target")] for f in self.facts]
         parts = [d.heading(f"{self.method}: {self.n_changed} weights changed in {len(self.changes)} parameter(s), "
                            f"{len(self.facts)} fact(s)"),
                  d.table(["parameter", "shape", "changed", "share", "max |change|"], params,
                          caption="what changed")]
         if hyper:
-            parts.append(d.table(["setting", "value"], hyper, caption="config"))
+            parts.append(d.table(["setting", "value"], hyper, caption="config", numbers="left", max_rows=1000))
         if meta:
-            parts.append(d.table(["note", "value"], meta, caption="meta"))
+            parts.append(d.table(["note", "value"], meta, caption="meta", numbers="left", max_rows=1000))
         if facts:
             parts.append(d.table(["subject", "relation", "target"], facts, caption="facts"))
         parts.append("<p>record.undo() restores the weights bit for bit; record.touched() lists the components</p>")

@@ -19,6 +19,10 @@ import torch
 from excise.components import KINDS, Component
 
 AXES = ("layer", "position", "index")
+# meta entries a reader needs to read the scores (the settings stay in meta)
+_REFERENCE_NUMBERS = {"p_clean": "p(target) clean", "p_corrupt": "subject noised",
+                      "metric_clean": "metric clean", "metric_corrupt": "corrupted",
+                      "n_forget": "forget facts", "n_retain": "retain facts", "mean_of": "mean of"}
 
 
 # The functional form keeps the field types as types (not strings under `from __future__ import
@@ -157,17 +161,19 @@ class Localization:
             title += f": {self.meta['prompt']!r} -> {fact.get('target', '')!r}"
         elif self.meta.get("mean_of"):
             title += f": mean of {self.meta['mean_of']} localizations"
-        notes = ", ".join(f"{k} {d.fmt(v)}" for k, v in self.meta.items()
-                          if isinstance(v, (int, float)) and not isinstance(v, bool))
-        rows = []
+        notes = ", ".join(f"{label} {d.fmt(self.meta[k])}" for k, label in _REFERENCE_NUMBERS.items()
+                          if isinstance(self.meta.get(k), (int, float)))
+        tables = []
         for kind in self.kinds:
-            for rank, s in enumerate(self.top(5, kind), 1):
+            rows = []
+            for s in self.top(5, kind):
                 pos = s.component.position
-                token = self.tokens[pos] if pos is not None and pos < len(self.tokens) else ""
-                rows.append([kind, rank, str(s.component), repr(token) if token else "", s.score])
+                token = self.tokens[pos] if pos is not None and pos < len(self.tokens) else None
+                rows.append([str(s.component), *([repr(token)] if self.tokens else []), s.score])
+            tables.append(d.table(["component", *(["token"] if self.tokens else []), "score"], rows,
+                                  caption=f"top {kind}"))
         return (d.heading(title) + (f"<p>{d.escape(notes)}</p>" if notes else "") + d.figure(self.plot())
-                + d.table(["kind", "rank", "component", "token", "score"], rows, caption="top components",
-                          max_rows=1000))
+                + d.side_by_side(tables))
 
     def __repr__(self) -> str:
         parts = []

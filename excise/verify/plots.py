@@ -23,13 +23,14 @@ def _lens_layers(attacks: dict) -> np.ndarray | None:
 def plot_report(report: AuditReport):
     """Three panels: logit-lens rank per layer against never-seen facts', attack success vs chance, forget
     quality vs utility. Cost: no model call, only the report's numbers."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from excise.verify.report import ATTACKS
 
     roles = report.roles()
     tradeoff = [r for r in roles if report.forget_quality(r) is not None and report.utility(r) is not None]
-    fig, axes = plt.subplots(1, 3 if tradeoff else 2, figsize=(15 if tradeoff else 10.5, 4.2))
+    fig = Figure(figsize=(15 if tradeoff else 10.5, 4.2))           # no pyplot state: shown once, when returned
+    axes = fig.subplots(1, 3 if tradeoff else 2)
 
     ax = axes[0]
     n_layers = 0

@@ -24,6 +24,10 @@ from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict, leakage
 
 ATTACKS = ("probes", "logit_lens", "relearn", "membership")
 ROLES = ("reference", "edited", "oracle")
+# the rows a notebook shows before "all metrics"
+_HEADLINE = ("recall: request", "recall: paraphrase", "recall: question", "attack success: any",
+             "relearned recall (top-1)", "neighbour recall", "retain recall", "forget quality (KS p vs oracle)",
+             "model utility / reference")
 
 
 def _rate(values: list[bool]) -> float | None:
@@ -214,19 +218,30 @@ class AuditReport:
         """The notebook view: the verdict first, then the metric table (a column per model)."""
         from excise import display as d
 
-        lines = self.verdict_lines()
-        head = ([d.heading("verdict: " + lines[0])] + [f"<p>{d.escape(x)}</p>" for x in lines[1:]] if lines else
-                [d.heading("verdict: none (no never-seen facts to compare against; pass a context)")])
-        if lines and self.leakage("edited"):
-            verdicts = self.leakage("edited")
-            head.append(d.table(
-                ["attack", "verdict", "AUC", "p (two-sided)", "detectable |AUC-0.5|", "facts", "never-seen"],
-                [[v.attack, v.verdict, v.auc, v.p_value, v.detectable_effect, v.n_facts, v.n_holdout]
-                 for a in LEAKAGE_ATTACKS if (v := verdicts.get(a)) is not None],
-                caption="edited model vs never-seen facts, per attack"))
+        role = "edited" if "edited" in self.models else self.roles()[0]
+        verdicts = self.leakage(role)
+        if verdicts:
+            by: dict[str, list[str]] = {}
+            for a in LEAKAGE_ATTACKS:
+                if a in verdicts:
+                    by.setdefault(verdicts[a].verdict, []).append(a)
+            head = [d.heading(f"verdict ({role} vs never-seen facts): "
+                              + "; ".join(f"{v} on {', '.join(attacks)}" for v, attacks in by.items()))]
+            others = [r for r in self.roles() if r != role and self.leakage(r)]
+            rows = [[v.attack, v.verdict, v.auc, v.p_value, v.detectable_effect, f"{v.n_facts} / {v.n_holdout}",
+                     *(self.leakage(r)[a].verdict if a in self.leakage(r) else None for r in others)]
+                    for a in LEAKAGE_ATTACKS if (v := verdicts.get(a)) is not None]
+            head.append(d.table(["attack", "verdict", "AUC", "p (two-sided)", "detectable |AUC-0.5|",
+                                 "facts / never-seen", *(f"{r}: verdict" for r in others)], rows,
+                                caption="two-sided Mann-Whitney against never-seen facts, per attack"))
+        else:
+            head = [d.heading("verdict: none (no never-seen facts to compare against; pass a context)")]
         roles = self.roles()
-        body = d.table(["metric", *roles], [[name, *(values[r] for r in roles)] for name, values in self.rows()],
-                       max_rows=1000)
+        rows = self.rows()
+        headline = [(n, v) for n, v in rows if n in _HEADLINE]
+        body = (d.table(["metric", *roles], [[n, *(v[r] for r in roles)] for n, v in headline], max_rows=1000)
+                + d.folded(f"all {len(rows)} metrics", d.table(
+                    ["metric", *roles], [[n, *(v[r] for r in roles)] for n, v in rows], max_rows=1000)))
         foot = [f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts, "
                 f"audit {self.seconds:.1f} s", *self.not_computed()]
         return "".join(head) + body + "".join(f"<p>{d.escape(x)}</p>" for x in foot)
