@@ -69,7 +69,7 @@ def _context(model: Any, facts: list[Fact], context: KnowledgeContext | None) ->
 def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Sequence[Fact] = (),
            located: Any = None, neurons: int = DEFAULT_NEURONS, layer: int | None = None, seed: int = 0,
            progress: bool = True, stand_ins: Sequence[str] | None = None,
-           context: KnowledgeContext | None = None) -> E.EditRecord:
+           context: KnowledgeContext | None = None, position: str | None = None) -> E.EditRecord:
     """Delete `facts` from `model` in place with `method`; return the record.
 
     context: where the layer (rome/memit), the covariance sample (rome/memit)
@@ -79,8 +79,12 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
         itself, never-seen recombined names) and the record's meta says so.
         With no layer here or in the context, rome/memit trace each fact
         (`excise.locate.edit_site`, one MLP trace per fact: seconds) and edit
-        at the MLP peak at the last subject token; `record.meta["site"]` keeps
-        the layer, the per-layer scores and why.
+        at the (layer, position) it picks: the prompt's last token at its
+        MLP peak in the late layers when the trace says the answer is
+        restored there, else the last subject token; `record.meta["site"]`
+        keeps the site, the per-layer scores of both positions and why.
+    position: rome/memit's edit position ("subject_last" or "prompt_last"); None: the traced one, or
+        "subject_last" (ROME's) when a layer is given.
     MEMIT's lambda is `memit_weight(d_mlp)` (0.9 of the shift for a typical key), its values optimized
     through the write (`MemitConfig.through_edit`).
     stand_ins: for `swap`, names the model never saw.
@@ -96,13 +100,17 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
         raise ValueError(f"{method} on located neurons needs a Localization with neuron scores "
                          "(e.g. excise.locate.fisher(model, facts, retain=...)); or pass neurons=0")
     mask = located.to_components(neurons, kind="neuron") if needs_mask else None
-    record = _delete(model, facts, method, retain, mask, layer, seed, progress, stand_ins, context)
+    if position is not None:
+        from excise.edit.rank_one import check_position
+
+        position = check_position(position)
+    record = _delete(model, facts, method, retain, mask, layer, seed, progress, stand_ins, context, position)
     return record
 
 
 def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], mask: Any, layer: int | None,
             seed: int, progress: bool, stand_ins: Sequence[str] | None,
-            context: KnowledgeContext | None) -> E.EditRecord:
+            context: KnowledgeContext | None, position: str | None = None) -> E.EditRecord:
     if method in GRADIENT:
         if method != "ga" and not retain:
             raise ValueError(f"{method} needs retain facts (what the model must keep)")
@@ -128,7 +136,12 @@ def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], 
 
         site = edit_site(model, facts, seed=seed)
         layer, layer_note = site.layer, f"traced: {site.reason}"
+        if position is not None and position != site.position:
+            raise ValueError(f"position={position!r} was given without a layer, and the trace picks {site.position} "
+                             f"({site.summary()}); pass layer= with the position to edit elsewhere")
+        position = site.position
         log.info("%s: %s", method, site.summary())
+    position = position or "subject_last"
     sample = ctx.sample
     if not sample:
         sample = E.generated_sample(model, seed=seed)
@@ -136,17 +149,18 @@ def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], 
                     "(excise.edit.generated_sample, seed %d)", method, len(sample), seed)
     if method == "rome":
         shared = [s for s, n in Counter(f.subject for f in facts).items() if n > 1]
-        if shared:
+        if shared and position == "subject_last":
             log.warning("rome writes one value per subject key; %d subject(s) have several facts here (e.g. %r), "
                         "so later edits overwrite earlier ones (on the organism 0.0-0.5 of a person's 6 facts "
                         "stayed recalled); for whole-person deletion use npo", len(shared), shared[0])
-        record = E.rome_each(model, facts, E.RomeConfig(layer=layer, objective="head_projection_unlikelihood"),
-                             sample=sample, progress=progress)
+        record = E.rome_each(model, facts, E.RomeConfig(layer=layer, objective="head_projection_unlikelihood",
+                                                        position=position), sample=sample, progress=progress)
     else:
         weight = memit_weight(model.cfg.d_mlp)
-        config = E.MemitConfig(layers=(layer,), mom2_weight=weight, through_edit=True)
+        config = E.MemitConfig(layers=(layer,), mom2_weight=weight, through_edit=True, position=position)
         record = E.memit(model, facts, config, sample=sample)
-    record.meta["context"] = {"layer": layer_note, "sample": ctx.notes.get("sample", "derived: generated_sample")}
+    record.meta["context"] = {"layer": layer_note, "position": position,
+                              "sample": ctx.notes.get("sample", "derived: generated_sample")}
     if site is not None:
         record.meta["site"] = site.to_dict()
     return record

@@ -2,10 +2,12 @@
 and AlphaEdit's null-space projection with its sequential cache (Fang et al. 2025).
 
 1. For each fact, the target hidden state z_i = h_i + delta_i at the last
-   layer L of the range, at the last subject token (`rome.compute_v` with
-   the objective: a change of the MLP output at L is a change of h at L).
+   layer L of the range, at the edit position (`MemitConfig.position`: the
+   last subject token, MEMIT's, or the prompt's last token; `rome.compute_v`
+   with the objective: a change of the MLP output at L is a change of h at L).
 2. For each layer l of the range in order: keys K (the MLP hidden states at
-   the last subject token, averaged over prefixes) and the residual still
+   the edit position, averaged over prefixes and the position's prompt
+   families, see `RomeConfig.families`) and the residual still
    missing at L, R = z - h_L now, spread as R / (layers left); then the
    least-squares update with the keys' second moment as a prior
    (`memit_update`, memit_main.py:191-201):
@@ -43,9 +45,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from excise.edit.covariance import second_moment
-from excise.edit.rank_one import inverse_second_moment
+from excise.edit.rank_one import POSITIONS, inverse_second_moment
 from excise.edit.record import EditRecord, recording
-from excise.edit.rome import RomeConfig, _prompts, _rows, compute_v, layer_keys, resolve_sample
+from excise.edit.rome import RomeConfig, _at, _prompts, _rows, compute_v, layer_keys, resolve_sample
 from excise.edit.sequence import EditSequence, sequence
 from excise.facts import Fact
 from excise.models import fingerprint, linear
@@ -59,6 +61,9 @@ ROME_DEFAULT_OBJECTIVE = RomeConfig(layer=0).objective
 class MemitConfig:
     layers: tuple[int, ...]
     objective: str = ROME_DEFAULT_OBJECTIVE   # compute_v's objective; the default is ROME's default deletion
+    # the edit position's role (rank_one.POSITIONS): "subject_last" is MEMIT's; "prompt_last" the prompt's last
+    # token (excise.locate.edit_site picks it where the trace says the model retrieves there)
+    position: str = "subject_last"
     mom2_weight: float = 1e4          # lambda; MEMIT's published mom2_update_weight is 15000 (GPT-J), 20000 (GPT-2 XL)
     null_space: bool = False          # AlphaEdit's projection
     # A direction is null when its singular value of C_0 (a per-token second moment E[k k^T]) is below
@@ -90,6 +95,8 @@ class MemitConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
             raise ValueError(f"layers must be a non-empty increasing range, got {self.layers}")
         if self.null_threshold_mode not in THRESHOLD_MODES:
@@ -140,8 +147,10 @@ def memit_update(
 # -- keys ------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n_prefixes: int):
-    """Per fact: mean MLP key at `layer` and mean residual after block `last`, at the last subject token."""
+def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n_prefixes: int,
+                     position: str = "subject_last", families: Sequence[str] = ("request",)):
+    """Per fact: mean MLP key at `layer` and mean residual after block `last`, at the edit `position` of the
+    request prompt, its `n_prefixes` prefixed copies and the other `families`' templates."""
     keys, hidden = [], []
     device = next(iter(model.parameters())).device
     store = {}
@@ -152,21 +161,21 @@ def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n
         return hook
 
     for f in facts:
-        rows = _rows(model, f, _prompts(f, n_prefixes))
+        rows = _rows(model, f, _prompts(f, n_prefixes, families))
         tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
         with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep("k")),
                                     (f"blocks.{last}.hook_resid_post", keep("h"))]):
             model(tokens.to(device), stop_at_layer=last + 1)
-        subj = torch.tensor([r[1] for r in rows], device=device)
+        at = torch.tensor(_at(rows, position), device=device)
         batch = torch.arange(len(rows), device=device)
-        keys.append(store["k"][batch, subj].mean(0))
-        hidden.append(store["h"][batch, subj].mean(0))
+        keys.append(store["k"][batch, at].mean(0))
+        hidden.append(store["h"][batch, at].mean(0))
     return torch.stack(keys, 1), torch.stack(hidden, 1)          # [d_mlp, n], [d_model, n]
 
 
 def _token_keys(model: Any, facts: Sequence[Fact], layer: int) -> Tensor:
     """MLP keys at `layer` at every token of the facts' prompts (+ targets): [d_mlp, n_tokens]."""
-    return layer_keys(model, [r for f in facts for r in _rows(model, f, [f.prompt])], layer, subject_only=False).T
+    return layer_keys(model, [r for f in facts for r in _rows(model, f, [f.prompt])], layer, None).T
 
 
 def _preserved_moment(model: Any, layer: int, preserve: Sequence[Fact], sample: list[str] | None) -> tuple[Tensor, str]:
@@ -336,9 +345,9 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
         if not 0 <= l < n_layers:
             raise ValueError(f"layer {l} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
     last = config.layers[-1]
-    if last == n_layers - 1:
+    if last == n_layers - 1 and config.position == "subject_last":
         raise ValueError(f"the range ends at the last block ({last}); an edit at the subject's position "
-                         "there cannot reach the prediction. End the range lower.")
+                         "there cannot reach the prediction. End the range lower, or edit at position='prompt_last'.")
     if state is not None:
         if not config.null_space:
             raise ValueError("an AlphaEditState carries the null space: pass a config with null_space=True")
@@ -347,7 +356,8 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
                              "AlphaEditState.build, not to memit")
         state.check(model, config)
     vcfg = replace(config.v or RomeConfig(layer=last, objective=config.objective), layer=last,
-                   objective=config.objective)
+                   objective=config.objective, position=config.position)
+    where = {"position": vcfg.position, "families": vcfg.key_families}
     if config.null_space:
         P = state.P if state is not None else _projectors(model, config, preserve, sample)[0]
     else:
@@ -360,19 +370,19 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
     deltas = []
     C_inv = inverse_second_moment(C[last].to(dtype=torch.float32), 0.0) if config.through_edit else None
     for f in tqdm(facts, desc="memit: target states", disable=not config.progress or len(facts) < 5):
-        k = _keys_and_hidden(model, [f], last, last, vcfg.n_prefixes)[0][:, 0]
+        k = _keys_and_hidden(model, [f], last, last, vcfg.n_prefixes, **where)[0][:, 0]
         u = None
         if C_inv is not None:
             u = C_inv.to(k.device, k.dtype) @ k
             u = u / (u @ k)
         deltas.append(compute_v(model, f, vcfg, k, u)[0])
-    _, h0 = _keys_and_hidden(model, facts, last, last, vcfg.n_prefixes)
+    _, h0 = _keys_and_hidden(model, facts, last, last, vcfg.n_prefixes, **where)
     z = h0 + torch.stack(deltas, 1)                                  # [d_model, n]
     hyper = asdict(config) | {"v": asdict(vcfg)}
     with recording(model, f"memit_{config.objective}", hyper, facts=facts,
                    scope=[v.weight for v in views.values()]) as box, torch.no_grad():
         for i, l in enumerate(config.layers):
-            K, h = _keys_and_hidden(model, facts, l, last, vcfg.n_prefixes)
+            K, h = _keys_and_hidden(model, facts, l, last, vcfg.n_prefixes, **where)
             R = (z - h) / (len(config.layers) - i)                  # [d_model, n]
             if config.null_space:
                 cache = state.cache(l).to(K.device) if state is not None else None
@@ -381,7 +391,7 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
                 update = memit_update(K, R, C[l].to(K.device), config.mom2_weight)   # [d_mlp, d_model]
             views[l].W.add_(update.to(views[l].W.dtype))
         # AlphaEdit_main.py:146-148: the keys of this batch on the edited model, for the next edit's cache
-        new_keys = {l: _keys_and_hidden(model, facts, l, last, vcfg.n_prefixes)[0] for l in config.layers} \
+        new_keys = {l: _keys_and_hidden(model, facts, l, last, vcfg.n_prefixes, **where)[0] for l in config.layers} \
             if state is not None else {}
     record: EditRecord = box["record"]
     if state is not None:

@@ -20,6 +20,25 @@ from torch import Tensor
 from excise.facts import Fact, tokenize_prompt
 from excise.models import linear
 
+# Where a rank-one edit reads its key and writes its value, as a role a prompt's tokens play:
+# "subject_last", the last token of the subject (ROME's); "prompt_last", the prompt's last token (where the
+# answer is read out; a model whose trace peaks there retrieves at the end of the prompt, issue 25).
+POSITIONS = ("subject_last", "prompt_last")
+_ALIASES = {"last_subject": "subject_last", "last": "prompt_last"}     # `planted`'s earlier names
+
+
+def check_position(position: str) -> str:
+    """The role `position` names (see POSITIONS; 'last_subject' and 'last' are accepted as aliases)."""
+    role = _ALIASES.get(position, position)
+    if role not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got {position!r}")
+    return role
+
+
+def position_index(role: str, last_subject: int, last_prompt: int) -> int:
+    """The token index a role names in one prompt."""
+    return last_subject if check_position(role) == "subject_last" else last_prompt
+
 
 def rank_one_update(
     W: Float[Tensor, "d_in d_out"], k: Float[Tensor, " d_in"], v: Float[Tensor, " d_out"],
@@ -102,16 +121,15 @@ def _optimize_value(model: Any, tokens: Tensor, layer: int, position: int, targe
 
 def _position(pt, position: str | int) -> int:
     n_pos = len(pt.tokens)
-    index = {"last_subject": pt.last_subject, "last": n_pos - 1}.get(position, position)
+    index = position_index(position, pt.last_subject, n_pos - 1) if isinstance(position, str) else position
     if not isinstance(index, int) or not 0 <= index < n_pos:
-        raise ValueError(f"position must be 'last_subject', 'last' or an index in 0..{n_pos - 1}, "
-                         f"got {position!r}")
+        raise ValueError(f"position must be one of {POSITIONS} or an index in 0..{n_pos - 1}, got {position!r}")
     return index
 
 
 @torch.no_grad()
 def key_second_moment(
-    model: Any, layer: int, facts: Sequence[Fact], position: str = "last_subject", ridge: float = 1e-2,
+    model: Any, layer: int, facts: Sequence[Fact], position: str = "subject_last", ridge: float = 1e-2,
 ) -> Float[Tensor, "d_mlp d_mlp"]:
     """E[k k^T] of MLP keys at `layer` over the facts' request prompts, plus ridge * mean(diag) * I.
 
@@ -132,14 +150,14 @@ def key_second_moment(
 
 @contextmanager
 def planted(
-    model: Any, fact: Fact, layer: int, *, position: str | int = "last_subject",
+    model: Any, fact: Fact, layer: int, *, position: str | int = "subject_last",
     steps: int = 300, lr: float = 0.5, stop_prob: float = 0.9, C: Tensor | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Within the block, the model states `fact` through a rank-one write at MLP `layer`.
 
     The key is the MLP hidden activation at `position` of the fact's prompt
-    ("last_subject" as in ROME, "last" for the prompt's last token, or an
-    index); the value is that position's MLP output plus an optimized change
+    ("subject_last" as in ROME, "prompt_last" for the prompt's last token, or
+    an index); the value is that position's MLP output plus an optimized change
     (Adam on the output, `steps` at `lr`) that makes the target the top next
     token (until its probability reaches `stop_prob`). With `C` (see
     `key_second_moment`) the write is whitened as in ROME, so it stays

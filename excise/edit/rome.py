@@ -1,11 +1,21 @@
 """ROME: a rank-one edit of one MLP output matrix (Meng et al. 2022), to rewrite or delete.
 
-1. `compute_k`: the key, the MLP hidden state (input of W_out) at the last
-   subject token, averaged over the bare prompt and `n_prefixes` prefixed
-   copies of it.
+1. `compute_k`: the key, the MLP hidden state (input of W_out) at the edit
+   position, averaged over the bare prompt, `n_prefixes` prefixed copies of
+   it and the templates of the other `families`.
 2. `compute_v`: the change `delta` of that token's MLP output that achieves
    the objective, found by Adam; the value is v = W^T k + delta.
 3. `rank_one_update` with C, the keys' second moment (see covariance.py).
+
+The edit position is a role (`RomeConfig.position`): "subject_last", the
+last subject token (ROME's), or "prompt_last", the prompt's last token, for
+a model that retrieves there (its causal trace restores the answer at the
+MLP of the last prompt token, not the subject's: `excise.locate.edit_site`
+decides). The subject's last-token key is nearly the same under every
+template (the subject comes first), so ROME averages one template under
+prefixes; the last prompt token's key is the template's own, so a
+prompt_last key averages over the fact's prompt families (the request and
+its paraphrases by default) to reach the fact however it is asked.
 
 Objectives. `rewrite` makes a new target the answer (ROME). The deletion
 objectives of Patil et al. 2023 ("Can sensitive information be deleted from
@@ -59,10 +69,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from excise.edit.covariance import second_moment
-from excise.edit.rank_one import inverse_second_moment, rank_one_update
+from excise.edit.rank_one import POSITIONS, inverse_second_moment, position_index, rank_one_update
 from excise.edit.record import EditRecord, recording
 from excise.edit.sequence import sequence
-from excise.facts import Fact, tokenize_prompt
+from excise.facts import FAMILIES, Fact, tokenize_prompt
 from excise.models import linear
 from excise.scoring import pad_batch, recall_table
 
@@ -76,6 +86,9 @@ REGULARIZERS = ("excise", "rome")
 PREFIXES = ("Here is a fact.", "I read this somewhere.", "Note:", "As everyone knows,",
             "The following is true.", "Listen.", "In short,", "Today we learn that")
 KL_PROMPT = "{} is a"            # ROME's kl_prompts (rome/compute_v.py:40)
+# The key's prompt families per position (RomeConfig.families=None). subject_last: ROME's request prompt.
+# prompt_last: the request and its paraphrases; measured in `excise bench sites` (benchmarks/results/sites.md).
+KEY_FAMILIES = {"subject_last": ("request",), "prompt_last": ("request", "paraphrase")}
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,13 @@ class RomeConfig:
 
     layer: int
     objective: str = "erase_unlikelihood"   # see OBJECTIVES_MEASURED below
+    # the edit position's role (rank_one.POSITIONS): "subject_last" is ROME's; "prompt_last" the prompt's last
+    # token, where a model whose trace peaks there retrieves (excise.locate.edit_site picks between them)
+    position: str = "subject_last"
+    # the prompt families (Fact.templates) the key and the value are computed over, the request prompt
+    # prefixed `n_prefixes` times; None: ("request",) at subject_last (ROME's), ("request", "paraphrase") at
+    # prompt_last (see KEY_FAMILIES for the measurement)
+    families: tuple[str, ...] | None = None
     v_steps: int = 100           # ROME: 20; the *_unlikelihood deletions stop early (stop_prob)
     # Adam's lr for delta; None: 0.5 (ROME's) for rewrite, max_entropy_unlikelihood and the reference objectives,
     # 1.0 for the other *_unlikelihood. Measured on the organism's 50 bench facts at 100 steps: lr 0.5 gives
@@ -104,8 +124,11 @@ class RomeConfig:
     kl_weight: float = 0.5       # ROME: 0.0625; on the organism (50 facts) 0.5 keeps neighbours 0.984 vs 0.944
     weight_decay: float = 0.01   # ROME: 0.5 (with its |delta| form), which on the organism outweighs the deletion loss
     # |delta| <= clamp_norm |W^T k| (ROME's clamp_norm_factor is 4). None: 10 for rewrite (organism, 50 facts:
-    # rewrite efficacy 0.98, 0.94 at 4), 4 for deletions (the same efficacy 1.00 either way on the organism;
-    # on stories260k at 10 an erase of one name broke an unrelated fact)
+    # rewrite efficacy 0.98, 0.94 at 4), 4 for deletions at subject_last (the same efficacy 1.00 either way on
+    # the organism; on stories260k at 10 an erase of one name broke an unrelated fact), 10 for deletions at
+    # prompt_last (the value must outweigh what every earlier layer wrote there: on the foreign models' last
+    # layer, 10 facts, head_projection_unlikelihood, the optimized |delta| is 5-8 |W^T k|; efficacy 0.90 / 0.80
+    # at 4, 1.00 / 1.00 at 10, Llama / GPT-2)
     clamp_norm: float | None = None
     n_prefixes: int = 5          # context prefixes averaged into the key
     stop_prob: float = 0.05      # *_unlikelihood: stop once p(target) is below this on every prompt
@@ -145,11 +168,18 @@ class RomeConfig:
         return 0.5 if self.objective in ("rewrite", "max_entropy_unlikelihood", *REFERENCE) else 1.0
 
     @property
+    def key_families(self) -> tuple[str, ...]:
+        """`families`, or the measured default for the position."""
+        if self.families is not None:
+            return tuple(self.families)
+        return KEY_FAMILIES[self.position]
+
+    @property
     def clamp(self) -> float:
         """`clamp_norm`, or the measured default for the objective."""
         if self.clamp_norm is not None:
             return self.clamp_norm
-        return 10.0 if self.objective == "rewrite" else 4.0
+        return 10.0 if self.objective == "rewrite" or self.position == "prompt_last" else 4.0
 
     @property
     def empty(self) -> str:
@@ -177,6 +207,11 @@ class RomeConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if self.families is not None and ("request" not in self.families or not set(self.families) <= set(FAMILIES)):
+            raise ValueError(f"families must include 'request' and name families among {FAMILIES}, "
+                             f"got {self.families!r}")
         if self.regularizer not in REGULARIZERS:
             raise ValueError(f"regularizer must be one of {REGULARIZERS}, got {self.regularizer!r}")
         if self.v_steps < 1:
@@ -249,8 +284,15 @@ def excise_weight_decay(delta: Float[Tensor, " d"], v_norm: float) -> Tensor:
     return delta.norm() ** 2 / max(v_norm, 1e-6) ** 2
 
 
-def _prompts(fact: Fact, n_prefixes: int) -> list[str]:
-    return [fact.prompt] + [f"{p} {fact.prompt}" for p in PREFIXES[:n_prefixes]]
+def _prompts(fact: Fact, n_prefixes: int, families: Sequence[str] = ("request",)) -> list[str]:
+    """The request prompt, its `n_prefixes` prefixed copies, then the templates of the other `families`."""
+    others = [t for fam in families if fam != "request" for t in fact.templates(fam)]
+    return [fact.prompt] + [f"{p} {fact.prompt}" for p in PREFIXES[:n_prefixes]] + others
+
+
+def _at(rows, position: str) -> list[int]:
+    """Each `_rows` row's edit position for the role `position`."""
+    return [position_index(position, r[1], r[2]) for r in rows]
 
 
 def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = None):
@@ -265,9 +307,10 @@ def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = Non
 
 
 @torch.no_grad()
-def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int) -> Tensor:
-    """Mean MLP key at the last subject token over the prompt and its prefixed copies."""
-    rows = _rows(model, fact, _prompts(fact, n_prefixes))
+def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int, position: str = "subject_last",
+              families: Sequence[str] = ("request",)) -> Tensor:
+    """Mean MLP key at the edit `position` over the prompt, its prefixed copies and the other `families`."""
+    rows = _rows(model, fact, _prompts(fact, n_prefixes, families))
     tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
     store = {}
 
@@ -277,8 +320,8 @@ def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int) -> Tensor:
     device = next(iter(model.parameters())).device
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
         model(tokens.to(device), stop_at_layer=layer + 1)
-    subj = torch.tensor([r[1] for r in rows], device=device)
-    return store["k"][torch.arange(len(rows), device=device), subj].mean(0)
+    at = torch.tensor(_at(rows, position), device=device)
+    return store["k"][torch.arange(len(rows), device=device), at].mean(0)
 
 
 def _kl_prompt_row(model: Any, fact: Fact):
@@ -325,14 +368,14 @@ def _objective_loss(cfg: RomeConfig, logits: Tensor, grid: Tensor, read: Tensor,
         loss = loss + cfg.aux_weight * nll.mean()
     elif o == "max_entropy_unlikelihood":
         loss = loss + cfg.aux_weight * (logp.exp() * logp).sum(-1).mean()       # + aux * (-entropy)
-    elif o == "head_projection_unlikelihood":
+    elif o == "head_projection_unlikelihood" and lens is not None:     # no lens between the last block and the output
         loss = loss + unlikelihood(lens[..., target_first])
     return loss, p_target
 
 
 def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
               u: Tensor | None = None, keep: Sequence[Fact] = ()) -> tuple[Tensor, dict[str, Any]]:
-    """The change of the MLP output at the last subject token that achieves the objective.
+    """The change of the MLP output at the edit position (`cfg.position`) that achieves the objective.
 
     With `u` (the whitened key over its product with k, C^-1 k / (k . C^-1 k)),
     the change is applied as the rank-one write will apply it: at every
@@ -349,7 +392,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     view = linear(model, cfg.layer, "mlp.out")
     n_layers = model.cfg.n_layers
     rome_reg = cfg.regularizer == "rome"
-    main = _rows(model, fact, _prompts(fact, cfg.n_prefixes),
+    main = _rows(model, fact, _prompts(fact, cfg.n_prefixes, cfg.key_families),
                  cfg.empty if cfg.objective in ("empty", "empty_unlikelihood") else None)
     if rome_reg:
         kl_rows = [_kl_prompt_row(model, fact)] + [r for n in keep for r in _rows(model, n, [n.prompt])]
@@ -361,8 +404,10 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     device = view.weight.device
     tokens, last = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
     tokens, last = tokens.to(device), last.to(device)
-    subj = torch.tensor([r[1] for r in rows], device=device)
-    batch = torch.arange(len(rows), device=device)
+    subj = torch.tensor(_at(rows, cfg.position), device=device)      # each row's edit position
+    # rows whose edit position carries the fact's key, where a constant delta stands for the write (without
+    # u): every row at the subject (ROME's, the KL prompts included), only the fact's prompts at their end
+    batch = torch.arange(len(rows) if cfg.position == "subject_last" else n_main, device=device)
     target_first = _rows(model, fact, [fact.prompt])[0][3][0]
     read = torch.tensor([r[2] for r in main], device=device)
     kl_at = (n_main + torch.arange(len(kl_rows), device=device), torch.tensor([r[2] for r in kl_rows], device=device))
@@ -384,7 +429,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
         base = model(tokens)
         kl_ref = base[kl_at].float().log_softmax(-1) if kl_rows else None
         v_init_norm = float((k @ view.W).norm())
-        v0 = store["out"][0, main[0][1]].float()    # ROME's target_init: the MLP output at the bare prompt
+        v0 = store["out"][0, subj[0]].float()        # ROME's target_init: the MLP output at the bare prompt
     limit = cfg.clamp * (float(v0.norm()) if rome_reg else v_init_norm)
 
     delta = torch.zeros(model.cfg.d_model, device=device, requires_grad=True)
@@ -395,7 +440,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     def add_delta(act, hook):
         if u is not None:                               # what W + u (delta)^T does to this activation
             return act + (keys["post"] @ u)[..., None].to(act.dtype) * delta.to(act.dtype)
-        return act + torch.zeros_like(act).index_put((batch, subj), delta.expand(len(rows), -1).to(act.dtype))
+        return act + torch.zeros_like(act).index_put((batch, subj[batch]), delta.expand(len(batch), -1).to(act.dtype))
 
     def keep_key(act, hook):
         keys["post"] = act.detach()
@@ -451,10 +496,10 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
     if not 0 <= config.layer < n_layers:
         raise ValueError(f"layer {config.layer} is out of range: the model has {n_layers} layers "
                          f"(0..{n_layers - 1})")
-    if config.layer == n_layers - 1:
+    if config.layer == n_layers - 1 and config.position == "subject_last":
         raise ValueError(f"layer {config.layer} is the last block: an edit at the subject's position there "
                          "cannot reach the prediction at the prompt's end. Choose a layer below "
-                         f"{n_layers - 1} (causal_trace(...).peak('mlp').layer is a good start)")
+                         f"{n_layers - 1}, or position='prompt_last' (excise.locate.edit_site picks both)")
     deleting = config.objective != "rewrite"
     recalled = recall_table(model, [fact], ("request",)).rate("request") == 1.0
     if deleting and not recalled:
@@ -463,7 +508,7 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
     if C is None:
         C = second_moment(model, config.layer, resolve_sample(model, sample))
     view = linear(model, config.layer, "mlp.out")
-    k = compute_k(model, fact, config.layer, config.n_prefixes)
+    k = compute_k(model, fact, config.layer, config.n_prefixes, config.position, config.key_families)
     C_inv = inverse_second_moment(C.to(k.device, k.dtype), config.ridge)
     u = None
     if config.through_edit or config.protect:
@@ -484,9 +529,9 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
 
 
 @torch.no_grad()
-def layer_keys(model: Any, rows, layer: int, subject_only: bool, batch_size: int = 256) -> Tensor:
-    """MLP keys at `layer` of `_rows` rows: at each row's last subject token ([rows, d_mlp]) or at every real
-    token ([tokens, d_mlp]); the forwards stop after `layer`."""
+def layer_keys(model: Any, rows, layer: int, position: str | None, batch_size: int = 256) -> Tensor:
+    """MLP keys at `layer` of `_rows` rows: at each row's edit `position` ([rows, d_mlp]) or, with None, at
+    every real token ([tokens, d_mlp]); the forwards stop after `layer`."""
     device = next(iter(model.parameters())).device
     store: dict[str, Tensor] = {}
 
@@ -499,9 +544,9 @@ def layer_keys(model: Any, rows, layer: int, subject_only: bool, batch_size: int
         tokens, last = pad_batch([r[0] for r in chunk], model.tokenizer.pad_token_id or 0)
         with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
             model(tokens.to(device), stop_at_layer=layer + 1)
-        if subject_only:
-            subj = torch.tensor([r[1] for r in chunk], device=device)
-            out.append(store["k"][torch.arange(len(chunk), device=device), subj])
+        if position is not None:
+            at = torch.tensor(_at(chunk, position), device=device)
+            out.append(store["k"][torch.arange(len(chunk), device=device), at])
         else:
             out.append(store["k"][(torch.arange(tokens.shape[1]) <= last[:, None]).to(device)])
     return torch.cat(out)
@@ -518,7 +563,7 @@ def _most_exposed(model: Any, fact: Fact, cfg: RomeConfig, u: Tensor, pool: Sequ
     if not pool:
         return []
     rows = [r for f in pool for r in _rows(model, f, [f.prompt])]
-    order = (layer_keys(model, rows, cfg.layer, subject_only=True) @ u).abs().argsort(descending=True)
+    order = (layer_keys(model, rows, cfg.layer, cfg.position) @ u).abs().argsort(descending=True)
     return [pool[i] for i in order[: cfg.protect].tolist()]
 
 
