@@ -38,7 +38,7 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def value(v: Any, limit: int = 80) -> Any:
+def value(v: Any, limit: int = 48) -> Any:
     """A setting as a table cell: numbers and short strings as they are, a long list as its length and start."""
     if v is None or isinstance(v, (bool, int, float)):
         return v

@@ -1,16 +1,33 @@
-"""Write the notebooks from the cell sources below (outputs stay out of git).
+"""Write the notebooks from the cell sources below, and run them so the repository shows their results.
 
-    python notebooks/build.py        # after editing a cell here
+    python notebooks/build.py --execute          # after editing a cell here: write, run, keep the outputs
+    python notebooks/build.py --execute 02       # only the notebooks whose name starts with 02
+    python notebooks/build.py                    # write the cells only (outputs dropped)
+
+The executed notebooks are committed with their outputs (tables and 72-dpi
+figures, about 1 MB for the four) so that a reader browsing the repository
+sees them; the test suite executes them again (nbmake) without writing. Each
+cell's id is a hash of its source, so rebuilding changes only the cells whose
+source changed; runs are seeded, on one thread, with progress bars off, so
+re-executing rewrites outputs only where results moved.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).parent
+TIMEOUT = 1200                                  # seconds per cell
+DPI = 72                                        # the figures' resolution in the committed notebooks
 
 
 def md(text: str):
@@ -36,23 +53,19 @@ fictitious people) where it keeps one fact, side by side:
 4. **Fisher scores**: which neurons matter to this fact's likelihood and not to other facts'.
 """),
         code("""
+%matplotlib inline
 import excise
 from scipy.stats import spearmanr
 
 model = excise.load("organism")
 world = excise.organism.world()
 fact = world.fact(world.subjects[0], "birthplace")
-fact, fact.prompts("request"), fact.prompts("question")
+fact
 """),
         md("## 1. Causal tracing"),
         code("""
 trace = excise.locate.causal_trace(model, fact, seed=0)
-print(f"p(target) clean {trace.meta['p_clean']:.3f}, subject noised {trace.meta['p_corrupt']:.3f}")
-for kind in trace.kinds:
-    c = trace.peak(kind)
-    print(f"{kind:>5}: restoring layer {c.layer} at {trace.tokens[c.position]!r} brings back "
-          f"p = {float(trace.scores[kind][c.layer, c.position]):.3f}")
-trace.plot()
+trace              # the heatmaps (trace.plot() returns them as a Figure) and each kind's top components
 """),
         md("""
 The organism reads most of the fact out at the prompt's **last** token (attention moves subject
@@ -106,6 +119,7 @@ The last section shows why this matters: an output guardrail passes the direct p
 the logit lens.
 """),
         code("""
+%matplotlib inline
 import excise
 from excise.models import copy_model
 from excise.verify import AuditConfig, audit
@@ -122,14 +136,14 @@ reference = copy_model(model)                  # the unedited model, for the sid
         code("""
 fish = excise.locate.fisher(model, forget, retain=retain)
 record = excise.methods.delete(model, forget, "npo", retain=retain, located=fish, neurons=256)
-print(record)
 print(sorted({c.layer for c in record.touched()}), "layers;", len(record.touched()), "components touched")
+record                                         # what changed: parameters, counts, the edit's config
 """),
         md("## Audit: every attack, next to the original and to chance"),
         code("""
 context = excise.organism.context(forget, n_holdout_people=10, n_retain=100)   # never-seen people, facts to keep, ...
 report = audit(model, forget, reference=reference, context=context)
-print(report.summary())
+report                                         # the verdict per attack first, then every metric
 """),
         code("report.plot()"),
         code("""
@@ -178,6 +192,7 @@ unlearning the **same budget** of MLP neurons, chosen by Fisher scores (located)
 random, or no restriction at all, and compare what gets deleted and what gets damaged.
 """),
         code("""
+%matplotlib inline
 import random
 
 import excise
@@ -225,12 +240,13 @@ for r in rows:
     print(" | ".join(f"{r[k]:.2f}" if isinstance(r[k], float) else str(r[k]) for k in keys))
 """),
         code("""
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 names = ["located", "random", "all parameters"]
 metrics = ["recall", "logit lens", "membership", "retain kept"]
-fig, ax = plt.subplots(figsize=(8, 3.5))
+fig = Figure(figsize=(8, 3.5), layout="constrained")
+ax = fig.subplots()
 for i, name in enumerate(names):
     vals = [np.mean([r[m] for r in rows if r["mask"] == name]) for m in metrics]
     ax.bar(np.arange(len(metrics)) + (i - 1) * 0.27, vals, 0.27, label=f"{name}")
@@ -255,6 +271,7 @@ the diagonal. Beside it, the overlap of the facts' top located neurons (attribut
 and whether overlap predicts interference.
 """),
         code("""
+%matplotlib inline
 import excise
 
 model = excise.load("organism")
@@ -280,13 +297,61 @@ most. Swap in any edit (`edit=`) or localizer (`locate=`) to ask the same of ano
 }
 
 
-def main() -> None:
+def notebook(cells: list) -> nbformat.NotebookNode:
+    """The notebook of `cells`, each cell's id the hash of its source (stable across rebuilds)."""
+    seen: dict[str, int] = {}
+    for cell in cells:
+        digest = hashlib.sha1(f"{cell.cell_type}:{cell.source}".encode()).hexdigest()[:12]
+        seen[digest] = seen.get(digest, 0) + 1
+        cell.id = digest if seen[digest] == 1 else f"{digest}-{seen[digest]}"
+    return new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"}})
+
+
+def execute(nb: nbformat.NotebookNode) -> None:
+    """Run `nb` in a fresh kernel in notebooks/, in place: one thread, no progress bars, no timing metadata."""
+    from nbclient import NotebookClient
+
+    rc = Path(tempfile.mkdtemp()) / "matplotlibrc"
+    rc.write_text(f"figure.dpi: {DPI}\n")      # figures kept small in git
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MATPLOTLIBRC": str(rc)}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)                      # the kernel inherits them
+    try:
+        NotebookClient(nb, timeout=TIMEOUT, kernel_name="python3", record_timing=False,
+                       resources={"metadata": {"path": str(HERE)}}).execute()
+    finally:
+        shutil.rmtree(rc.parent)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:                       # progress bars: noise that changes every run
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if not _progress(o)]
+
+
+def _progress(output: nbformat.NotebookNode) -> bool:
+    text = output.get("text", "") if output.output_type == "stream" and output.name == "stderr" else None
+    return text is not None and ("\r" in text or "it/s]" in text or "TqdmWarning" in text or not text.strip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="write (and with --execute, run) the notebooks")
+    parser.add_argument("only", nargs="*", help="name prefixes of the notebooks to build (default: all)")
+    parser.add_argument("--execute", action="store_true", help="run each notebook and keep its outputs")
+    args = parser.parse_args(argv)
     for name, cells in NOTEBOOKS.items():
-        nb = new_notebook(cells=cells, metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-            "language_info": {"name": "python"}})
-        nbformat.write(nb, HERE / f"{name}.ipynb")
-        print(f"wrote {HERE / (name + '.ipynb')}")
+        if args.only and not any(name.startswith(p) for p in args.only):
+            continue
+        nb = notebook(cells)
+        start = time.perf_counter()
+        if args.execute:
+            execute(nb)
+        path = HERE / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        took = f" (ran in {time.perf_counter() - start:.0f} s)" if args.execute else ""
+        print(f"wrote {path}, {path.stat().st_size / 1e3:.0f} kB{took}")
 
 
 if __name__ == "__main__":

@@ -53,3 +53,35 @@ def test_api_reference_builds_without_warnings(tmp_path):
     page = (tmp_path / "excise" / "verify.html").read_text()
     assert 'id="audit"' in page and "returns an AuditReport" in page
     assert (tmp_path / "index.html").exists() and (tmp_path / "excise" / "locate.html").exists()
+
+
+def _notebooks_build():
+    spec = importlib.util.spec_from_file_location("notebooks_build", ROOT / "notebooks" / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build
+
+
+def test_committed_notebooks_are_built_from_build_py_and_small():
+    """The notebooks in git are notebooks/build.py's cells (same ids, same sources), executed, under 1 MB in all."""
+    import nbformat
+
+    build = _notebooks_build()
+    total = 0
+    for name, cells in build.NOTEBOOKS.items():
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        total += path.stat().st_size
+        committed = nbformat.read(path, as_version=4)
+        expected = build.notebook(cells)
+        assert [(c.id, c.source) for c in committed.cells] == [(c.id, c.source) for c in expected.cells], \
+            f"{path.name} is not what notebooks/build.py writes: run `python notebooks/build.py --execute {name[:2]}`"
+        code = [c for c in committed.cells if c.cell_type == "code"]
+        assert all(c.execution_count for c in code), f"{path.name} is committed unexecuted"
+    assert total < 1_000_000, f"the executed notebooks weigh {total / 1e6:.2f} MB; keep figures small"
+
+
+def test_cell_ids_are_stable_across_builds():
+    build = _notebooks_build()
+    cells = build.NOTEBOOKS["01_where_is_a_fact"]
+    first = [c.id for c in build.notebook(cells).cells]
+    assert first == [c.id for c in build.notebook(cells).cells] and len(set(first)) == len(first)

@@ -18,6 +18,8 @@ from excise.edit.rome import RomeConfig, rome, rome_each
 from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
-__all__ = ["AlphaEditState", "EditRecord", "EditSequence", "MemitConfig", "RomeConfig", "TaskVectorConfig", "UnlearnConfig",
-           "ablate", "generated_sample", "key_second_moment", "mean_activations", "memit", "memit_sequence", "planted", "random_like", "rank_one_update",
-           "recording", "rome", "rome_each", "sequence", "task_vector", "unlearn"]
+# In reading order (the API reference follows it): the methods, what they return, their configs, the helpers.
+__all__ = ["rome", "rome_each", "memit", "memit_sequence", "unlearn", "task_vector", "ablate", "sequence",
+           "EditRecord", "EditSequence", "RomeConfig", "MemitConfig", "AlphaEditState", "UnlearnConfig",
+           "TaskVectorConfig", "recording", "rank_one_update", "key_second_moment", "planted", "generated_sample",
+           "mean_activations", "random_like"]

@@ -225,12 +225,11 @@ class EditRecord:
                            f"{len(self.facts)} fact(s)"),
                  d.table(["parameter", "shape", "changed", "share", "max |change|"], params,
                          caption="what changed")]
-        if hyper:
-            parts.append(d.table(["setting", "value"], hyper, caption="config", numbers="left", max_rows=1000))
-        if meta:
-            parts.append(d.table(["note", "value"], meta, caption="meta", numbers="left", max_rows=1000))
-        if facts:
-            parts.append(d.table(["subject", "relation", "target"], facts, caption="facts"))
+        right = (d.table(["note", "value"], meta, caption="meta", numbers="left", max_rows=1000) if meta else "") + \
+            (d.table(["subject", "relation", "target"], facts, caption="facts") if facts else "")
+        parts.append(d.side_by_side(
+            [p for p in (d.table(["setting", "value"], hyper, caption="config", numbers="left", max_rows=1000)
+                         if hyper else "", right) if p]))
         parts.append("<p>record.undo() restores the weights bit for bit; record.touched() lists the components</p>")
         return "".join(parts)
 

@@ -15,5 +15,6 @@ from excise.locate.fisher import FisherConfig, fisher, fisher_diagonal
 from excise.locate.localization import Localization, Scored
 from excise.locate.site import EditSite, edit_site
 
-__all__ = ["EditSite", "FisherConfig", "Localization", "Scored", "TraceConfig", "activation_patching",
-           "attribution_patching", "causal_trace", "edit_site", "fisher", "fisher_diagonal", "trace_one_at_a_time"]
+# In reading order (the API reference follows it): the methods, what they return, their configs, the helpers.
+__all__ = ["causal_trace", "activation_patching", "attribution_patching", "fisher", "edit_site",
+           "Localization", "Scored", "EditSite", "TraceConfig", "FisherConfig", "fisher_diagonal", "trace_one_at_a_time"]

@@ -19,6 +19,7 @@ from excise.verify.probes import Probe, probe
 from excise.verify.relearn import RelearnConfig, relearn
 from excise.verify.report import ATTACKS, AuditReport
 
-__all__ = ["ATTACKS", "AuditConfig", "AuditReport", "Entanglement", "entanglement", "LensProbe", "Probe", "RelearnConfig", "audit", "auc",
-           "forget_quality", "guardrail", "logit_lens", "membership_inference", "membership_scores",
-           "organism_utility", "probe", "relearn", "suppress_last_layer", "truth_ratios"]
+# In reading order (the API reference follows it): the audit, what it returns, its config, each attack, the rest.
+__all__ = ["audit", "AuditReport", "AuditConfig", "ATTACKS", "probe", "logit_lens", "relearn", "membership_inference",
+           "membership_scores", "auc", "truth_ratios", "forget_quality", "organism_utility", "entanglement",
+           "Entanglement", "Probe", "LensProbe", "RelearnConfig", "guardrail", "suppress_last_layer"]

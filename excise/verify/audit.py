@@ -171,15 +171,16 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
           config: AuditConfig | None = None, progress: bool = True) -> AuditReport:
     """Audit `model` on `facts` (the ones meant to be gone); returns an AuditReport (see the module docstring).
 
-    reference: the model before the edit (e.g. `record.original()`).
-    context: never-seen facts, facts to keep, general text, wrong answers and
-        the oracle (`excise.organism.context(facts)` for the organism;
-        `excise.context.derive(model, facts, ...)` for any model). Without one,
-        the holdout, retain, general and alternatives given here are used as
-        they are; what is missing is reported as not computed.
-    holdout, retain, general, alternatives: override the context's.
-    oracle: a model trained without the facts; `True` takes the context's
-        (the organism's is retrained on first use: minutes, then cached).
+    - reference: the model before the edit (e.g. `record.original()`).
+    - context: never-seen facts, facts to keep, general text, wrong answers and
+      the oracle (`excise.organism.context(facts)` for the organism;
+      `excise.context.derive(model, facts, ...)` for any model). Without one,
+      the holdout, retain, general and alternatives given here are used as
+      they are; what is missing is reported as not computed.
+    - holdout, retain, general, alternatives: override the context's.
+    - oracle: a model trained without the facts; `True` takes the context's
+      (the organism's is retrained on first use: minutes, then cached).
+
     Cost per model: the attacks on the facts and on the holdout (two relearning
     runs of `config.relearn.steps` steps per fold), plus one forward per
     probe family; seconds on the organism for a 5% split.
