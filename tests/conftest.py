@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, each worker gets its share of the cores (torch's threads, and through
+    OMP_NUM_THREADS the CLI subprocesses and notebook kernels it starts): n workers x all cores each
+    would oversubscribe the machine and run slower than one process."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        per = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(per)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(per)
+
+
+_share_the_cores()
 
 
 def _tiny_tokenizer():
