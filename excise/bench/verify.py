@@ -13,6 +13,11 @@ underpowered per attack):
 - `over_suppressed_npo`, NPO on every parameter run long past forgetting:
   the targets rank below never-seen people's, over_suppressed.
 
+The oracle is also judged against five independent draws of never-seen
+people (`oracle_holdout_draws`; probes, logit lens, membership): one draw of 30
+people is one sample, and this says how often the holdout's sampling noise
+alone moves a verdict.
+
 Writes DIR/verify.json (`verdicts: {case: {attack: verdict}}`, and per case
 and attack the AUC, p-value and detectable effect under `leakage`) and
 DIR/verify.md. Attack success is reported at the
@@ -94,6 +99,8 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     shallow = audit(suppressed, forget, reference=original, oracle=oracle, config=config, context=context,
                     progress=progress)
 
+    draws = holdout_draws(oracle, forget, seed, progress)
+
     reports = {"original": (base, "edited"), "oracle": (base, "oracle"), "guardrail": (guarded, "edited"),
                "last_layer": (shallow, "edited"), "over_suppressed_npo": (over, "edited")}
     leakage = {case: _leakage(rep, role) for case, (rep, role) in reports.items()}
@@ -107,6 +114,7 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
                                 "request_recall": over.recall("edited", "request"),
                                 "retain_kept": over.kept("retain"),
                                 "truth_ratio_median": statistics.median(over.models["edited"]["truth_ratios"])},
+        "oracle_holdout_draws": draws,
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
         "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
         "original_attack_success": {a: base.success("edited", a) for a in ATTACKS},
@@ -135,6 +143,44 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     (out / "verify.json").write_text(json.dumps(r, indent=1))
     (out / "verify.md").write_text(to_markdown(r, base, shallow, over))
     return r
+
+
+DRAWS = 5                   # holdout draws the oracle is re-judged on (the main audit's is the first)
+DRAW_ATTACKS = ("probes", "logit_lens", "membership")     # relearning left out: it is the costly one
+
+
+def holdout_draws(oracle: Any, forget: list, seed: int, progress: bool = False) -> list[dict[str, Any]]:
+    """The oracle's verdicts against DRAWS independent draws of never-seen people (context seeds seed..seed+4).
+
+    One draw of 30 people is one sample: a verdict that holds on one draw and not on the next is the
+    holdout's sampling noise, and this says how often it happens (the main table uses the first draw)."""
+    out = []
+    for i in range(DRAWS):
+        context = excise.organism.context(forget, seed=seed + i)
+        rep = audit(oracle, forget, config=AuditConfig(attacks=DRAW_ATTACKS, seed=seed), context=context,
+                    progress=progress)
+        out.append({"context_seed": seed + i, "holdout_facts": rep.config["n_holdout"],
+                    "leakage": _leakage(rep)})
+    return out
+
+
+def _draws_table(r: dict[str, Any]) -> list[str]:
+    draws = r.get("oracle_holdout_draws")
+    if not draws:
+        return []
+    attacks = [a for a in LEAKAGE_ATTACKS if any(a in d["leakage"] for d in draws)]
+    clean = sum(all(v["verdict"] == "indistinguishable" for v in d["leakage"].values()) for d in draws)
+    lines = ["## The oracle across holdout draws", "",
+             f"The retrain oracle judged against {len(draws)} independent draws of never-seen people "
+             f"({draws[0]['holdout_facts']} facts each; relearning left out for cost): indistinguishable on every "
+             f"attack in {clean} of {len(draws)} draws.", "",
+             "| context seed | " + " | ".join(a.replace("_", " ") for a in attacks) + " |",
+             "|---" * (len(attacks) + 1) + "|"]
+    for d in draws:
+        cells = ["-" if (v := d["leakage"].get(a)) is None else f"{v['verdict']} AUC {v['auc']:.2f}, p {_f(v['p_value'])}"
+                 + ("" if v.get("layer") is None else f", L{v['layer']}") for a in attacks]
+        lines.append(f"| {d['context_seed']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _f(v: Any) -> str:
@@ -176,6 +222,7 @@ def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: Aud
         f"stop ({_f(r['over_suppressed_npo']['seconds'])} s); request recall "
         f"{_f(r['over_suppressed_npo']['request_recall'])}, retain kept {_f(r['over_suppressed_npo']['retain_kept'])}, "
         f"truth ratio median {_f(r['over_suppressed_npo']['truth_ratio_median'])}.", "",
+        *_draws_table(r),
         "## Top-B success (Patil et al.), one-sided, beside it", "",
         f"{r['forget_facts']} forget facts ({r['forget_people']} people), {r['holdout_facts']} holdout facts "
         f"of never-seen people for chance levels; attack success = target in the top-{r['top_b']} "
