@@ -10,6 +10,7 @@
     excise bench verify    the audit's calibration cases: original, oracle, guardrail, shallow suppression
     excise bench unlearn   the method table on 1/5/10% splits vs the retrain oracle (and benchmarks/RESULTS.md)
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
+    excise bench sites     ROME deletions at the traced (layer, position) vs the last subject token, on four models
     excise bench sisa      SISA (sharded exact unlearning): recall, deletion cost and audit vs the oracle (sisa.json/.md)
     excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu.json/.md, tofu-SPLIT.png)
     excise tofu build      train (or find cached) the TOFU organism and its retain models
@@ -146,14 +147,14 @@ def _edit(args: argparse.Namespace) -> int:
                              "(facts the model must keep), or --neurons 0")
         located = excise.locate.fisher(model, facts, retain=retain)
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
-                      layer=args.layer, seed=args.seed, context=context,
+                      layer=args.layer, seed=args.seed, context=context, position=args.position,
                       stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})
     record.save(args.out)
     if "site" in record.meta:
         from excise.locate.site import EditSite
 
-        print(EditSite(**record.meta["site"]).summary())
+        print(EditSite.from_dict(record.meta["site"]).summary())
     print(record.summary())
     print(f"wrote {args.out} (excise verify {args.model} --facts {args.facts} --record {args.out} audits it)")
     return 0
@@ -242,6 +243,11 @@ def _bench(args: argparse.Namespace) -> int:
 
         run(args.out, seed=args.seed)
         print((Path(args.out) / "stories.md").read_text())
+    elif args.suite == "sites":
+        from excise.bench.sites import run, to_markdown
+
+        print(to_markdown(run(args.out, n_facts=5 if args.quick else min(args.facts, 20), seed=args.seed)))
+        print(f"wrote {Path(args.out) / 'sites.json'} and {Path(args.out) / 'sites.md'}")
     return 0
 
 
@@ -298,8 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     edit.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
                       help="gradient methods / ablate: the top-N Fisher neurons; 0: all parameters")
     edit.add_argument("--layer", type=int, default=None,
-                      help="rome/memit layer (default: organism 0; else the MLP layer the causal trace points to at "
-                           "the last subject token, one trace per fact, printed and kept in the record)")
+                      help="rome/memit layer (default: organism 0; else the site the causal trace points to, one "
+                           "MLP trace per fact: the layer and the position, printed and kept in the record)")
+    edit.add_argument("--position", default=None, choices=["subject_last", "prompt_last"],
+                      help="rome/memit edit position with --layer (default subject_last, ROME's); without --layer "
+                           "the trace picks it")
     edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
     edit.add_argument("--stand-ins", default=None,
                       help="swap: comma-separated names the model never saw (the organism draws its own)")
@@ -310,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu", "sisa"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu", "sisa", "sites"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)

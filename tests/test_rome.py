@@ -275,3 +275,41 @@ def test_sequence_applies_in_order_and_undoes_all(organism_model, world):
     assert len(info.value.sequence) == 1
     info.value.sequence.undo()
     assert all(torch.equal(before[n], v) for n, v in weights(organism_model).items())
+
+
+def test_prompt_last_keys_are_the_mlp_input_at_the_prompts_end(tiny):
+    """position="prompt_last": the key is the MLP input at the prompt's last token, averaged over the families'
+    templates; the last block can be edited there (its output at the last token is the prediction's input)."""
+    from excise.edit.rome import compute_k
+    from excise.facts import tokenize_prompt
+
+    fact = Fact("Mira Tolvanen", "birthplace", "Veltrana", "{} was born in", paraphrases=("{} comes from",))
+    store = []
+    for template in (fact.prompt, "{} comes from"):
+        pt = tokenize_prompt(tiny, fact, template)
+        _, cache = tiny.run_with_cache(pt.tokens[None])
+        store.append(cache["blocks.0.mlp.hook_post"][0, -1])
+    assert torch.allclose(compute_k(tiny, fact, 0, 0, "prompt_last"), store[0], atol=1e-5)
+    assert torch.allclose(compute_k(tiny, fact, 0, 0, "prompt_last", ("request", "paraphrase")),
+                          (store[0] + store[1]) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="position must be one of"):
+        RomeConfig(layer=0, position="subject_first")
+    assert RomeConfig(layer=0, position="prompt_last").key_families == ("request", "paraphrase")
+    assert RomeConfig(layer=0, position="prompt_last").clamp == 10.0 and RomeConfig(layer=0).clamp == 4.0
+    before = weights(tiny)
+    record = rome(tiny, NEW, RomeConfig(layer=1, objective="rewrite", position="prompt_last", v_steps=3),
+                  sample=TEXTS)                                                  # the last block
+    assert [n for n in record.parameters_touched()] and all("blocks.1" in n or ".1." in n
+                                                            for n in record.parameters_touched())
+    record.undo()
+    assert all(torch.equal(before[n], v) for n, v in weights(tiny).items())
+
+
+def test_edit_site_on_the_organism_picks_the_prompts_end_late(organism_model, world):
+    """The organism's MLPs restore more at the prompt's end (layer 3) than at the last subject token, where
+    deletions measured as good or better (benchmarks/results/sites.md: paraphrase forget 1.00 vs 0.88)."""
+    from excise.locate import edit_site
+
+    site = edit_site(organism_model, list(world.sample(8, seed=0)))
+    assert (site.layer, site.position) == (3, "prompt_last")
+    assert site.shares["prompt_last"] > site.shares["subject_last"] and site.roles["subject_last"][3] is None
