@@ -7,6 +7,14 @@ Methods (forget set F, retain set R; log p = the answer's sequence log-prob):
   at R's answer positions;
 - `npo` (Zhang et al. 2024): (2 / beta) * log(1 + (p(y|x) / p_ref(y|x))^beta)
   on F, plus the NLL of R;
+- `simnpo` (Fan et al. 2024, as open-unlearning computes it): reference-free,
+  length-normalized NPO: -(2 / beta) * log sigmoid(beta * (NLL(y|x) / |y| - margin))
+  on F, NLL(y|x) the answer's summed negative log-prob and |y| its token
+  count, times `forget_weight`, plus the NLL of R. open-unlearning's `delta`
+  is `margin` here (inside beta, so the paper's gamma = beta * margin) and
+  its `gamma` (the forget term's weight) is `forget_weight`;
+  `UnlearnConfig.for_method("simnpo")` gives open-unlearning's SimNPO
+  defaults (beta 4.5, margin 0, forget_weight 0.125, retain weight 1);
 - `dpo`: prefer `preferred` answers (default the refusal "I don't know", or a
   wrong alternative per fact) over the true one: -log sigmoid(beta * margin),
   plus the NLL of R;
@@ -41,6 +49,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from excise.components import Component
@@ -51,9 +61,13 @@ from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch,
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ga", "graddiff", "kl", "npo", "dpo", "swap")
+METHODS = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "swap")
 # where a method's good settings differ from UnlearnConfig's (measured on the organism's 5% split)
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {"swap": {"steps": 200, "retain_weight": 3.0}}
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "swap": {"steps": 200, "retain_weight": 3.0},
+    # open-unlearning's configs/trainer/SimNPO.yaml (from Unlearn-Simple's TOFU config)
+    "simnpo": {"beta": 4.5, "margin": 0.0, "forget_weight": 0.125},
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,9 @@ class UnlearnConfig:
     lr: float = 1e-3                  # Adam; the organism was trained at 3e-3
     batch_size: int = 32
     retain_weight: float = 1.0
-    beta: float = 0.1                 # NPO / DPO temperature (NPO paper: 0.1)
+    beta: float = 0.1                 # NPO / DPO temperature (NPO paper: 0.1); SimNPO's is 4.5 (for_method)
+    margin: float = 0.0               # SimNPO's margin (open-unlearning's delta; its default 0)
+    forget_weight: float = 1.0        # weight of the forget term (open-unlearning's gamma; SimNPO: 0.125)
     refusal: str = "I don't know"
     families: tuple[str, ...] = ("request", "paraphrase")   # prompts trained on
     eval_every: int = 5
@@ -166,7 +182,7 @@ def unlearn(
             idx = next(f_batches)
             batch = [f_ex[i] for i in idx]
             with torch.enable_grad():
-                loss = _forget_loss(model, config, batch, ref_f[idx], pref_ex, ref_p, idx)
+                loss = config.forget_weight * _forget_loss(model, config, batch, ref_f[idx], pref_ex, ref_p, idx)
                 if r_batches is not None and config.method != "ga":
                     loss = loss + config.retain_weight * _retain_loss(model, next(r_batches), kl_ref)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -198,9 +214,19 @@ def _forget_loss(model, config: UnlearnConfig, batch, ref, pref_ex, ref_p, idx) 
     if config.method == "npo":
         ratio = config.beta * (logp - ref.to(logp.device))
         return (2 / config.beta) * torch.nn.functional.softplus(ratio).mean()
+    if config.method == "simnpo":
+        lengths = torch.tensor([len(e.answer) for e in batch], device=logp.device)
+        return simnpo_loss(logp, lengths, config.beta, config.margin)
     preferred = answer_logprobs(model, [pref_ex[i] for i in idx])
     margin = (preferred - ref_p[idx].to(logp.device)) - (logp - ref.to(logp.device))
     return -torch.nn.functional.logsigmoid(config.beta * margin).mean()
+
+
+def simnpo_loss(logp: Float[Tensor, " b"], lengths: Int[Tensor, " b"], beta: float, margin: float) -> Tensor:
+    """SimNPO's forget loss (open-unlearning's `SimNPO.compute_loss`): the batch mean of
+    -(2 / beta) log sigmoid(beta * (-logp / length - margin)); `logp` the answers' summed log-probs."""
+    nll = -logp / lengths
+    return -(2 / beta) * torch.nn.functional.logsigmoid(beta * (nll - margin)).mean()
 
 
 def _answer_positions(examples: list[Example]) -> tuple[list[int], list[int]]:
