@@ -177,10 +177,10 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
     - general and sample: `excise.edit.generated_sample(model)`, text the model
       itself writes (skipped when `generate=False`);
     - layer: left None, and so traced when rome/memit edit
-      (`excise.locate.edit_site`: the MLP peak at the last subject token over
-      the facts; one trace per fact). A fixed n_layers // 3 missed on both
-      foreign test models (request recall 0.67 / 1.00 after rome at layer 1;
-      0.00 at the traced layer 0).
+      (`excise.locate.edit_site`: the (layer, position) whose MLP restores
+      most of the noising damage, at the last subject token or the prompt's
+      last token; one trace per fact). A fixed n_layers // 3 at the subject
+      missed on both foreign test models (benchmarks/results/sites.md).
     retain and oracle cannot be derived: without them the audit reports
     specificity and forget quality as missing.
     Cost: one forward per candidate name, plus 128 sampled texts of 48 tokens.
@@ -210,8 +210,8 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
         if sample is None:
             ctx.sample, notes["sample"] = texts, note
     if layer is None:
-        notes["layer"] = ("traced when editing: rome/memit edit at the MLP layer the causal trace points to at the "
-                          "last subject token (excise.locate.edit_site)")
+        notes["layer"] = ("traced when editing: rome/memit edit at the MLP (layer, position) the causal trace points "
+                          "to, the last subject token or the prompt's last token (excise.locate.edit_site)")
     ctx = ctx.override(holdout=holdout, retain=retain, general=general, alternatives=alternatives, sample=sample,
                        stand_ins=stand_ins, oracle=oracle, layer=layer)
     for f in ("retain", "oracle"):
