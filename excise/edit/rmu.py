@@ -136,7 +136,7 @@ def _selected(batch: list[_Text], width: int) -> Bool[Tensor, "b pos"]:
 
 def _activations(model: Any, batch: list[_Text], layer: int) -> Float[Tensor, "n d_model"]:
     """The residual stream after block `layer` at each text's selected positions, rows in (text, position)
-    order. One forward of the padded batch (with grad if enabled)."""
+    order. One forward of the padded batch through block `layer` only (with grad if enabled)."""
     device = next(iter(model.parameters())).device
     ids, _ = pad_batch([t.ids for t in batch], model.tokenizer.pad_token_id or 0)
     kept: list[Tensor] = []
@@ -145,7 +145,7 @@ def _activations(model: Any, batch: list[_Text], layer: int) -> Float[Tensor, "n
         kept.append(act)
 
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", keep)]):
-        model(ids.to(device))
+        model(ids.to(device), stop_at_layer=layer + 1)      # the blocks above cannot change it
     return kept[0][_selected(batch, ids.shape[1]).to(device)].float()
 
 
@@ -180,8 +180,8 @@ def rmu(
     the forget/retain loss and forget recall every `eval_every` steps). On an exception the weights
     are restored. Cost: one no-grad forward over the forget and retain prompts (the norm and the
     original's retain activations, kept: n_retain_tokens x d_model floats), then `config.steps` Adam
-    steps, each a forward + backward on a forget batch and on a retain batch (full forwards: the
-    layers above the steered one run too), plus a request-prompt recall check every `eval_every`.
+    steps, each a forward + backward through blocks 0..layer (no further) on a forget batch and on a
+    retain batch, plus a request-prompt recall check (full forwards) every `eval_every`.
     """
     config = config or RmuConfig()
     forget, retain = list(forget), list(retain)
