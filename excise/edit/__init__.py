@@ -2,6 +2,7 @@
 
     record = excise.edit.rome(model, fact, excise.edit.RomeConfig(layer=0, objective="erase"))
     record = excise.edit.ablate(model, fisher.to_components(32, kind="neuron"))
+    record = excise.edit.rmu(model, forget, retain)        # or unlearn(..., UnlearnConfig.for_method("simnpo"))
     record.undo(); record.apply(); record.save("edit.safetensors"); record.touched()
 
 Every method returns an `EditRecord`; an exception during an edit restores
@@ -14,12 +15,13 @@ from excise.edit.rank_one import key_second_moment, planted, rank_one_update
 from excise.edit.masks import random_like
 from excise.edit.memit import AlphaEditState, MemitConfig, memit, memit_sequence
 from excise.edit.record import EditRecord, recording
+from excise.edit.rmu import RmuConfig, rmu
 from excise.edit.rome import RomeConfig, rome, rome_each
 from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
 # In reading order (the API reference follows it): the methods, what they return, their configs, the helpers.
-__all__ = ["rome", "rome_each", "memit", "memit_sequence", "unlearn", "task_vector", "ablate", "sequence",
-           "EditRecord", "EditSequence", "RomeConfig", "MemitConfig", "AlphaEditState", "UnlearnConfig",
+__all__ = ["rome", "rome_each", "memit", "memit_sequence", "unlearn", "rmu", "task_vector", "ablate", "sequence",
+           "EditRecord", "EditSequence", "RomeConfig", "MemitConfig", "AlphaEditState", "UnlearnConfig", "RmuConfig",
            "TaskVectorConfig", "recording", "rank_one_update", "key_second_moment", "planted", "generated_sample",
            "mean_activations", "random_like"]

@@ -1,0 +1,172 @@
+"""Robust deletion (issue 22): RMU, SimNPO and the relearning curve on the organism.
+
+Properties: SimNPO's loss is open-unlearning's formula (golden numbers); RMU and SimNPO forget a
+subject's facts and keep most others; undo restores every weight bit for bit; an exception inside
+RMU leaves the weights untouched; relearn_curve at 0 steps is the plain recall, at n steps it is
+`relearn`'s, and it never changes the model it measures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import excise
+from excise import Component
+from excise.edit.record import storage_owners
+from excise.edit.rmu import RmuConfig, control_vector, rmu, rmu_loss
+from excise.edit.unlearn import UnlearnConfig, _forget_loss, simnpo_loss, unlearn
+from excise.scoring import answer_examples
+from excise.verify.relearn import RelearnConfig, relearn, relearn_curve
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in storage_owners(model).items()}
+
+
+def same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def request_recall(model, facts) -> float:
+    return excise.recall_table(model, facts, ("request",)).rate("request")
+
+
+# -- SimNPO ---------------------------------------------------------------------------------------------
+
+def test_simnpo_defaults_are_open_unlearnings():
+    cfg = UnlearnConfig.for_method("simnpo")
+    assert (cfg.beta, cfg.margin, cfg.forget_weight, cfg.retain_weight) == (4.5, 0.0, 0.125, 1.0)
+    assert UnlearnConfig.for_method("npo").forget_weight == 1.0
+
+
+def test_simnpo_loss_golden():
+    """-(2/beta) mean log sigmoid(beta (NLL/|y| - margin)), computed with the math module."""
+    logp, lengths, beta, margin = [-0.5, -6.0, -1.2], [1, 3, 2], 4.5, 0.3
+    expect = sum(-(2 / beta) * math.log(1 / (1 + math.exp(-beta * (-lp / n - margin))))
+                 for lp, n in zip(logp, lengths, strict=True)) / 3
+    got = simnpo_loss(torch.tensor(logp), torch.tensor(lengths), beta, margin)
+    assert abs(float(got) - expect) < 1e-6, (float(got), expect)
+
+
+def test_simnpo_forget_loss_on_a_hand_made_batch(organism_model, world):
+    """Through the model: each answer's NLL from its own unpadded forward, length-normalized by hand."""
+    facts = [world.of_subject(world.people[2])[0], world.of_subject(world.people[4])[3]]
+    batch = answer_examples(organism_model, facts, ("request", "paraphrase"))
+    assert len({len(e.ids) for e in batch}) > 1                 # rows of several lengths: padding is exercised
+    cfg = UnlearnConfig.for_method("simnpo", margin=0.2)
+    expect = 0.0
+    with torch.no_grad():
+        for e in batch:
+            logits = organism_model(torch.tensor([e.ids]))[0].double().log_softmax(-1)
+            nll = -sum(float(logits[e.start - 1 + i, t]) for i, t in enumerate(e.answer))
+            z = cfg.beta * (nll / len(e.answer) - cfg.margin)
+            expect += (2 / cfg.beta) * math.log1p(math.exp(-z)) / len(batch)     # -(2/beta) log sigmoid(z)
+        got = _forget_loss(organism_model, cfg, batch, torch.zeros(len(batch)), [], None, list(range(len(batch))))
+    assert abs(float(got) - expect) < 1e-4 * max(1.0, abs(expect)), (float(got), expect)
+
+
+def test_simnpo_forgets_keeps_undoes_and_relearn_curve_reads_it(organism_model, world):
+    forget = list(world.of_subject(world.people[5]))
+    retain = world.retain_set(forget, n=100, seed=0)
+    check = world.retain_set(forget, n=200, seed=1)
+    before = weights(organism_model)
+    record = unlearn(organism_model, forget, retain, config=UnlearnConfig.for_method("simnpo", progress=False))
+    try:
+        forgotten, kept = request_recall(organism_model, forget), request_recall(organism_model, check)
+        assert forgotten <= 1 / 6 and kept >= 0.9, (forgotten, kept)
+        edited = weights(organism_model)
+        curve = relearn_curve(organism_model, forget, steps=(0, 3))
+        assert curve.at(0) == forgotten                      # step 0 is the plain recall
+        assert same(edited, weights(organism_model))         # a copy was fine-tuned, not the model
+        assert curve.n_probes == len(forget) and len(curve.recall) == 2
+    finally:
+        record.undo()
+    assert same(before, weights(organism_model))
+
+
+# -- RMU ------------------------------------------------------------------------------------------------
+
+def test_rmu_maths():
+    c = control_vector(16, 3.0, seed=1)
+    assert torch.equal(c, control_vector(16, 3.0, seed=1)) and not torch.equal(c, control_vector(16, 3.0, seed=2))
+    assert abs(float(c.norm()) - 3.0) < 1e-5 and (c >= 0).all()     # WMDP's torch.rand: the positive orthant
+    h = torch.randn(5, 16)
+    total, forget, retain = rmu_loss(c.expand(4, 16), c, h, h, alpha=100.0)
+    assert float(total) == float(forget) == float(retain) == 0.0
+    total, forget, retain = rmu_loss(torch.zeros(2, 16), c, h + 1, h, alpha=2.0)
+    assert torch.isclose(forget, c.pow(2).mean()) and torch.isclose(retain, torch.tensor(1.0))
+    assert torch.isclose(total, forget + 2.0)
+
+
+def test_rmu_forgets_keeps_and_undoes(organism_model, world):
+    forget = list(world.of_subject(world.people[7]))
+    retain = world.retain_set(forget, n=100, seed=0)
+    check = world.retain_set(forget, n=200, seed=1)
+    before = weights(organism_model)
+    record = rmu(organism_model, forget, retain, config=RmuConfig(progress=False))
+    try:
+        forgotten, kept = request_recall(organism_model, forget), request_recall(organism_model, check)
+        assert forgotten <= 1 / 6 and kept >= 0.9, (forgotten, kept)
+        assert record.meta["layer"] == 1 and record.meta["steering_coeff"] == pytest.approx(
+            5.0 * record.meta["forget_norm"])
+        # WMDP's parameters: the MLP output matrices of the steered layer and those below it, nothing else
+        assert all("mlp" in n and "c_proj" in n and n.endswith("weight") for n in record.parameters_touched())
+        assert {c.layer for c in record.touched()} <= {0, 1}
+    finally:
+        record.undo()
+    assert same(before, weights(organism_model))
+
+
+def test_rmu_moves_only_the_mask_and_restores_on_error(organism_model, world, monkeypatch):
+    import importlib
+
+    rmu_module = importlib.import_module("excise.edit.rmu")     # excise.edit.rmu is the function
+
+    forget = list(world.of_subject(world.people[7]))[:2]
+    retain = world.retain_set(forget, n=20, seed=0)
+    mask = [Component(0, "neuron", i) for i in range(8)] + [Component(1, "head", 2)]
+    before = weights(organism_model)
+    record = rmu(organism_model, forget, retain, mask=mask, config=RmuConfig(steps=3, progress=False))
+    try:
+        assert record.meta["layer"] == 1                      # the deepest masked layer
+        assert record.touched() and set(record.touched()) <= set(mask)
+    finally:
+        record.undo()
+    assert same(before, weights(organism_model))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected after the first step")
+
+    monkeypatch.setattr(rmu_module, "recall_table", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        rmu(organism_model, forget, retain, config=RmuConfig(steps=3, eval_every=1, progress=False))
+    assert same(before, weights(organism_model))
+
+
+# -- the relearning curve -------------------------------------------------------------------------------
+
+def test_relearn_curve_matches_relearn_and_leaves_the_model(organism_model, world, tmp_path):
+    forget = list(world.of_subject(world.people[11]))
+    before = weights(organism_model)
+    cfg = RelearnConfig(steps=4)
+    curve = relearn_curve(organism_model, forget, steps=(4, 0), config=cfg)
+    assert curve.steps == (0, 4)
+    assert curve.at(0) == request_recall(organism_model, forget)
+    assert curve.at(4) == relearn(organism_model, forget, cfg).recall      # the same attack, measured on the way
+    assert same(before, weights(organism_model))
+
+    unrelated = list(world.of_subject(world.people[12]))
+    other = relearn_curve(organism_model, forget, steps=(0, 2), on="unrelated", unrelated=unrelated,
+                          oracle=organism_model)
+    assert other.n_probes == len(forget) and other.oracle_recall == other.recall   # the same model as its own oracle
+    assert same(before, weights(organism_model))
+    assert json.loads(other.to_json(tmp_path / "curve.json"))["recall"] == list(other.recall)
+    assert other.plot().axes and "RelearnCurve(on=unrelated" in repr(other) and "oracle" in other.summary()
+    with pytest.raises(ValueError, match="unrelated="):
+        relearn_curve(organism_model, forget, on="unrelated")
+    with pytest.raises(ValueError, match="shares"):
+        relearn_curve(organism_model, forget, on="unrelated", unrelated=forget[:1])
