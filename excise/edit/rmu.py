@@ -65,7 +65,8 @@ class RmuConfig:
     layer: int | None = None          # steered layer; None: WMDP's 7 of Zephyr's 32 as a share of depth
     #                                   (round(7/32 * n_layers): 1 on the 4-layer organism), or, with a mask,
     #                                   the deepest masked layer
-    update_layers: int = 3            # WMDP: layer_ids 5,6,7 for layer_id 7 (the layer and the two below)
+    update_layers: int = 3            # WMDP: layer_ids 5,6,7 for layer_id 7 (the layer and the two below;
+    #                                   on the organism layers 0 and 1); ignored with a mask
     steering_coeff: float | None = None   # ||c||; None: steering_scale x the mean forget-activation norm
     steering_scale: float = 5.0       # Adaptive RMU's scale (Dang et al. 2025); WMDP's absolute 6.5/20 is Zephyr's
     alpha: float = 100.0              # retain weight: WMDP's code default (its published Zephyr run: 1200;
