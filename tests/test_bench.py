@@ -57,3 +57,22 @@ def test_a_table_grows_split_by_split_and_never_mixes_settings(tmp_path):
     assert [s["fraction"] for s in kept] == [0.05]                  # 0.1 is being re-run, 0.05 stays
     assert kept_splits(tmp_path, 1, False, budget, 30, (0.01,)) == []      # another seed: replaced, not mixed
     assert kept_splits(tmp_path / "none", 0, False, budget, 30, (0.01,)) == []
+
+
+def test_a_subset_of_methods_re_run_replaces_only_its_rows(tmp_path):
+    from excise.bench.unlearn import _old_reruns, merge_rows
+
+    anchors = [{"method": "original"}, {"method": "oracle", "v": "new"}]
+    old = {"fraction": 0.05, "rows": [{"method": "original"}, {"method": "oracle", "v": "old"},
+                                      {"method": "npo", "v": "old"}, {"method": "rome", "v": "old"}],
+           "located_heads": [{"layer": 1, "index": 2}], "locate_seconds": {"fisher": 1.0, "attribution": 5.0},
+           "wall_seconds": 10.0}
+    new = {"fraction": 0.05, "rows": [*anchors, {"method": "simnpo", "v": "new"}, {"method": "rome", "v": "new"}],
+           "located_heads": [], "locate_seconds": {"fisher": 2.0, "attribution": 0.0}, "wall_seconds": 3.0}
+    merged = merge_rows(old, new, ["simnpo", "rome"])
+    assert [(r["method"], r.get("v")) for r in merged["rows"]] == [
+        ("original", None), ("oracle", "new"), ("rome", "new"), ("npo", "old"), ("simnpo", "new")]
+    assert merged["located_heads"] == old["located_heads"] and merged["wall_seconds"] == 13.0
+    (tmp_path / "unlearn.json").write_text(json.dumps({"reruns": [{"methods": ["rome"], "date": "d", "why": "w"}]}))
+    assert [n["fractions"] for n in _old_reruns(tmp_path, (0.05,))] == [[0.01, 0.1]]
+    assert _old_reruns(tmp_path, (0.01, 0.05, 0.1)) == []

@@ -46,7 +46,7 @@ from excise.verify import AuditConfig, AuditReport, audit
 from excise.verify.leakage import LEAKAGE_ATTACKS
 
 SPLITS = (0.01, 0.05, 0.10)
-GRADIENT = ("ga", "graddiff", "kl", "npo", "swap")
+GRADIENT = ("ga", "graddiff", "kl", "npo", "simnpo", "swap")
 LAYER = 0                 # ROME/MEMIT layer on the organism (see the edit benchmark)
 
 
@@ -96,6 +96,11 @@ def _gradient(method: str) -> Method:
     return run
 
 
+def _rmu(model, split, scope, seed):
+    mask = None if scope == "layer" else _scoped(model, split, scope, seed)
+    return E.rmu(model, split.forget, split.retain_train, mask=mask, config=E.RmuConfig(seed=seed, progress=False))
+
+
 def _task_vector(model, split, scope, seed):
     return E.task_vector(model, split.forget, mask=_scoped(model, split, scope, seed),
                          config=E.TaskVectorConfig(seed=seed, progress=False))
@@ -127,7 +132,8 @@ METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
     "memit_null_space": ("MEMIT + null space (AlphaEdit)", ("layer",), _memit(True)),
     "ablate_neurons": ("neuron ablation (Fisher)", ("located", "random"), _ablate("neuron")),
     "ablate_heads": ("head ablation (attribution)", ("located", "random"), _ablate("head")),
-    **{m: ({"graddiff": "GradDiff", "swap": "subject-swap distillation"}.get(m, m.upper()),
+    "rmu": ("RMU (WMDP)", ("layer", "located", "random"), _rmu),
+    **{m: ({"graddiff": "GradDiff", "swap": "subject-swap distillation", "simnpo": "SimNPO"}.get(m, m.upper()),
            ("located", "random", "all"), _gradient(m)) for m in GRADIENT},
     "task_vector": ("task-vector negation", ("located", "random", "all"), _task_vector),
 }
@@ -236,14 +242,48 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     holdout_people = 10 if quick else 30
     results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
                "holdout_people": holdout_people, "splits": kept_splits(out, seed, quick, budget, holdout_people, splits)}
+    old = _old_splits(out, seed, quick, budget, holdout_people) if methods != list(METHODS) else {}
+    results["reruns"] = _old_reruns(out, splits if methods == list(METHODS) else ())
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
         t0 = time.perf_counter()
-        results["splits"].append(bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people))
-        results["splits"][-1]["wall_seconds"] = time.perf_counter() - t0
+        split = bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people)
+        split["wall_seconds"] = time.perf_counter() - t0
+        if s in old:                  # a subset of methods re-run: the split's other rows are kept
+            split = merge_rows(old[s], split, methods)
+            results["reruns"].append({"methods": methods, "fractions": [s], "date": time.strftime("%Y-%m-%d"),
+                                      "why": "methods added or changed since the split was measured"})
+        results["splits"].append(split)
         results["splits"].sort(key=lambda r: r["fraction"])
         results["total_seconds"] = sum(r.get("wall_seconds", 0.0) for r in results["splits"])
         write(results, out)
     return results
+
+
+def _old_splits(out: Path, seed: int, quick: bool, budget: Budget, holdout_people: int) -> dict[float, Any]:
+    """The splits in DIR/unlearn.json measured under the same settings, by fraction."""
+    return {s["fraction"]: s for s in kept_splits(out, seed, quick, budget, holdout_people, ())}
+
+
+def _old_reruns(out: Path, remeasured: tuple[float, ...]) -> list[dict[str, Any]]:
+    """DIR/unlearn.json's notes of rows re-measured later, minus the splits now measured whole again."""
+    path = out / "unlearn.json"
+    notes = json.loads(path.read_text()).get("reruns", []) if path.exists() else []
+    kept = [{**n, "fractions": [f for f in n.get("fractions", SPLITS) if f not in remeasured]} for n in notes]
+    return [n for n in kept if n["fractions"]]
+
+
+def merge_rows(old: dict[str, Any], new: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """`new` (a run of `methods` only) with `old`'s rows of every other method, in METHODS order.
+
+    The anchors (original, oracle) come from `new`; the audit is seeded, so they equal `old`'s."""
+    rows = [r for r in new["rows"] if r["method"] in ("original", "oracle")]
+    order = {m: i for i, m in enumerate(METHODS)}
+    edits = [r for r in old["rows"] if r["method"] not in ("original", "oracle", *methods)]
+    edits += [r for r in new["rows"] if r["method"] in methods]
+    rows += sorted(edits, key=lambda r: order.get(r["method"], len(order)))
+    return {**new, "rows": rows, "wall_seconds": old.get("wall_seconds", 0.0) + new.get("wall_seconds", 0.0),
+            "located_heads": new["located_heads"] or old.get("located_heads", []),
+            "locate_seconds": {**old.get("locate_seconds", {}), **new["locate_seconds"]}}
 
 
 def kept_splits(out: Path, seed: int, quick: bool, budget: Budget, holdout_people: int,
@@ -310,8 +350,9 @@ def to_markdown(r: dict[str, Any], figure: str, depth: int = 1) -> str:
         f"{LAYER}. **Bold**: forget quality >= 0.05 with utility >= 0.95.", "",
     ]
     for rerun in r.get("reruns", []):
-        lines += [f"Rows of {', '.join(rerun['methods'])} re-measured on {rerun['date']} "
-                  f"(same seed and settings): {rerun['why']}.", ""]
+        on = ", ".join(f"{f:.0%}" for f in rerun.get("fractions", SPLITS))
+        lines += [f"Rows of {', '.join(rerun['methods'])} on the {on} split(s) re-measured on {rerun['date']} "
+                  f"(same seed and settings): {rerun.get('why', 'not given')}.", ""]
     for s in r["splits"]:
         lines += [f"{h}# {s['fraction']:.0%} split: {s['forget_facts']} facts of {s['forget_people']} people", "",
                   f"Located: {s['located_neurons']} Fisher neurons ({s['locate_seconds']['fisher']:.1f}s)"
