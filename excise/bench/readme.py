@@ -105,9 +105,22 @@ def _tofu() -> str:
             f"machine; training each took {min(minutes):.0f} to {max(minutes):.0f} minutes on 2 CPU threads.\n")
 
 
+def _sites() -> str:
+    r = json.loads((RESULTS / "sites.json").read_text())["models"]
+    rows = [(m, row) for m, v in r.items() for row in v["rows"].values()]
+    span = lambda xs: f"{min(xs):.2f}" if min(xs) == max(xs) else f"{min(xs):.2f}-{max(xs):.2f}"   # noqa: E731
+    of = lambda site, key, models=r: [row[key] for m, row in rows if row["site"] == site and m in models  # noqa: E731
+                                      and row[key] is not None]
+    foreign = [m for m in r if m.startswith("foreign")]
+    return (f"`benchmarks/results/sites.md`) the traced site deletes with efficacy {span(of('traced', 'efficacy'))}\n"
+            f"and paraphrase forget {span(of('traced', 'paraphrase_forget'))} where the subject position reached "
+            f"{span(of('default', 'paraphrase_forget'))},\nbut keeps other subjects' facts "
+            f"{span(of('traced', 'other_subject_kept', foreign))} on the small foreign models.\n")
+
+
 def test_count() -> tuple[int, int]:
     """(tests, notebooks) that `python -m pytest` collects by default (one subprocess, seconds)."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"],
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     ids = [line for line in out.splitlines() if "::" in line or line.endswith(".ipynb")]
     notebooks = sum(line.endswith(".ipynb") for line in ids)
@@ -120,7 +133,8 @@ def _tests() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {"demo": _demo, "organism": _organism, "recall": _recall,
-                                        "surnames": _surnames, "tofu": _tofu, "tests": _tests}
+                                        "surnames": _surnames, "tofu": _tofu, "tests": _tests,
+                                        "sites": _sites}
 
 
 def render(text: str, only: set[str] | None = None) -> str:
