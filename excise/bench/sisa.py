@@ -134,13 +134,23 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
                   **row_metrics(_combined(base, base.models["oracle"]))}],
         "verdicts": {"original": _verdicts(_combined(base, base.models["edited"])),
                      "oracle": _verdicts(_combined(base, base.models["oracle"]))},
-        "sisa": [],
+        "sisa": kept(out, seed, shards),
     }
     for k in shards:                # rewritten after every k: a long run keeps what it measured
         results["sisa"].append(bench_k(k, base, forget, people, context, config, seed, progress, log))
+        results["sisa"].sort(key=lambda x: x["shards"])
         write(results, out)
     write(results, out)
     return results
+
+
+def kept(out: Path, seed: int, shards: Sequence[int]) -> list[dict[str, Any]]:
+    """The k already in DIR/sisa.json under the same seed and not re-run now (`--shards 10` adds k=10 to k=5)."""
+    path = out / "sisa.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    return [s for s in old.get("sisa", []) if old.get("seed") == seed and s["shards"] not in shards]
 
 
 def write(results: dict[str, Any], out: Path) -> None:
@@ -156,6 +166,32 @@ def _f(v: Any) -> str:
     if isinstance(v, float) and (v == 0 or 1e-3 <= abs(v) < 1e4):
         return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
     return f"{v:.1e}"
+
+
+def _pace(s: dict[str, Any], steps: int) -> str:
+    d = s["deletion"]
+    return f"{steps * d['total_seconds'] / d['steps']:.0f}s" if d["steps"] else "-"
+
+
+def summary(r: dict[str, Any]) -> list[str]:
+    """The findings, computed from the results (not typed)."""
+    org, full = r["organism_recall"]["overall"]["request"], r["full_retrain"]["steps"]
+    out = []
+    for s in r["sisa"]:
+        k, d = s["shards"], s["deletion"]
+        after = s["verdicts"]["deleted"]
+        same = [a for a, v in after.items() if v["verdict"] == "indistinguishable"]
+        other = {a: v["verdict"] for a, v in after.items() if v["verdict"] != "indistinguishable"}
+        row = next(x for x in s["rows"] if x["scope"] == "deleted")
+        out.append(f"- k={k}: request recall {s['recall']['overall']['request']:.3f} before deletion (single "
+                   f"organism {org:.3f}); training {s['train_steps']:,} steps ({s['train_steps'] / full:.2f}x a full "
+                   f"retrain). Deleting {r['forget_people']} people retrained {len(d['retrained'])} of {k} shards, "
+                   f"{d['steps']:,} steps ({d['steps'] / full:.2f}x a full retrain); one person alone costs "
+                   f"{s['one_person_steps']:.0f} steps on average ({s['one_person_steps'] / full:.2f}x). After: "
+                   f"indistinguishable from never-seen on {len(same)} of {len(after)} attacks"
+                   + (f" (else {other})" if other else "")
+                   + f"; forget quality {_f(row['forget_quality'])}, utility {_f(row['utility'])}.")
+    return out
 
 
 def to_markdown(r: dict[str, Any]) -> str:
@@ -185,6 +221,9 @@ def to_markdown(r: dict[str, Any]) -> str:
                      f"{min(s['shard_people'])}-{max(s['shard_people'])} | {s['train_steps']:,} | {_f(s['train_seconds'])} | "
                      f"{retrained} | {d['untouched'] or '-'} | {d['steps']:,} | {_f(d['total_seconds'])} | "
                      f"{_f(s['one_person_steps'])} |")
+    lines += ["", "Full retrain seconds at this run's pace (its steps x the deletion's seconds per step): "
+              + "; ".join(f"k={s['shards']}: {_pace(s, full['steps'])}" for s in r["sisa"]) + ".", "",
+              "## What the tables say", "", *summary(r)]
     lines += ["", "## Audit verdicts per attack (forget facts vs never-seen people)", ""]
     cases = [("original", r["verdicts"]["original"]), ("retrain oracle", r["verdicts"]["oracle"])]
     for s in r["sisa"]:
