@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--quick", action="store_true",
-                       help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo and swap)")
+                       help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo, no relearning attack)")
     bench.add_argument("--methods", default=None, help="unlearn: comma-separated methods (default: all)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
