@@ -18,7 +18,9 @@ once per split; every row is scored against them:
 
 Scopes: `located` (Fisher forget/retain neurons; attribution-located heads
 for head ablation), `random` (as many neurons or heads drawn at random,
-seeded), `all` (every parameter), `layer` (ROME/MEMIT at their layer).
+seeded), `all` (every parameter), `layer` (ROME/MEMIT/RMU at their layer),
+`k5`/`k10` (SISA with 5 or 10 shards after deleting the split's people; its seconds
+are the deletion's, measured when it was made and cached).
 
 Writes DIR/unlearn.json, DIR/unlearn.md, DIR/unlearn.png and RESULTS.md
 beside DIR (benchmarks/RESULTS.md for the default DIR). `quick`: the 1%
@@ -136,6 +138,9 @@ METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
     **{m: ({"graddiff": "GradDiff", "swap": "subject-swap distillation", "simnpo": "SimNPO"}.get(m, m.upper()),
            ("located", "random", "all"), _gradient(m)) for m in GRADIENT},
     "task_vector": ("task-vector negation", ("located", "random", "all"), _task_vector),
+    # exact unlearning: not an edit of the organism but a sharded ensemble with the people's shards retrained
+    # (excise.organism.sisa; the ensemble and each deletion are cached, training one is 20-26 min on one core)
+    "sisa": ("SISA (exact, retrained shards)", ("k5", "k10"), None),
 }
 QUICK_METHODS = ("npo",)        # the smoke run tests/test_bench.py runs in CI: one method, three scopes
 QUICK_ATTACKS = tuple(a for a in ATTACKS if a != "relearn")     # relearning is most of an audit's time
@@ -153,6 +158,22 @@ def _locate(model: Any, world: Any, forget: list[Fact], retain: Any, budget: Bud
         per_fact = [attribution_patching(model, f, kinds=("head",), seed=seed, subjects=subjects) for f in forget]
         heads = Localization.mean(per_fact).to_components(budget.heads, kind="head")
     return neurons, heads, {"fisher": t1 - t0, "attribution": time.perf_counter() - t1}
+
+
+def _sisa_row(base: AuditReport, forget: list[Fact], k: int, config: AuditConfig, context: Any, seed: int,
+              progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """SISA with k shards after deleting the split's people: audited like an edit, its cost the deletion's."""
+    from excise.organism.sisa import SisaConfig, cached_deletion
+
+    sisa, deletion = cached_deletion(SisaConfig(shards=k, seed=seed), sorted({f.subject for f in forget}),
+                                     progress=progress)
+    edited = audit(sisa.aggregate(), forget, config=config, context=context, progress=False).models["edited"]
+    row = {"method": "sisa", "label": METHODS["sisa"][0], "scope": f"k{k}", "seconds": deletion.total_seconds,
+           "parameters_touched": None, "sisa_steps": deletion.steps,
+           "full_retrain_steps": deletion.full_retrain_steps, **row_metrics(_combined(base, edited))}
+    log(f"  sisa              k{k:<7} eff {row['efficacy']:.2f} fq {row['forget_quality']:.2g} "
+        f"util {row['utility']:.3f} ({row['seconds']:.0f}s, measured when the deletion was made)")
+    return row
 
 
 def _combined(base: AuditReport, edited: dict[str, Any]) -> AuditReport:
@@ -212,6 +233,9 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
     for name in methods:
         label, scopes, fn = METHODS[name]
         for scope in scopes:
+            if fn is None:
+                rows.append(_sisa_row(base, forget, int(scope[1:]), config, context, seed, progress, log))
+                continue
             model = copy_model(original)
             t = time.perf_counter()
             record = fn(model, split, scope, seed)
@@ -435,7 +459,8 @@ def plot(r: dict[str, Any]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
-    markers = {"located": "o", "random": "x", "all": "s", "layer": "^", "-": "D", "retrain": "*"}
+    markers = {"located": "o", "random": "x", "all": "s", "layer": "^", "-": "D", "retrain": "*", "k5": "P",
+               "k10": "P"}
     names = [m for m in METHODS] + ["original"]
     order = [*range(0, 20, 2), *range(1, 20, 2)]           # tab20's strong colours first
     colours = {m: plt.cm.tab20(order[i % 20]) for i, m in enumerate(names)}
