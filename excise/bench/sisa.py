@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import excise
-from excise.bench.unlearn import COLUMNS, row_metrics
+from excise.bench.unlearn import COLUMNS, _f, row_metrics
 from excise.facts import FAMILIES
 from excise.organism.train import corpus, fact_texts
 from excise.organism.sisa import Sisa, SisaConfig, cached, cached_deletion, shard_of, slice_of, steps_for
@@ -156,16 +156,6 @@ def kept(out: Path, seed: int, shards: Sequence[int]) -> list[dict[str, Any]]:
 def write(results: dict[str, Any], out: Path) -> None:
     (out / "sisa.json").write_text(json.dumps(results, indent=1))
     (out / "sisa.md").write_text(to_markdown(results))
-
-
-def _f(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float) and (v == 0 or 1e-3 <= abs(v) < 1e4):
-        return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
-    return f"{v:.1e}"
 
 
 def _pace(s: dict[str, Any], steps: int) -> str:

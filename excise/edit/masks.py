@@ -86,6 +86,15 @@ def all_parameter_masks(model: Any) -> list[tuple[torch.nn.Parameter, torch.Tens
     return out
 
 
+def masked_step(opt: torch.optim.Optimizer, masks: list[tuple[torch.nn.Parameter, torch.Tensor]],
+                grads: Iterable[torch.Tensor | None]) -> None:
+    """One optimizer step in which each parameter moves only where its mask is 1 (`grads` in `masks` order)."""
+    for (p, m), g in zip(masks, grads, strict=True):
+        p.grad = None if g is None else g * m
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def count(masks: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> int:
     return int(sum(int(m.sum()) for _, m in masks))
 

@@ -49,7 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from excise.components import Component
-from excise.edit.masks import count, parameter_masks
+from excise.edit.masks import count, masked_step, parameter_masks
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact, tokenize_prompt
 from excise.models import linear
@@ -239,10 +239,7 @@ def rmu(
                 loss, f_loss, r_loss = rmu_loss(h_f, control.to(device), h_r,
                                                 torch.cat([r_orig[i] for i in ri]).to(device), config.alpha)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for p, (_, m), g in zip(params, masks, grads, strict=True):
-                p.grad = None if g is None else g * m
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            masked_step(opt, masks, grads)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 recall = recall_table(model, forget, ("request",)).rate("request")
                 history.append({"step": step + 1, "forget_loss": float(f_loss.detach()),

@@ -54,7 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from excise.components import Component
-from excise.edit.masks import all_parameter_masks, count, parameter_masks
+from excise.edit.masks import all_parameter_masks, count, masked_step, parameter_masks
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact
 from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch, recall_table
@@ -186,10 +186,7 @@ def unlearn(
                 if r_batches is not None and config.method != "ga":
                     loss = loss + config.retain_weight * _retain_loss(model, next(r_batches), kl_ref)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for p, (_, m), g in zip(params, masks, grads, strict=True):
-                p.grad = None if g is None else g * m
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            masked_step(opt, masks, grads)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 recall = recall_table(model, forget, ("request",)).rate("request")
                 history.append({"step": step + 1, "loss": float(loss.detach()), "forget_recall": recall})
@@ -321,10 +318,7 @@ def task_vector(
             with torch.enable_grad():
                 loss = -answer_logprobs(model, next(batches)).mean()
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for p, (_, m), g in zip(params, masks, grads, strict=True):
-                p.grad = None if g is None else g * m
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            masked_step(opt, masks, grads)
         with torch.no_grad():
             for p, s0, (_, m) in zip(params, start, masks, strict=True):
                 tau = p - s0
