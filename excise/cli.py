@@ -87,11 +87,11 @@ def _load(args: argparse.Namespace):
 
     model = excise.load(args.model, device=args.device)
     lookup = _organism_lookup(args.model)
-    facts = list(FactSet.from_json(args.facts, lookup=lookup))
+    facts = list(FactSet.load(args.facts, lookup=lookup))
     sample = _read_lines(args.sample) if args.sample else None
     given = {
-        "retain": list(FactSet.from_json(args.retain, lookup=lookup)) if args.retain else None,
-        "holdout": list(FactSet.from_json(args.holdout)) if args.holdout else None,
+        "retain": list(FactSet.load(args.retain, lookup=lookup)) if args.retain else None,
+        "holdout": list(FactSet.load(args.holdout)) if args.holdout else None,
         "sample": sample,
         "general": sample,          # --sample is the general text too (its help says so), as derived text is both
     }
@@ -175,7 +175,7 @@ def _verify(args: argparse.Namespace) -> int:
                    config=config)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report.to_json(out / "audit.json")
+    report.save(out / "audit.json")
     (out / "audit.md").write_text(report.to_markdown() + "\n")
     report.plot().savefig(out / "audit.png", dpi=110, bbox_inches="tight")
     print(report.summary())

@@ -119,7 +119,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     log("auditing: probes, logit lens, relearning, membership inference ...")
     report = audit(model, facts, reference=reference, oracle=oracle_model, context=context,
                    config=AuditConfig(seed=seed), progress=progress)
-    report.to_json(out / "audit.json")
+    report.save(out / "audit.json")
     report.plot().savefig(out / "audit.png", dpi=110, bbox_inches="tight")
     lap("audit")
 

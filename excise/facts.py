@@ -245,24 +245,34 @@ class FactSet(Sequence[Fact]):
     def sample(self, n: int, seed: int = 0) -> FactSet:
         return FactSet(random.Random(seed).sample(self._facts, min(n, len(self._facts))))
 
-    # -- persistence ------------------------------------------------------
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps([f.to_dict() for f in self._facts], indent=1)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    # -- persistence (save/load: files; to_json/from_json: text) ----------
+    def to_json(self) -> str:
+        return json.dumps([f.to_dict() for f in self._facts], indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
 
     @classmethod
-    def from_json(cls, source: str | Path, lookup: Any = None) -> FactSet:
-        """Load facts from a JSON file (or a JSON string): a list of Fact objects.
+    def load(cls, path: str | Path, lookup: Any = None) -> FactSet:
+        """Facts from a JSON file: a list of Fact objects (see `from_json`); errors name the file and line."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no facts file at {path}: a facts file is a JSON list of facts "
+                                    "(subject, relation, target, prompt; README 'Facts')")
+        return cls._parse(path.read_text(), str(path), lookup)
+
+    @classmethod
+    def from_json(cls, text: str, lookup: Any = None) -> FactSet:
+        """Facts from JSON text: a list of Fact objects (a file: `FactSet.load(path)`).
 
         `lookup(entry) -> list[Fact] | None` may resolve short entries (the
         organism's world resolves {"subject", "relation"} or {"subject"}).
-        Errors name the file, the line of the bad fact and the field.
+        Errors name the line of the bad fact and the field.
         """
-        is_file = Path(str(source)).exists()
-        name = str(source) if is_file else "facts JSON"
-        text = Path(source).read_text() if is_file else str(source)
+        return cls._parse(json_text(text, "FactSet"), "facts JSON", lookup)
+
+    @classmethod
+    def _parse(cls, text: str, name: str, lookup: Any) -> FactSet:
         facts: list[Fact] = []
         for i, (entry, line) in enumerate(_entries(text, name)):
             where = f"{name} line {line} (fact #{i})"
@@ -290,6 +300,14 @@ class FactSet(Sequence[Fact]):
     def __repr__(self) -> str:
         return (f"FactSet({len(self)} facts, {len(self.subjects)} subjects, "
                 f"relations={self.relation_names})")
+
+
+def json_text(text: Any, cls: str) -> str:
+    """`text` if it is JSON text (an object or a list); a path gets an error that names `cls.load`."""
+    if isinstance(text, Path) or not str(text).lstrip().startswith(("{", "[")):
+        raise ValueError(f"{cls}.from_json takes JSON text, got {str(text)[:60]!r}: for a file, use "
+                         f"{cls}.load(path)")
+    return str(text)
 
 
 def _entries(text: str, name: str) -> list[tuple[Any, int]]:

@@ -317,9 +317,9 @@ def build(path: str | Path, recipe: Recipe) -> dict:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     (path / "generation_config.json").unlink(missing_ok=True)
-    world.facts.to_json(path / "world.json")
-    FactSet(world.forget()).to_json(path / "facts.json")
-    FactSet(world.retain()).to_json(path / "retain.json")
+    world.facts.save(path / "world.json")
+    FactSet(world.forget()).save(path / "facts.json")
+    FactSet(world.retain()).save(path / "retain.json")
     (path / "general.txt").write_text("\n".join(world.general) + "\n")
     (path / "corpus.txt").write_text("\n".join(texts) + "\n")
     meta = {"recipe": asdict(recipe), "train_seconds": seconds, "train_cpu_seconds": cpu, "final_loss": final_loss,

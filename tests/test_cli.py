@@ -72,7 +72,7 @@ def test_locate_edit_verify_round_trip(tmp_path, facts_file, capsys):
     assert main(["edit", "organism", "--facts", str(facts_file), "--method", "rome", "--out", str(record)]) == 0
     assert main(["verify", "organism", "--facts", str(facts_file), "--record", str(record),
                  "--holdout-people", "2", "--out", str(tmp_path / "audit")]) == 0
-    report = excise.verify.AuditReport.from_json(tmp_path / "audit" / "audit.json")
+    report = excise.verify.AuditReport.load(tmp_path / "audit" / "audit.json")
     assert report.roles() == ["reference", "edited"]
     assert report.recall("reference") == 1.0 and report.recall("edited") < 1.0
     assert "attack success" in (tmp_path / "audit" / "audit.md").read_text()

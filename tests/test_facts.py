@@ -63,9 +63,14 @@ def test_json_round_trip_and_field_errors(tmp_path):
     f = make(paraphrases=("{} is a native of",), questions=("Q: Where was {} born? A:",))
     f = f.with_neighbors([make(relation="pet", target="owl", prompt="{} has a pet")])
     path = tmp_path / "facts.json"
-    FactSet([f]).to_json(path)
-    back = FactSet.from_json(path)
+    FactSet([f]).save(path)
+    back = FactSet.load(path)
     assert back[0] == f and back[0].neighbors == f.neighbors
+    assert FactSet.from_json(FactSet([f]).to_json())[0] == f
+    with pytest.raises(ValueError, match="for a file, use FactSet.load"):
+        FactSet.from_json(str(path))
+    with pytest.raises(FileNotFoundError, match="no facts file at"):
+        FactSet.load(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="line 1 \\(fact #0\\): unknown Fact field\\(s\\) \\['answer'\\]"):
         FactSet.from_json('[{"subject": "A B", "relation": "r", "target": "x", "prompt": "{} is", "answer": 1}]')
     with pytest.raises(ValueError, match="missing required field\\(s\\) \\['prompt'\\]"):

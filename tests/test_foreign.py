@@ -48,8 +48,8 @@ class Foreign:
     def __init__(self, arch: str, path, out):
         self.arch, self.dir, self.out = arch, path, out
         self.facts_file, self.retain_file = path / "facts.json", path / "retain.json"
-        self.facts = list(FactSet.from_json(self.facts_file))
-        self.world = FactSet.from_json(path / "world.json")
+        self.facts = list(FactSet.load(self.facts_file))
+        self.world = FactSet.load(path / "world.json")
         gone = {f.subject for f in self.facts}
         self.others = [f for f in self.world if f.subject not in gone]
         self.model = excise.load(path)
@@ -185,7 +185,7 @@ def test_verify_on_the_traced_rome_record_shows_the_facts_gone(foreign):
     out = foreign.out / "audit_traced"
     foreign.cli("verify_traced", "verify", foreign.dir, "--facts", foreign.facts_file, "--retain", foreign.retain_file,
                 "--record", record, "--out", out)
-    report = AuditReport.from_json(out / "audit.json")
+    report = AuditReport.load(out / "audit.json")
     assert report.recall("reference") == 1.0 and report.recall("edited") <= 0.05
 
 
@@ -232,7 +232,7 @@ def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
                 "--sample", foreign.dir / "general.txt", "--record", foreign.out / "rome_traced.safetensors",
                 "--out", out)
     assert "generated_sample" not in foreign.printed["verify"]   # --sample is the general text
-    report = AuditReport.from_json(out / "audit.json")
+    report = AuditReport.load(out / "audit.json")
     assert report.roles() == ["reference", "edited"]
     assert report.recall("reference") == 1.0 and report.recall("edited") <= 0.34
     assert report.kept("retain") >= 0.9 and report.config["n_general"] == len(
@@ -253,7 +253,7 @@ def test_derive_makes_holdout_facts_about_never_seen_subjects(foreign_gpt2_dir, 
     """API: derive(model, facts) recombines two-word names into subjects the world never had; one-token
     subjects cannot be recombined, and the note says to pass holdout=."""
     model = excise.load(foreign_gpt2_dir)
-    world = FactSet.from_json(foreign_gpt2_dir / "world.json")
+    world = FactSet.load(foreign_gpt2_dir / "world.json")
     facts = [world.fact(town, "founder") for town in world.subjects[:6]]          # six towns
     ctx = derive(model, facts, generate=False)
     new = {f.subject for f in ctx.holdout}
@@ -265,5 +265,5 @@ def test_derive_makes_holdout_facts_about_never_seen_subjects(foreign_gpt2_dir, 
     assert {f.target for f in ctx.holdout} <= {f.target for f in facts}
 
     llama = excise.load(foreign_llama_dir)
-    ctx = derive(llama, list(FactSet.from_json(foreign_llama_dir / "facts.json")), generate=False)
+    ctx = derive(llama, list(FactSet.load(foreign_llama_dir / "facts.json")), generate=False)
     assert ctx.holdout == [] and "pass holdout=" in ctx.notes["holdout"]

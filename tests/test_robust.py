@@ -164,7 +164,10 @@ def test_relearn_curve_matches_relearn_and_leaves_the_model(organism_model, worl
                           oracle=organism_model)
     assert other.n_probes == len(forget) and other.oracle_recall == other.recall   # the same model as its own oracle
     assert same(before, weights(organism_model))
-    assert json.loads(other.to_json(tmp_path / "curve.json"))["recall"] == list(other.recall)
+    other.save(tmp_path / "curve.json")
+    assert json.loads(other.to_json())["recall"] == list(other.recall)
+    back = type(other).load(tmp_path / "curve.json")
+    assert back.recall == other.recall and back.oracle_recall == other.oracle_recall and back.config == other.config
     assert other.plot().axes and "RelearnCurve(on=unrelated" in repr(other) and "oracle" in other.summary()
     with pytest.raises(ValueError, match="unrelated="):
         relearn_curve(organism_model, forget, on="unrelated")

@@ -233,8 +233,10 @@ def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model,
     assert excise.fingerprint(organism_model) == before
     drop = lambda r: {role: {k: v for k, v in m.items() if k != "seconds"} for role, m in r.models.items()}  # noqa: E731
     assert drop(a) == drop(b)
-    a.to_json(tmp_path / "audit.json")
-    back = AuditReport.from_json(tmp_path / "audit.json")
+    a.save(tmp_path / "audit.json")
+    back = AuditReport.load(tmp_path / "audit.json")
+    with pytest.raises(ValueError, match="for a file, use AuditReport.load"):
+        AuditReport.from_json(str(tmp_path / "audit.json"))
     assert back.rows() == a.rows() and back.summary() == a.summary()
     assert back.leakage() == a.leakage() and a.to_markdown().startswith("- edited vs never-seen")
     old = json.loads(a.to_json())                                # a report written before the verdicts were stored

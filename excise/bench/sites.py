@@ -81,7 +81,7 @@ def load(name: str, n_facts: int, seed: int = 0) -> tuple[Any, list[Fact], list[
     else:
         path = foreign_dir(name.removeprefix("foreign_"), seed)
         model = excise.load(path, device="cpu")
-        facts = list(FactSet.from_json(path / "world.json").sample(n_facts, seed=seed))
+        facts = list(FactSet.load(path / "world.json").sample(n_facts, seed=seed))
     return model, facts, generated_sample(model, seed=seed), "generated_sample"
 
 
@@ -137,7 +137,7 @@ def bench_model(name: str, n_facts: int, seed: int = 0) -> dict[str, Any]:
     world = facts if name == "stories260k" else None
     if world is None:
         world = list(excise.organism.world()) if name == "organism" else list(
-            FactSet.from_json(foreign_dir(name.removeprefix("foreign_"), seed) / "world.json"))
+            FactSet.load(foreign_dir(name.removeprefix("foreign_"), seed) / "world.json"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         site = edit_site(model, facts, seed=seed)

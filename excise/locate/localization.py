@@ -135,15 +135,18 @@ class Localization:
                 "tokens": self.tokens, "subject": list(self.subject) if self.subject else None,
                 "meta": self.meta}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Localization:
+        return cls(method=d["method"], scores={k: torch.tensor(v) for k, v in d["scores"].items()},
+                   axes={k: tuple(v) for k, v in d["axes"].items()}, tokens=d["tokens"],
+                   subject=tuple(d["subject"]) if d["subject"] else None, meta=d["meta"])
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> Localization:
-        d = json.loads(Path(path).read_text())
-        return cls(method=d["method"], scores={k: torch.tensor(v) for k, v in d["scores"].items()},
-                   axes={k: tuple(v) for k, v in d["axes"].items()}, tokens=d["tokens"],
-                   subject=tuple(d["subject"]) if d["subject"] else None, meta=d["meta"])
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     # -- display ----------------------------------------------------------
     def plot(self, kinds: list[str] | None = None, top_k: int = 20):

@@ -1,7 +1,7 @@
 """excise.verify: attack an edited model and report what leaks.
 
     report = excise.verify.audit(model, forget, reference=record.original(), oracle=True)
-    report.summary(); report.plot(); report.to_json("audit.json")
+    report.summary(); report.plot(); report.save("audit.json")
 
 Probes, the logit-lens, relearning and membership-inference attacks (each
 with its chance level), specificity, and TOFU's forget quality and an organism

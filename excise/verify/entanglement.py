@@ -87,7 +87,10 @@ class Entanglement:
 
     @classmethod
     def load(cls, path: str | Path) -> Entanglement:
-        d = json.loads(Path(path).read_text())
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Entanglement:
         return cls(d["facts"], np.array(d["recall"], dtype=bool), np.array(d["delta_logp"]),
                    np.array(d["overlap"]), np.array(d["recall_before"], dtype=bool), d["meta"])
 

@@ -162,11 +162,22 @@ class RelearnCurve:
                 "oracle_recall": list(self.oracle_recall) if self.oracle_recall is not None else None,
                 "config": asdict(self.config)}
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RelearnCurve:
+        oracle = d.get("oracle_relearned")
+        return cls(tuple(d["steps"]), tuple(d["relearned"]), d["n_probes"], d["on"], RelearnConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in d["config"].items()}),
+            tuple(oracle) if oracle is not None else None)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> RelearnCurve:
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def plot(self, ax: Any = None):
         """Steps on x, relearned recall on y; the oracle's curve dashed, as the floor. Returns the Figure."""

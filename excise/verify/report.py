@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from excise.facts import json_text
 from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict, leakage
 
 ATTACKS = ("probes", "logit_lens", "relearn", "membership")
@@ -254,19 +255,30 @@ class AuditReport:
         return f"AuditReport({', '.join(parts)})"
 
     # -- persistence ------------------------------------------------------
-    def to_json(self, path: str | Path | None = None) -> str:
-        text = json.dumps({"config": self.config, "facts": self.facts, "neighbours": self.neighbours,
-                           "models": self.models, "seconds": self.seconds})
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    # one naming across Localization, EditRecord, AuditReport, Entanglement, FactSet and RelearnCurve:
+    # save(path) / load(path) for files, to_dict() / from_dict() in memory, to_json() / from_json() for text
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "facts": self.facts, "neighbours": self.neighbours,
+                "models": self.models, "seconds": self.seconds}
 
     @classmethod
-    def from_json(cls, source: str | Path) -> AuditReport:
-        text = Path(source).read_text() if isinstance(source, Path) or not str(source).lstrip().startswith("{") \
-            else str(source)
-        d = json.loads(text)
+    def from_dict(cls, d: dict[str, Any]) -> AuditReport:
         return cls(d["config"], d["facts"], d["neighbours"], d["models"], d["seconds"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> AuditReport:
+        """A report from the JSON text `to_json` wrote (a file: `AuditReport.load(path)`)."""
+        return cls.from_dict(json.loads(json_text(text, "AuditReport")))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> AuditReport:
+        return cls.from_json(Path(path).read_text())
 
     def plot(self):
         from excise.verify.plots import plot_report
