@@ -103,6 +103,21 @@ def test_kept_counts_only_what_the_reference_knew():
     assert kept([False], [True]) is None
 
 
+def test_neighbours_kept_splits_same_subject_from_other_subjects():
+    """A per-subject edit takes the subject's other facts along: the report gives that figure on its own."""
+    facts = [{"subject": "A B", "relation": "r1", "target": "x"}]
+    neighbours = [{"subject": "A B", "relation": "r2"}, {"subject": "A B", "relation": "r3"},
+                  {"subject": "C D", "relation": "r1"}, {"subject": "E F", "relation": "r1"}]
+    models = {"reference": {"neighbours": [True, True, True, False], "retain": [True]},
+              "edited": {"neighbours": [False, True, True, True], "retain": [True]}}
+    report = AuditReport.from_dict({"config": {}, "facts": facts, "neighbours": neighbours, "models": models,
+                                    "seconds": 0.0})
+    assert report.kept("neighbours") == pytest.approx(2 / 3)
+    assert report.kept("same_subject") == 0.5 and report.kept("other_subjects") == 1.0
+    with pytest.raises(ValueError, match="same_subject"):
+        report.kept("cousins")
+
+
 def test_membership_scores_match_a_hand_computation(organism_model):
     text = "Dorian Elsworth was born in Zorvath"
     s = membership_scores(organism_model, [text], k=1.0)
@@ -245,6 +260,7 @@ def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model,
     assert AuditReport.from_json(json.dumps(old)).leakage("reference") == a.leakage("reference")
     assert json.loads(a.to_json())["facts"][0]["subject"] == two_people[0].subject
     assert a.kept("neighbours") == 1.0 and a.utility("edited") == pytest.approx(1.0)
+    assert dict(a.rows())["neighbour recall: other subjects"]["edited"] == a.kept("other_subjects") == 1.0
     fig = a.plot()
     assert [ax.get_title() for ax in fig.axes][:2] == ["Logit lens: where the answer is readable",
                                                       "Attack success (black ticks: chance on never-seen facts)"]

@@ -141,12 +141,29 @@ class AuditReport:
         return forget_quality(mine, oracle) if oracle and mine else None
 
     def kept(self, what: str = "neighbours") -> float | None:
-        """Share of the `neighbours` / `retain` facts the reference recalls that the edited model still recalls."""
+        """Share of the facts the reference recalls that the edited model still recalls.
+
+        `what`: "neighbours" (every neighbour of the facts), "same_subject" (the neighbours that
+        are other facts of the facts' own subjects: what a per-subject edit most often takes
+        along), "other_subjects" (the neighbours of other subjects) or "retain". None without a
+        reference, or when no such fact is recalled by it.
+        """
         from excise.verify.specificity import kept
 
         if "reference" not in self.models:
             return None
+        if what in ("same_subject", "other_subjects"):
+            mask = self._same_subject_neighbours(what == "same_subject")
+            ref, now = (self.models[r]["neighbours"] for r in ("reference", "edited"))
+            ref, now = [x for x, m in zip(ref, mask) if m], [x for x, m in zip(now, mask) if m]
+            return kept(ref, now)
+        if what not in ("neighbours", "retain"):
+            raise ValueError(f"what must be neighbours, same_subject, other_subjects or retain, got {what!r}")
         return kept(self.models["reference"][what], self.models["edited"][what])
+
+    def _same_subject_neighbours(self, same: bool) -> list[bool]:
+        subjects = {f["subject"] for f in self.facts}
+        return [(n["subject"] in subjects) == same for n in self.neighbours]
 
     def utility(self, role: str = "edited", relative: bool = True) -> float | None:
         u = self.models[role].get("utility", {}).get("utility")
@@ -181,6 +198,10 @@ class AuditReport:
         for score in ("loss", "zlib", "min_k", "min_k_pp", "answer_loss", "answer_min_k_pp"):
             add(f"MIA AUC: {score}", lambda r, s=score: self.models[r].get("membership", {}).get("auc", {}).get(s))
         add("neighbour recall", lambda r: _rate(self.models[r]["neighbours"]))
+        for label, same in (("same subject", True), ("other subjects", False)):
+            mask = self._same_subject_neighbours(same)
+            add(f"neighbour recall: {label}",
+                lambda r, mask=mask: _rate([x for x, m in zip(self.models[r]["neighbours"], mask) if m]))
         add("retain recall", lambda r: _rate(self.models[r]["retain"]))
         add("general loss (nats/token)", lambda r: self.models[r].get("general_loss"))
         add("truth ratio (median)",
