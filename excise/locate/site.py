@@ -32,6 +32,21 @@ benchmarks/results/sites.md; ROME head_projection_unlikelihood, 10 facts):
   efficacy 1.00; the organism's subject MLPs restore 5% and a subject edit
   still works (paraphrase forget 0.93 vs 1.00 at the prompt's end).
 
+What no site fixes, measured on the organism's 5% split (90 facts, ROME
+head_projection_unlikelihood one fact after another, audited against 180
+never-seen facts): every single-site rank-one deletion reaches efficacy
+0.96-1.00 and still leaks to the relearning attack. Relearned top-1 recall,
+with the oracle's 0.011: 0.42 at layer 1, 0.43 at layer 2 and 0.32 at layer 3
+(prompt's end), 0.28 at layer 0 (last subject token). The logit lens reads the
+answer below the write (AUC 0.82-0.96 for writes at layers 2-3; one at layer 1 pushes the lens
+below chance, 0.29). The write hides the fact at its site; the subject's
+representation upstream keeps it. On the foreign models the traced write also
+reaches other subjects' facts of the same relation (kept 0.84 Llama, 0.94
+GPT-2), and ROME's `protect` (8 or 32 of the most exposed other-subject facts
+in the value's KL term, evaluated on others) leaves those figures unchanged:
+the spill comes from the key direction u, which the value optimization cannot
+move.
+
 `excise.methods.delete` uses it when no layer is given; the record keeps
 the site and the reason (`record.meta["site"]`).
 """
