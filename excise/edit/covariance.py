@@ -30,6 +30,31 @@ from excise.scoring import encode, pad_batch
 log = logging.getLogger(__name__)
 
 
+def mlp_keys(model: Any, tokens: Tensor, layer: int, resid_after: int | None = None,
+             ) -> Tensor | tuple[Tensor, Tensor]:
+    """The MLP keys of block `layer` (`blocks.{layer}.mlp.hook_post`, the input of its output matrix) for
+    token ids [batch, pos]: [batch, pos, d_mlp]. The forward stops after the block; with `resid_after`,
+    after that block instead, and its residual output [batch, pos, d_model] comes back as well.
+
+    The one place excise reads MLP keys: ROME's and MEMIT's keys, the key second moment, protect.
+    """
+    store: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(act, hook):
+            store[name] = act
+        return hook
+
+    last = layer if resid_after is None else max(layer, resid_after)
+    hooks = [(f"blocks.{layer}.mlp.hook_post", keep("k"))]
+    if resid_after is not None:
+        hooks.append((f"blocks.{resid_after}.hook_resid_post", keep("h")))
+    device = next(iter(model.parameters())).device
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(tokens.to(device), stop_at_layer=last + 1)
+    return store["k"] if resid_after is None else (store["k"], store["h"])
+
+
 def default_cache_dir() -> Path:
     from excise.organism import cache_dir
 
@@ -52,18 +77,11 @@ def estimate_second_moment(
     d = model.cfg.d_mlp
     acc = torch.zeros(d, d, dtype=torch.float64, device=device)
     count = 0
-    captured: dict[str, Tensor] = {}
-
-    def keep(act, hook):
-        captured["k"] = act
-
     batches = range(0, len(rows), batch_size)
     for start in tqdm(batches, desc=f"covariance L{layer}", disable=not progress or len(batches) < 10):
         tokens, last = pad_batch(rows[start:start + batch_size], pad)
-        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
-            model(tokens.to(device), stop_at_layer=layer + 1)
         real = (torch.arange(tokens.shape[1])[None] <= last[:, None]).to(device)
-        k = captured["k"][real].double()
+        k = mlp_keys(model, tokens, layer)[real].double()
         acc += k.T @ k
         count += k.shape[0]
     return (acc / count).float(), count

@@ -44,7 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from excise.edit.covariance import second_moment
+from excise.edit.covariance import mlp_keys, second_moment
 from excise.edit.rank_one import POSITIONS, inverse_second_moment
 from excise.edit.record import EditRecord, recording
 from excise.edit.rome import RomeConfig, _at, _prompts, _rows, compute_v, layer_keys, resolve_sample
@@ -153,23 +153,14 @@ def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n
     request prompt, its `n_prefixes` prefixed copies and the other `families`' templates."""
     keys, hidden = [], []
     device = next(iter(model.parameters())).device
-    store = {}
-
-    def keep(name):
-        def hook(act, hook):
-            store[name] = act
-        return hook
-
     for f in facts:
         rows = _rows(model, f, _prompts(f, n_prefixes, families))
         tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
-        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep("k")),
-                                    (f"blocks.{last}.hook_resid_post", keep("h"))]):
-            model(tokens.to(device), stop_at_layer=last + 1)
+        k, h = mlp_keys(model, tokens, layer, resid_after=last)
         at = torch.tensor(_at(rows, position), device=device)
         batch = torch.arange(len(rows), device=device)
-        keys.append(store["k"][batch, at].mean(0))
-        hidden.append(store["h"][batch, at].mean(0))
+        keys.append(k[batch, at].mean(0))
+        hidden.append(h[batch, at].mean(0))
     return torch.stack(keys, 1), torch.stack(hidden, 1)          # [d_mlp, n], [d_model, n]
 
 

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from excise.edit.covariance import mlp_keys
 from excise.facts import Fact, tokenize_prompt
 from excise.models import linear
 
@@ -86,14 +87,7 @@ def inverse_second_moment(C: Float[Tensor, "d d"], ridge: float) -> Float[Tensor
 
 
 def _mlp_key(model: Any, tokens: Tensor, layer: int, position: int) -> Tensor:
-    store = {}
-
-    def keep(act, hook):
-        store["k"] = act[0, position].detach().clone()
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
-        model(tokens[None])
-    return store["k"]
+    return mlp_keys(model, tokens[None], layer)[0, position].clone()
 
 
 def _optimize_value(model: Any, tokens: Tensor, layer: int, position: int, target_id: int,

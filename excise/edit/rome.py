@@ -68,7 +68,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from excise.edit.covariance import second_moment
+from excise.edit.covariance import mlp_keys, second_moment
 from excise.edit.rank_one import POSITIONS, inverse_second_moment, position_index, rank_one_update
 from excise.edit.record import EditRecord, recording
 from excise.edit.sequence import sequence
@@ -310,18 +310,7 @@ def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = Non
 def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int, position: str = "subject_last",
               families: Sequence[str] = ("request",)) -> Tensor:
     """Mean MLP key at the edit `position` over the prompt, its prefixed copies and the other `families`."""
-    rows = _rows(model, fact, _prompts(fact, n_prefixes, families))
-    tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
-    store = {}
-
-    def keep(act, hook):
-        store["k"] = act
-
-    device = next(iter(model.parameters())).device
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
-        model(tokens.to(device), stop_at_layer=layer + 1)
-    at = torch.tensor(_at(rows, position), device=device)
-    return store["k"][torch.arange(len(rows), device=device), at].mean(0)
+    return layer_keys(model, _rows(model, fact, _prompts(fact, n_prefixes, families)), layer, position).mean(0)
 
 
 def _kl_prompt_row(model: Any, fact: Fact):
@@ -533,22 +522,16 @@ def layer_keys(model: Any, rows, layer: int, position: str | None, batch_size: i
     """MLP keys at `layer` of `_rows` rows: at each row's edit `position` ([rows, d_mlp]) or, with None, at
     every real token ([tokens, d_mlp]); the forwards stop after `layer`."""
     device = next(iter(model.parameters())).device
-    store: dict[str, Tensor] = {}
-
-    def keep(act, hook):
-        store["k"] = act
-
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         tokens, last = pad_batch([r[0] for r in chunk], model.tokenizer.pad_token_id or 0)
-        with model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", keep)]):
-            model(tokens.to(device), stop_at_layer=layer + 1)
+        k = mlp_keys(model, tokens, layer)
         if position is not None:
             at = torch.tensor(_at(chunk, position), device=device)
-            out.append(store["k"][torch.arange(len(chunk), device=device), at])
+            out.append(k[torch.arange(len(chunk), device=device), at])
         else:
-            out.append(store["k"][(torch.arange(tokens.shape[1]) <= last[:, None]).to(device)])
+            out.append(k[(torch.arange(tokens.shape[1]) <= last[:, None]).to(device)])
     return torch.cat(out)
 
 
