@@ -45,7 +45,16 @@ reaches other subjects' facts of the same relation (kept 0.84 Llama, 0.94
 GPT-2), and ROME's `protect` (8 or 32 of the most exposed other-subject facts
 in the value's KL term, evaluated on others) leaves those figures unchanged:
 the spill comes from the key direction u, which the value optimization cannot
-move.
+move. Moving u does move it, at a price in efficacy: MEMIT at the traced site
+with AlphaEdit's null space of the other subjects' keys (every token of their
+prompts, none of the facts evaluated; 20 facts each, one at a time) traces a
+trade-off, (efficacy, other subjects kept): on the Llama (1.00, 0.84) without
+it, (1.00, 0.94) at L2 0.1, (0.95, 0.96) at L2 1, (0.10, 1.00) at AlphaEdit's
+L2 10; on the GPT-2 (1.00, 0.94) without, (0.85, 0.95) at L2 0.1, (0.60, 0.975)
+at L2 1, (0.95, 0.975) with the relative threshold 1e-2 at L2 1, which on the
+Llama gives (1.00, 0.85). No setting reaches efficacy 0.95 with others 0.98 on
+both: at the prompt's end a fact's key shares its directions with the same
+relation's other subjects' keys.
 
 `excise.methods.delete` uses it when no layer is given; the record keeps
 the site and the reason (`record.meta["site"]`).
