@@ -243,6 +243,13 @@ def _bench(args: argparse.Namespace) -> int:
 
         run(args.out, seed=args.seed)
         print((Path(args.out) / "stories.md").read_text())
+    elif args.suite == "robust":
+        from excise.bench.robust import METHODS as ROBUST_METHODS
+        from excise.bench.robust import run, to_markdown
+
+        methods = tuple(args.methods.split(",")) if args.methods else ROBUST_METHODS
+        print(to_markdown(run(args.out, methods=methods, seed=args.seed, log=lambda m: print(m, flush=True))))
+        print(f"wrote {Path(args.out) / 'robust.json'}, robust.md and robust.png")
     elif args.suite == "sites":
         from excise.bench.sites import run, to_markdown
 
@@ -319,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu", "sisa", "sites"], help="which benchmark")
+    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu", "sisa", "sites", "robust"], help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)

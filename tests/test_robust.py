@@ -173,3 +173,39 @@ def test_relearn_curve_matches_relearn_and_leaves_the_model(organism_model, worl
         relearn_curve(organism_model, forget, on="unrelated")
     with pytest.raises(ValueError, match="shares"):
         relearn_curve(organism_model, forget, on="unrelated", unrelated=forget[:1])
+
+
+# -- bench robust: which components each scope masks -----------------------------------------------------
+
+def test_robust_scopes_pick_the_traced_layers_and_say_so():
+    from excise.bench.robust import scope_components, summary, to_markdown, traced_layers
+
+    curves = {"subject": [0.30, 0.10, 0.05, 0.02], "last": [0.01, 0.02, 0.40, 0.20]}
+    fisher_neurons = [Component(1, "neuron", 7)]
+    assert scope_components("fact_lookup", curves, 4, 1, 0, fisher_neurons) == [Component(0, "mlp")]
+    assert scope_components("output", curves, 4, 2, 0, fisher_neurons) == [Component(2, "mlp"), Component(3, "mlp")]
+    assert scope_components("fisher", curves, 4, 1, 0, fisher_neurons) == fisher_neurons
+    assert scope_components("all", curves, 4, 1, 0, fisher_neurons) is None
+    drawn = scope_components("random", curves, 4, 2, 3, fisher_neurons)
+    assert drawn == scope_components("random", curves, 4, 2, 3, fisher_neurons) and len(set(drawn)) == 2
+    with pytest.raises(ValueError, match="scope must be one of"):
+        scope_components("everywhere", curves, 4, 1, 0, fisher_neurons)
+
+    row = lambda method, scope, other, unrel: {"method": method, "scope": scope, "components": None,  # noqa: E731
+                                                "parameters_touched": 10, "seconds": 1.0, "efficacy": 1.0,
+                                                "utility": 0.99, "relearned": {"other_half": other,
+                                                                               "unrelated": unrel}}
+    r = {"fraction": 0.05, "seed": 0, "forget_facts": 90, "forget_people": 15, "n_layers_masked": 1,
+         "steps": [0, 10, 30, 100], "traced": curves, "fisher_neurons": 1, "unrelated_facts": 45,
+         "relearn_config": {"lr": 1e-3}, "total_seconds": 1.0,
+         "rows": [row("oracle", "retrain", [0, 0, 0.01, 0.02], [0, 0, 0, 0.01]),
+                  row("npo", "fact_lookup", [0, 0.1, 0.2, 0.3], [0, 0, 0.1, 0.2]),
+                  row("npo", "output", [0, 0.3, 0.5, 0.6], [0, 0.2, 0.3, 0.4])]}
+    text = summary(r)
+    assert "The oracle relearns 0.01/0.02 (other half, 30/100 steps)" in text and "least: fact_lookup" in text
+    assert "| npo | output |" in to_markdown(r)
+
+    model = excise.load("organism")
+    facts = list(excise.organism.world().of_subject(excise.organism.world().people[0]))[:2]
+    traced = traced_layers(model, facts)
+    assert set(traced) == {"subject", "last"} and len(traced["subject"]) == model.cfg.n_layers
