@@ -183,78 +183,99 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _listed(text: str | None, cast=str) -> tuple | None:
+    return tuple(cast(x) for x in text.split(",")) if text else None
+
+
+# suite -> run it from the parsed arguments; returns the files it wrote beside SUITE.json and SUITE.md
+def _bench_locate(a: argparse.Namespace) -> list[str]:
+    from excise.bench.locate import run
+
+    n, loop, planted = (5, 1, 2) if a.quick else (a.facts, 5, 10)
+    run(a.out, n_facts=n, loop_facts=loop, planted_facts=planted, seed=a.seed)
+    return []
+
+
+def _bench_edit(a: argparse.Namespace) -> list[str]:
+    from excise.bench.edit import run
+
+    run(a.out, **(dict(n_facts=3, n_memit=5, n_sequential=10) if a.quick else dict(n_facts=a.facts)))
+    return []
+
+
+def _bench_sequential(a: argparse.Namespace) -> list[str]:
+    from excise.bench.sequential import run
+
+    run(a.out, **(dict(n=10, n_preserve=100, every=5, ridges=(10.0,)) if a.quick else {}))
+    return []
+
+
+def _bench_verify(a: argparse.Namespace) -> list[str]:
+    from excise.bench.verify import run
+
+    run(a.out, fraction=0.05, seed=a.seed)
+    return []
+
+
+def _bench_unlearn(a: argparse.Namespace) -> list[str]:
+    from excise.bench.unlearn import run
+
+    run(a.out, quick=a.quick, seed=a.seed, methods=_listed(a.methods), splits=_listed(a.splits, float), log=_log)
+    return ["unlearn.png", str(Path(a.out).parent / "RESULTS.md")]
+
+
+def _bench_tofu(a: argparse.Namespace) -> list[str]:
+    from excise.bench.tofu import METHODS, run
+
+    run(a.out, split=a.split, seed=a.seed, methods=_listed(a.methods) or METHODS, log=_log)
+    return [f"tofu-{a.split}.png", str(Path(a.out).parent / "RESULTS.md")]
+
+
+def _bench_sisa(a: argparse.Namespace) -> list[str]:
+    from excise.bench.sisa import run
+
+    run(a.out, shards=_listed(a.shards, int), seed=a.seed, log=_log)
+    return []
+
+
+def _bench_stories(a: argparse.Namespace) -> list[str]:
+    from excise.bench.stories import run
+
+    run(a.out, seed=a.seed)
+    return []
+
+
+def _bench_robust(a: argparse.Namespace) -> list[str]:
+    from excise.bench.robust import METHODS, run
+
+    run(a.out, methods=_listed(a.methods) or METHODS, seed=a.seed, log=_log)
+    return ["robust.png"]
+
+
+def _bench_sites(a: argparse.Namespace) -> list[str]:
+    from excise.bench.sites import run
+
+    run(a.out, n_facts=5 if a.quick else min(a.facts, 20), seed=a.seed)
+    return []
+
+
+BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _bench_sequential,
+                "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
+                "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust}
+
+
 def _bench(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.suite == "locate":
-        from excise.bench.locate import run, to_markdown
-
-        n, loop, planted = (5, 1, 2) if args.quick else (args.facts, 5, 10)
-        results = run(args.out, n_facts=n, loop_facts=loop, planted_facts=planted, seed=args.seed)
-        print(to_markdown(results))
-        print(f"wrote {Path(args.out) / 'locate.json'} and {Path(args.out) / 'locate.md'}")
-    elif args.suite == "edit":
-        from excise.bench.edit import run, to_markdown
-
-        sizes = dict(n_facts=3, n_memit=5, n_sequential=10) if args.quick else dict(n_facts=args.facts)
-        results = run(args.out, **sizes)
-        print(to_markdown(results))
-        print(f"wrote {Path(args.out) / 'edit.json'} and {Path(args.out) / 'edit.md'}")
-    elif args.suite == "sequential":
-        from excise.bench.sequential import run, to_markdown
-
-        sizes = dict(n=10, n_preserve=100, every=5, ridges=(10.0,)) if args.quick else {}
-        results = run(args.out, **sizes)
-        print(to_markdown(results))
-        print(f"wrote {Path(args.out) / 'sequential.json'} and {Path(args.out) / 'sequential.md'}")
-    elif args.suite == "verify":
-        from excise.bench.verify import run
-
-        run(args.out, fraction=0.05, seed=args.seed)
-        print((Path(args.out) / "verify.md").read_text())
-        print(f"wrote {Path(args.out) / 'verify.json'} and {Path(args.out) / 'verify.md'}")
-    elif args.suite == "unlearn":
-        from excise.bench.unlearn import run
-
-        methods = tuple(args.methods.split(",")) if args.methods else None
-        splits = tuple(float(s) for s in args.splits.split(",")) if args.splits else None
-        run(args.out, quick=args.quick, seed=args.seed, methods=methods, splits=splits, log=lambda m: print(m, flush=True))
-        print((Path(args.out) / "unlearn.md").read_text())
-        print(f"wrote {Path(args.out) / 'unlearn.json'}, unlearn.md, unlearn.png and {Path(args.out).parent / 'RESULTS.md'}")
-    elif args.suite == "tofu":
-        from excise.bench.tofu import METHODS as TOFU_METHODS
-        from excise.bench.tofu import run
-
-        methods = tuple(args.methods.split(",")) if args.methods else TOFU_METHODS
-        run(args.out, split=args.split, seed=args.seed, methods=methods, log=lambda m: print(m, flush=True))
-        print((Path(args.out) / "tofu.md").read_text())
-        print(f"wrote {Path(args.out) / 'tofu.json'}, tofu.md, tofu-{args.split}.png and "
-              f"{Path(args.out).parent / 'RESULTS.md'}")
-    elif args.suite == "sisa":
-        from excise.bench.sisa import run
-
-        run(args.out, shards=tuple(int(k) for k in args.shards.split(",")), seed=args.seed,
-            log=lambda m: print(m, flush=True))
-        print((Path(args.out) / "sisa.md").read_text())
-        print(f"wrote {Path(args.out) / 'sisa.json'} and sisa.md")
-    elif args.suite == "stories":
-        from excise.bench.stories import run
-
-        run(args.out, seed=args.seed)
-        print((Path(args.out) / "stories.md").read_text())
-    elif args.suite == "robust":
-        from excise.bench.robust import METHODS as ROBUST_METHODS
-        from excise.bench.robust import run, to_markdown
-
-        methods = tuple(args.methods.split(",")) if args.methods else ROBUST_METHODS
-        print(to_markdown(run(args.out, methods=methods, seed=args.seed, log=lambda m: print(m, flush=True))))
-        print(f"wrote {Path(args.out) / 'robust.json'}, robust.md and robust.png")
-    elif args.suite == "sites":
-        from excise.bench.sites import run, to_markdown
-
-        print(to_markdown(run(args.out, n_facts=5 if args.quick else min(args.facts, 20), seed=args.seed)))
-        print(f"wrote {Path(args.out) / 'sites.json'} and {Path(args.out) / 'sites.md'}")
+    extra = BENCH_SUITES[args.suite](args)
+    out = Path(args.out)
+    print((out / f"{args.suite}.md").read_text())
+    print(f"wrote {out / (args.suite + '.json')}, {args.suite}.md" + "".join(f", {f}" for f in extra))
     return 0
 
 
@@ -326,13 +347,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
-    bench.add_argument("suite", choices=["locate", "edit", "sequential", "verify", "unlearn", "stories", "tofu", "sisa", "sites", "robust"], help="which benchmark")
+    bench.add_argument("suite", choices=list(BENCH_SUITES), help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo, no relearning attack)")
-    bench.add_argument("--methods", default=None, help="unlearn: comma-separated methods (default: all)")
+    bench.add_argument("--methods", default=None, help="unlearn, tofu, robust: comma-separated methods (default: the suite's own)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],
