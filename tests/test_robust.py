@@ -209,3 +209,56 @@ def test_robust_scopes_pick_the_traced_layers_and_say_so():
     facts = list(excise.organism.world().of_subject(excise.organism.world().people[0]))[:2]
     traced = traced_layers(model, facts)
     assert set(traced) == {"subject", "last"} and len(traced["subject"]) == model.cfg.n_layers
+
+
+# -- UNDO ---------------------------------------------------------------------------------------------------
+
+def test_undo_noise_is_the_references_shrink_and_perturb(tiny):
+    """Matrices: (1 - a) W + a b Xavier-uniform; vectors: (1 - a) w; seeded."""
+    from excise.edit.undo import shrink_and_perturb
+
+    before = weights(tiny)
+    touched = shrink_and_perturb(tiny, alpha=0.5, beta=0.1, seed=3)
+    after = weights(tiny)
+    assert touched == sum(p.numel() for p in before.values())
+    for name, w in before.items():
+        if w.dim() == 1:
+            assert torch.allclose(after[name], 0.5 * w)
+        else:
+            noise = (after[name] - 0.5 * w) / 0.05                      # = the Xavier draw
+            bound = math.sqrt(6.0 / sum(w.shape))
+            assert noise.abs().max() <= bound * (1 + 1e-5) and noise.std() > 0.4 * bound
+    again = copy_model_of(tiny, before)
+    shrink_and_perturb(again, alpha=0.5, beta=0.1, seed=3)
+    assert same(weights(again), after)
+
+
+def copy_model_of(model, state):
+    from excise.models import copy_model
+
+    twin = copy_model(model)
+    for name, p in storage_owners(twin).items():
+        p.data.copy_(state[name])
+    return twin
+
+
+def test_undo_distills_back_stops_at_the_threshold_and_undoes(organism_model, world):
+    from excise.edit.undo import UndoConfig, next_token_loss, undo
+    from excise.models import copy_model
+    from excise.organism.train import fact_texts
+
+    model = copy_model(organism_model)
+    before = weights(model)
+    texts = excise.organism.corpus()[:512]
+    held = fact_texts(list(world.of_subject(world.people[20])))
+    record = undo(model, texts, held, UndoConfig(alpha=0.1, max_steps=40, eval_every=20, progress=False))
+    meta = record.meta
+    assert meta["steps"] in (20, 40) and len(meta["history"]) == meta["steps"] // 20
+    last = meta["history"][-1]["eval_loss"]
+    assert last == pytest.approx(next_token_loss(model, held), rel=1e-5)
+    assert meta["steps"] == 40 or last <= 1.05 * meta["teacher_eval_loss"]     # stopped by the threshold, or ran out
+    assert record.n_changed > 0.9 * sum(p.numel() for p in before.values())
+    record.undo()
+    assert same(before, weights(model))
+    with pytest.raises(ValueError, match="alpha and beta"):
+        UndoConfig(alpha=1.5)

@@ -16,12 +16,13 @@ from excise.edit.masks import random_like
 from excise.edit.memit import AlphaEditState, MemitConfig, memit, memit_sequence
 from excise.edit.record import EditRecord, recording
 from excise.edit.rmu import RmuConfig, rmu
+from excise.edit.undo import UndoConfig, undo
 from excise.edit.rome import RomeConfig, rome, rome_each
 from excise.edit.sequence import EditSequence, sequence
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
 
 # In reading order (the API reference follows it): the methods, what they return, their configs, the helpers.
-__all__ = ["rome", "rome_each", "memit", "memit_sequence", "unlearn", "rmu", "task_vector", "ablate", "sequence",
+__all__ = ["rome", "rome_each", "memit", "memit_sequence", "unlearn", "rmu", "undo", "UndoConfig", "task_vector", "ablate", "sequence",
            "EditRecord", "EditSequence", "RomeConfig", "MemitConfig", "AlphaEditState", "UnlearnConfig", "RmuConfig",
            "TaskVectorConfig", "recording", "rank_one_update", "key_second_moment", "planted", "generated_sample",
            "mean_activations", "random_like"]
