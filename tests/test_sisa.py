@@ -119,4 +119,4 @@ def test_audit_runs_every_attack_on_the_aggregate(learned):
                    config=AuditConfig(relearn=RelearnConfig(steps=5)))
     assert set(report.leakage()) == {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}
     assert report.recall("edited", "request") >= 0.8
-    assert report.models["edited"]["utility"]["utility"] > 0
+    assert report.models["edited"].utility["utility"] > 0

@@ -246,10 +246,13 @@ def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model,
     b = audit(organism_model, two_people, reference=organism_model, config=SMALL,
               context=small_context(two_people), progress=False)
     assert excise.fingerprint(organism_model) == before
-    drop = lambda r: {role: {k: v for k, v in m.items() if k != "seconds"} for role, m in r.models.items()}  # noqa: E731
+    drop = lambda r: {role: {k: v for k, v in m.to_dict().items() if k != "seconds"}  # noqa: E731
+                      for role, m in r.models.items()}
     assert drop(a) == drop(b)
     a.save(tmp_path / "audit.json")
     back = AuditReport.load(tmp_path / "audit.json")
+    assert back.models["edited"].to_dict() == json.loads(json.dumps(a.models["edited"].to_dict()))   # typed, both ways
+    assert isinstance(back.models["edited"].chance.probes, list) and back.models["edited"].membership is not None
     with pytest.raises(ValueError, match="for a file, use AuditReport.load"):
         AuditReport.from_json(str(tmp_path / "audit.json"))
     assert back.rows() == a.rows() and back.summary() == a.summary()
@@ -270,7 +273,7 @@ def test_success_at_another_b_needs_no_rerun(organism_model, two_people):
     report = audit(organism_model, two_people, attacks=("logit_lens",), progress=False,
                    config=AuditConfig(attacks=("logit_lens",)), context=small_context(two_people))
     assert report.success("edited", "logit_lens", b=1) <= report.success("edited", "logit_lens", b=20)
-    assert "relearn" not in report.models["edited"]["attacks"]
+    assert report.models["edited"].attacks.relearn is None
 
 
 def test_audit_bad_input(organism_model, two_people, tiny):

@@ -185,7 +185,7 @@ def _combined(base: AuditReport, edited: dict[str, Any]) -> AuditReport:
 def row_metrics(report: AuditReport) -> dict[str, Any]:
     """The table's columns for the `edited` model of a combined report."""
     ed, ref = report.models["edited"], report.models["reference"]
-    gl, gl0 = ed.get("general_loss"), ref.get("general_loss")
+    gl, gl0 = ed.general_loss, ref.general_loss
     return {
         "efficacy": 1 - report.recall("edited", "request"),
         "paraphrase_forget": 1 - report.recall("edited", "paraphrase"),
@@ -193,7 +193,7 @@ def row_metrics(report: AuditReport) -> dict[str, Any]:
         "completion_forget": 1 - report.recall("edited", "completion"),
         "logit_lens_top1": report.success("edited", "logit_lens", 1),
         "relearn_recall": report.relearn_recall("edited"),
-        "mia_auc": ed.get("membership", {}).get("auc", {}).get("min_k_pp"),
+        "mia_auc": ed.membership.auc.get("min_k_pp") if ed.membership is not None else None,
         "neighbours_kept": report.kept("neighbours"),
         "retain_kept": report.kept("retain"),
         "general_loss_change": None if gl is None or gl0 is None else gl - gl0,

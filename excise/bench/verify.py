@@ -113,7 +113,7 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
         "over_suppressed_npo": {"steps": npo_record.meta["steps"], "lr": npo_record.hyper["lr"], "seconds": t_npo,
                                 "request_recall": over.recall("edited", "request"),
                                 "retain_kept": over.kept("retain"),
-                                "truth_ratio_median": statistics.median(over.models["edited"]["truth_ratios"])},
+                                "truth_ratio_median": statistics.median(over.models["edited"].truth_ratios)},
         "oracle_holdout_draws": draws,
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
         "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
@@ -137,7 +137,7 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
         "last_layer_relearn_recall": shallow.relearn_recall("edited"),
         "oracle_relearn_recall": base.relearn_recall("oracle"),
         "original_relearn_recall": base.relearn_recall("edited"),
-        "audit_seconds_per_fact": base.models["edited"]["seconds"] / len(forget),
+        "audit_seconds_per_fact": base.models["edited"].seconds / len(forget),
         "audit_seconds_two_models": total,
     }
     (out / "verify.json").write_text(json.dumps(r, indent=1))

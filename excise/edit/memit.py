@@ -398,7 +398,11 @@ def memit_sequence(model: Any, facts: Iterable[Fact], config: MemitConfig, state
                    progress: bool = True) -> EditSequence:
     """One `memit` per fact, in order (see `sequence`). With `config.null_space`: sequential AlphaEdit,
     every edit through one `AlphaEditState` (built here from `preserve`/`sample` unless given), and the
-    returned sequence's `undo()` goes through it. Without: plain MEMIT with the unedited model's C."""
+    returned sequence's `undo()` goes through it. Without: plain MEMIT with the unedited model's C.
+
+    Returns the EditSequence (one EditRecord per fact). Cost: the state (one forward per preserve fact
+    per layer and a d_mlp SVD) or C per layer (a pass over the sample), then one `memit` per fact.
+    """
     if config.null_space:
         state = state if state is not None else AlphaEditState.build(model, config, preserve, sample)
         return sequence(model, facts, lambda m, f: memit(m, [f], config, state=state), after_each, progress,

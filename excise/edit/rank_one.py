@@ -45,7 +45,10 @@ def rank_one_update(
     W: Float[Tensor, "d_in d_out"], k: Float[Tensor, " d_in"], v: Float[Tensor, " d_out"],
     C_inv: Float[Tensor, "d_in d_in"] | None = None,
 ) -> Float[Tensor, "d_in d_out"]:
-    """W + u (v - W^T k)^T / (u . k) with u = C^-1 k: afterwards W_new^T k == v."""
+    """Returns W + u (v - W^T k)^T / (u . k) with u = C^-1 k: afterwards W_new^T k == v.
+
+    Cost: one d_in x d_in matrix-vector product and one outer product; no model call.
+    """
     u = k if C_inv is None else C_inv @ k           # the whitened key (C = I: minimum-norm change)
     denom = u @ k
     if not torch.isfinite(denom) or denom.abs() < 1e-12:
@@ -129,6 +132,7 @@ def key_second_moment(
 
     The metric of ROME's update: writing along C^-1 k changes the output of
     keys like k (this subject) and as little as possible of the typical key.
+    Returns the [d_mlp, d_mlp] matrix. Cost: one forward per fact (stopped after `layer`).
     """
     if not facts:
         raise ValueError("key_second_moment needs at least one fact")
@@ -157,6 +161,7 @@ def planted(
     `key_second_moment`) the write is whitened as in ROME, so it stays
     specific to this key. Yields {"key", "value", "delta_norm", "p_target"};
     the weights are restored on exit, exception or not.
+    Cost: one forward for the key, then up to `steps` forward + backward passes on the one prompt.
     """
     pt = tokenize_prompt(model, fact)
     device = next(iter(model.parameters())).device

@@ -573,6 +573,9 @@ def rome_each(model: Any, facts: Sequence[Fact], config: RomeConfig, sample: lis
     edit would cost a pass over the sample each time. Several facts of one
     subject share one key, so later edits overwrite earlier ones: prefer
     gradient methods to delete a whole subject.
+
+    Returns one EditRecord for all the facts. Cost: the covariance (one pass over the sample, or a
+    cache read), then one `rome` per fact (its key, a value optimization of `config.v_steps` steps).
     """
     facts = list(facts)
     C = second_moment(model, config.layer, resolve_sample(model, sample), progress=progress)

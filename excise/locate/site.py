@@ -123,6 +123,7 @@ def edit_site(model: Any, facts: Sequence[Fact], seed: int = 0,
               min_restored: float = MIN_RESTORED) -> EditSite:
     """Trace each fact's MLPs and pick the (layer, position role) to edit; see the module docstring.
 
+    Returns an EditSite (the layer, the position role, the restored-share curves and the reason).
     Cost: one MLP-only causal trace per fact (about 0.1 s on a 3-layer model on one CPU thread).
     """
     from excise.locate.causal_trace import causal_trace

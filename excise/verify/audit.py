@@ -46,6 +46,7 @@ from excise.verify.membership import membership_inference
 from excise.verify.probes import probe
 from excise.verify.relearn import RelearnConfig, relearn
 from excise.verify.report import ATTACKS, AuditReport
+from excise.verify.results import AttackRanks, ModelAudit
 from excise.verify.specificity import general_loss, neighbours_of, recalled
 
 log = logging.getLogger(__name__)
@@ -135,32 +136,31 @@ def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relea
 
 
 def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: AuditConfig, name: str,
-               progress: bool) -> dict[str, Any]:
+               progress: bool) -> ModelAudit:
     steps = 3 * len(config.attacks) + 4
     with tqdm(total=steps, desc=f"audit {name}", disable=not progress, leave=False) as bar:
         t0 = time.perf_counter()
-        res: dict[str, Any] = {"attacks": _attack_ranks(model, facts, config, bar)}
+        res = ModelAudit(attacks=AttackRanks(**_attack_ranks(model, facts, config, bar)), neighbours=[], retain=[],
+                         seconds=0.0)
         if ctx.holdout:
             chance = _attack_ranks(model, ctx.holdout, config, bar, relearn_n=len(facts))
-            res["chance"] = {k: v for k, v in chance.items() if not k.endswith("_rows")}
+            res.chance = AttackRanks(**{k: v for k, v in chance.items() if not k.endswith("_rows")})
             if "membership" in config.attacks:
-                res["membership"] = membership_inference(model, facts, ctx.holdout, config.mia_fpr).to_dict()
+                res.membership = membership_inference(model, facts, ctx.holdout, config.mia_fpr)
             if ctx.alternatives is not None:
-                res["chance"]["truth_ratios"] = truth_ratios(model, ctx.holdout, ctx.alternatives)[0].tolist()
+                res.chance.truth_ratios = truth_ratios(model, ctx.holdout, ctx.alternatives)[0].tolist()
         bar.update()
-        neighbours = neighbours_of(facts)
-        res["neighbours"] = recalled(model, neighbours)
-        res["retain"] = recalled(model, ctx.retain)
-        res["general_loss"] = general_loss(model, ctx.general) if ctx.general else None
+        res.neighbours = recalled(model, neighbours_of(facts))
+        res.retain = recalled(model, ctx.retain)
+        res.general_loss = general_loss(model, ctx.general) if ctx.general else None
         bar.update()
         if ctx.alternatives is not None:
-            ratios, _ = truth_ratios(model, facts, ctx.alternatives)
-            res["truth_ratios"] = ratios.tolist()
+            res.truth_ratios = truth_ratios(model, facts, ctx.alternatives)[0].tolist()
             if ctx.retain and ctx.general:
-                res["utility"] = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
-        res["leakage"] = {a: v.to_dict() for a, v in leakage(res).items()}
+                res.utility = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
+        res.leakage = leakage(res)
         bar.update(bar.total - bar.n)
-        res["seconds"] = time.perf_counter() - t0
+        res.seconds = time.perf_counter() - t0
     return res
 
 

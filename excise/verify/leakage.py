@@ -66,10 +66,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import mannwhitneyu, norm
+
+if TYPE_CHECKING:
+    from excise.verify.results import ModelAudit
 
 VERDICTS = ("leaks", "over_suppressed", "indistinguishable", "underpowered")
 LEAKAGE_ATTACKS = ("probes", "logit_lens", "relearn", "membership", "truth_ratio")
@@ -200,24 +203,26 @@ def compare_layers(facts: np.ndarray, holdout: np.ndarray, attack: str = "logit_
                          top["layer"], layers)
 
 
-def leakage(result: dict[str, Any], alpha: float = ALPHA, power: float = POWER) -> dict[str, AttackVerdict]:
-    """Every attack's verdict from one model's audit result (what `audit` stores per model).
+def leakage(result: ModelAudit, alpha: float = ALPHA, power: float = POWER) -> dict[str, AttackVerdict]:
+    """Every attack's verdict from one model's audit result (`AuditReport.models[role]`).
 
     Attacks whose forget or holdout statistic the result lacks are left out.
     """
-    attacks, chance = result.get("attacks", {}), result.get("chance", {})
+    attacks, chance = result.attacks, result.chance
     out: dict[str, AttackVerdict] = {}
+    if chance is None:
+        return out
     for a in ("probes", "relearn"):
-        if attacks.get(a) and chance.get(a):
-            out[a] = compare(a, attacks[a], chance[a], negate=True, alpha=alpha, power=power)
-    if attacks.get("lens_layers") and chance.get("lens_layers"):
-        out["logit_lens"] = compare_layers(np.array(attacks["lens_layers"]), np.array(chance["lens_layers"]),
+        if attacks.ranks(a) and chance.ranks(a):
+            out[a] = compare(a, attacks.ranks(a), chance.ranks(a), negate=True, alpha=alpha, power=power)
+    if attacks.lens_layers and chance.lens_layers:
+        out["logit_lens"] = compare_layers(np.array(attacks.lens_layers), np.array(chance.lens_layers),
                                            alpha=alpha, power=power)
-    mia = result.get("membership", {})
-    if mia.get("scores", {}).get(MEMBERSHIP_SCORE) and mia.get("holdout_scores", {}).get(MEMBERSHIP_SCORE):
-        out["membership"] = compare("membership", mia["scores"][MEMBERSHIP_SCORE],
-                                    mia["holdout_scores"][MEMBERSHIP_SCORE], alpha=alpha, power=power)
-    if result.get("truth_ratios") and chance.get("truth_ratios"):
-        out["truth_ratio"] = compare("truth_ratio", np.log(result["truth_ratios"]), np.log(chance["truth_ratios"]),
+    mia = result.membership
+    if mia is not None and mia.scores.get(MEMBERSHIP_SCORE) and mia.holdout_scores.get(MEMBERSHIP_SCORE):
+        out["membership"] = compare("membership", mia.scores[MEMBERSHIP_SCORE], mia.holdout_scores[MEMBERSHIP_SCORE],
+                                    alpha=alpha, power=power)
+    if result.truth_ratios and chance.truth_ratios:
+        out["truth_ratio"] = compare("truth_ratio", np.log(result.truth_ratios), np.log(chance.truth_ratios),
                                      alpha=alpha, power=power)
     return out

@@ -8,15 +8,16 @@ import numpy as np
 
 if TYPE_CHECKING:
     from excise.verify.report import AuditReport
+    from excise.verify.results import AttackRanks
 
 COLOURS = {"reference": "tab:blue", "edited": "tab:red", "oracle": "tab:green"}
 
 
-def _lens_layers(attacks: dict) -> np.ndarray | None:
+def _lens_layers(attacks: AttackRanks) -> np.ndarray | None:
     """[facts, layers] logit-lens ranks (best prompt per fact; older reports: every prompt's row)."""
-    if attacks.get("lens_layers"):
-        return np.array(attacks["lens_layers"], dtype=float)
-    rows = attacks.get("lens_rows")
+    if attacks.lens_layers:
+        return np.array(attacks.lens_layers, dtype=float)
+    rows = attacks.lens_rows
     return np.array([r["ranks"] for r in rows], dtype=float) if rows else None
 
 
@@ -43,12 +44,13 @@ def plot_report(report: AuditReport):
         ax.fill_between(x, q1 + 1, q3 + 1, color=colour, alpha=0.15)
 
     for role in roles:
-        ranks = _lens_layers(report.models[role]["attacks"])
+        ranks = _lens_layers(report.models[role].attacks)
         if ranks is not None:
             band(ranks, COLOURS[role], role)
             n_layers = max(n_layers, ranks.shape[1])
     main = "edited" if "edited" in roles else roles[0]
-    never = report.models[main].get("chance", {}).get("lens_layers")
+    chance = report.models[main].chance
+    never = chance.lens_layers if chance is not None else None
     if never:                  # what a model that never saw the facts does: the holdout under the same model
         band(np.array(never, dtype=float), "grey", f"never-seen facts ({main} model)", "--")
     ax.set_xticks(np.arange(n_layers))

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from excise.facts import json_text
-from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict, leakage
+from excise.verify.results import ModelAudit
+from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict
 
 ATTACKS = ("probes", "logit_lens", "relearn", "membership")
 ROLES = ("reference", "edited", "oracle")
@@ -40,7 +41,7 @@ class AuditReport:
     config: dict[str, Any]
     facts: list[dict[str, Any]]
     neighbours: list[dict[str, Any]]
-    models: dict[str, dict[str, Any]] = field(repr=False)
+    models: dict[str, ModelAudit] = field(repr=False)    # per role ("edited", "reference", "oracle")
     seconds: float = 0.0
 
     # -- verdicts ---------------------------------------------------------
@@ -59,24 +60,21 @@ class AuditReport:
             per = [self.verdicts(role, a, b) for a in ATTACKS if self._has(role, a)]
             return [any(v) for v in zip(*per, strict=True)] if per else []
         if attack == "membership":
-            return list(res["membership"]["flagged"]) if "membership" in res else []
-        return [r < b for r in res["attacks"].get(attack, [])]
+            return list(res.membership.flagged) if res.membership is not None else []
+        return [r < b for r in res.attacks.ranks(attack) or []]
 
     def _has(self, role: str, attack: str) -> bool:
         res = self.models[role]
-        return "membership" in res if attack == "membership" else attack in res["attacks"]
+        return res.membership is not None if attack == "membership" else res.attacks.ranks(attack) is not None
 
     def leakage(self, role: str = "edited") -> dict[str, AttackVerdict]:
         """Per attack: the two-sided verdict of `role`'s forget facts against never-seen facts.
 
-        Stored by the audit; a report without it (older JSON) recomputes it
-        from its raw evidence, so attacks whose holdout statistic was not kept
-        are left out.
+        Stored by the audit; a report loaded from older JSON has it recomputed
+        from its raw evidence (`ModelAudit.from_dict`), so attacks whose holdout
+        statistic was not kept are left out. Empty for a role not audited.
         """
-        res = self.models.get(role, {})
-        if "leakage" in res:
-            return {a: AttackVerdict.from_dict(v) for a, v in res["leakage"].items()}
-        return leakage(res)
+        return dict(self.models[role].leakage) if role in self.models else {}
 
     def verdict_lines(self) -> list[str]:
         """One line per audited model (the edited one first): each attack's verdict, AUC, p and detectable effect."""
@@ -96,8 +94,8 @@ class AuditReport:
         """The same attack's success on never-seen holdout facts (membership: its false-positive rate)."""
         res = self.models[role]
         if attack == "membership":
-            return res["membership"]["fpr"] if "membership" in res else None
-        ranks = res.get("chance", {}).get(attack)
+            return res.membership.fpr if res.membership is not None else None
+        ranks = res.chance.ranks(attack) if res.chance is not None else None
         return _rate([r < (b or self.top_b) for r in ranks]) if ranks else None
 
     def above_chance(self, role: str = "edited", attack: str = "probes", b: int | None = None) -> float | None:
@@ -118,26 +116,27 @@ class AuditReport:
         if attack == "membership":
             c = self.chance(role, attack)
             return None if c is None else float(binomtest(k, n, c, alternative="greater").pvalue)
-        ranks = self.models[role].get("chance", {}).get(attack)
+        chance = self.models[role].chance
+        ranks = chance.ranks(attack) if chance is not None else None
         if not ranks:
             return None
         kh = sum(r < (b or self.top_b) for r in ranks)
         return float(fisher_exact([[k, n - k], [kh, len(ranks) - kh]], alternative="greater").pvalue)
 
     def recall(self, role: str = "edited", family: str = "request") -> float | None:
-        rows = [r for r in self.models[role]["attacks"].get("probe_rows", []) if r["family"] == family]
+        rows = [r for r in self.models[role].attacks.probe_rows or [] if r["family"] == family]
         return _rate([r["rank"] == 0 for r in rows])
 
     def relearn_recall(self, role: str = "edited") -> float | None:
-        rows = self.models[role]["attacks"].get("relearn_rows", [])
+        rows = self.models[role].attacks.relearn_rows or []
         return _rate([r["rank"] == 0 for r in rows])
 
     def forget_quality(self, role: str = "edited") -> float | None:
         """KS p-value between `role`'s truth ratios and the oracle's (needs an oracle and alternatives)."""
         from excise.verify.forget_quality import forget_quality
 
-        oracle = self.models.get("oracle", {}).get("truth_ratios")
-        mine = self.models[role].get("truth_ratios")
+        oracle = self.models["oracle"].truth_ratios if "oracle" in self.models else None
+        mine = self.models[role].truth_ratios
         return forget_quality(mine, oracle) if oracle and mine else None
 
     def kept(self, what: str = "neighbours") -> float | None:
@@ -154,22 +153,22 @@ class AuditReport:
             return None
         if what in ("same_subject", "other_subjects"):
             mask = self._same_subject_neighbours(what == "same_subject")
-            ref, now = (self.models[r]["neighbours"] for r in ("reference", "edited"))
+            ref, now = (self.models[r].neighbours for r in ("reference", "edited"))
             ref, now = [x for x, m in zip(ref, mask) if m], [x for x, m in zip(now, mask) if m]
             return kept(ref, now)
         if what not in ("neighbours", "retain"):
             raise ValueError(f"what must be neighbours, same_subject, other_subjects or retain, got {what!r}")
-        return kept(self.models["reference"][what], self.models["edited"][what])
+        return kept(getattr(self.models["reference"], what), getattr(self.models["edited"], what))
 
     def _same_subject_neighbours(self, same: bool) -> list[bool]:
         subjects = {f["subject"] for f in self.facts}
         return [(n["subject"] in subjects) == same for n in self.neighbours]
 
     def utility(self, role: str = "edited", relative: bool = True) -> float | None:
-        u = self.models[role].get("utility", {}).get("utility")
+        u = (self.models[role].utility or {}).get("utility")
         if u is None or not relative:
             return u
-        ref = self.models.get("reference", {}).get("utility", {}).get("utility")
+        ref = (self.models["reference"].utility or {}).get("utility") if "reference" in self.models else None
         return u / ref if ref else None
 
     # -- the table --------------------------------------------------------
@@ -196,20 +195,21 @@ class AuditReport:
             add(f"leakage: {a}", lambda r, a=a: self.leakage(r)[a].verdict if a in self.leakage(r) else None)
             add(f"leakage AUC: {a}", lambda r, a=a: self.leakage(r)[a].auc if a in self.leakage(r) else None)
         for score in ("loss", "zlib", "min_k", "min_k_pp", "answer_loss", "answer_min_k_pp"):
-            add(f"MIA AUC: {score}", lambda r, s=score: self.models[r].get("membership", {}).get("auc", {}).get(s))
-        add("neighbour recall", lambda r: _rate(self.models[r]["neighbours"]))
+            add(f"MIA AUC: {score}", lambda r, s=score: self.models[r].membership.auc.get(s)
+                if self.models[r].membership is not None else None)
+        add("neighbour recall", lambda r: _rate(self.models[r].neighbours))
         for label, same in (("same subject", True), ("other subjects", False)):
             mask = self._same_subject_neighbours(same)
             add(f"neighbour recall: {label}",
-                lambda r, mask=mask: _rate([x for x, m in zip(self.models[r]["neighbours"], mask) if m]))
-        add("retain recall", lambda r: _rate(self.models[r]["retain"]))
-        add("general loss (nats/token)", lambda r: self.models[r].get("general_loss"))
+                lambda r, mask=mask: _rate([x for x, m in zip(self.models[r].neighbours, mask) if m]))
+        add("retain recall", lambda r: _rate(self.models[r].retain))
+        add("general loss (nats/token)", lambda r: self.models[r].general_loss)
         add("truth ratio (median)",
-            lambda r: statistics.median(self.models[r]["truth_ratios"]) if self.models[r].get("truth_ratios") else None)
+            lambda r: statistics.median(self.models[r].truth_ratios) if self.models[r].truth_ratios else None)
         add("forget quality (KS p vs oracle)", self.forget_quality)
         add("model utility", lambda r: self.utility(r, relative=False))
         add("model utility / reference", self.utility)
-        add("audit seconds", lambda r: self.models[r].get("seconds"))
+        add("audit seconds", lambda r: self.models[r].seconds)
         return out
 
     def summary(self) -> str:
@@ -280,11 +280,12 @@ class AuditReport:
     # save(path) / load(path) for files, to_dict() / from_dict() in memory, to_json() / from_json() for text
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "facts": self.facts, "neighbours": self.neighbours,
-                "models": self.models, "seconds": self.seconds}
+                "models": {r: m.to_dict() for r, m in self.models.items()}, "seconds": self.seconds}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditReport:
-        return cls(d["config"], d["facts"], d["neighbours"], d["models"], d["seconds"])
+        return cls(d["config"], d["facts"], d["neighbours"],
+                   {r: ModelAudit.from_dict(m) for r, m in d["models"].items()}, d["seconds"])
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
