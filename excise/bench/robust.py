@@ -13,7 +13,8 @@ unlearn`), each gradient method runs with the same loss and schedule
   all the split's subjects; per fact the best subject token, then the mean over facts);
 - `output`: the `n_layers_masked` MLP layers whose restoration at the prompt's last token restores
   it most (output tracing);
-- `random`: `n_layers_masked` MLP layers drawn with the seed (they may coincide with either);
+- `random`: `n_layers_masked` MLP layers drawn with the seed from those neither trace picked (from
+  all layers when too few are left);
 - `fisher`: the neurons `excise bench unlearn` locates (diagonal Fisher, forget vs retain);
 - `all`: every parameter.
 
@@ -76,7 +77,9 @@ def scope_components(scope: str, curves: dict[str, list[float]], n_layers: int, 
     elif scope == "output":
         layers = top(curves["last"])
     elif scope == "random":
-        layers = sorted(random.Random(seed).sample(range(n_layers), k))
+        traced = set(top(curves["subject"])) | set(top(curves["last"]))
+        pool = [layer for layer in range(n_layers) if layer not in traced]
+        layers = sorted(random.Random(seed).sample(pool if len(pool) >= k else range(n_layers), k))
     elif scope == "fisher":
         return list(fisher)
     elif scope == "all":
