@@ -28,9 +28,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from excise.edit.rome import OBJECTIVES
 from excise.methods import DEFAULT as METHOD_DEFAULT
 from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
 from excise.methods import METHODS
+from excise.methods import ROME_OBJECTIVE as OBJECTIVE_DEFAULT
 from excise.models import ModelLoadError
 
 
@@ -148,7 +150,7 @@ def _edit(args: argparse.Namespace) -> int:
         located = excise.locate.fisher(model, facts, retain=retain)
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
                       layer=args.layer, seed=args.seed, context=context, position=args.position,
-                      stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
+                      objective=args.objective, stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})
     record.save(args.out)
     if "site" in record.meta:
@@ -337,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     edit.add_argument("--position", default=None, choices=["subject_last", "prompt_last"],
                       help="rome/memit edit position with --layer (default subject_last, ROME's); without --layer "
                            "the trace picks it")
+    edit.add_argument("--objective", default=OBJECTIVE_DEFAULT, choices=OBJECTIVES,
+                      help=f"rome/memit: the deletion objective (default {OBJECTIVE_DEFAULT})")
     edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
     edit.add_argument("--stand-ins", default=None,
                       help="swap: comma-separated names the model never saw (the organism draws its own)")

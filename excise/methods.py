@@ -18,11 +18,13 @@ from typing import Any
 
 from excise import edit as E
 from excise.context import KnowledgeContext
+from excise.edit.rome import OBJECTIVES
 from excise.facts import Fact
 
 GRADIENT = ("npo", "graddiff", "ga", "kl", "dpo", "swap")
 METHODS = (*GRADIENT, "rome", "memit", "ablate", "task_vector")
 DEFAULT = "npo"
+ROME_OBJECTIVE = "head_projection_unlikelihood"   # rome/memit's deletion objective unless one is given
 DEFAULT_NEURONS = 256
 
 # MEMIT's lambda for deletion, set by the share of the value shift a fact's own key should reach. For one key k,
@@ -69,7 +71,8 @@ def _context(model: Any, facts: list[Fact], context: KnowledgeContext | None) ->
 def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Sequence[Fact] = (),
            located: Any = None, neurons: int = DEFAULT_NEURONS, layer: int | None = None, seed: int = 0,
            progress: bool = True, stand_ins: Sequence[str] | None = None,
-           context: KnowledgeContext | None = None, position: str | None = None) -> E.EditRecord:
+           context: KnowledgeContext | None = None, position: str | None = None,
+           objective: str = ROME_OBJECTIVE) -> E.EditRecord:
     """Delete `facts` from `model` in place with `method`; return the record.
 
     context: where the layer (rome/memit), the covariance sample (rome/memit)
@@ -88,8 +91,12 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     MEMIT's lambda is `memit_weight(d_mlp)` (0.9 of the shift for a typical key), its values optimized
     through the write (`MemitConfig.through_edit`).
     stand_ins: for `swap`, names the model never saw.
+    objective: rome/memit's deletion objective (`excise.edit.rome.OBJECTIVES`; default
+        head_projection_unlikelihood).
     """
     check_method(method)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     facts = list(facts)
     if not facts:
         raise ValueError("nothing to delete: the fact list is empty")
@@ -104,13 +111,15 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
         from excise.edit.rank_one import check_position
 
         position = check_position(position)
-    record = _delete(model, facts, method, retain, mask, layer, seed, progress, stand_ins, context, position)
+    record = _delete(model, facts, method, retain, mask, layer, seed, progress, stand_ins, context, position,
+                     objective)
     return record
 
 
 def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], mask: Any, layer: int | None,
             seed: int, progress: bool, stand_ins: Sequence[str] | None,
-            context: KnowledgeContext | None, position: str | None = None) -> E.EditRecord:
+            context: KnowledgeContext | None, position: str | None = None,
+            objective: str = ROME_OBJECTIVE) -> E.EditRecord:
     if method in GRADIENT:
         if method != "ga" and not retain:
             raise ValueError(f"{method} needs retain facts (what the model must keep)")
@@ -153,11 +162,12 @@ def _delete(model: Any, facts: list[Fact], method: str, retain: Sequence[Fact], 
             log.warning("rome writes one value per subject key; %d subject(s) have several facts here (e.g. %r), "
                         "so later edits overwrite earlier ones (on the organism 0.0-0.5 of a person's 6 facts "
                         "stayed recalled); for whole-person deletion use npo", len(shared), shared[0])
-        record = E.rome_each(model, facts, E.RomeConfig(layer=layer, objective="head_projection_unlikelihood",
-                                                        position=position), sample=sample, progress=progress)
+        record = E.rome_each(model, facts, E.RomeConfig(layer=layer, objective=objective, position=position),
+                             sample=sample, progress=progress)
     else:
         weight = memit_weight(model.cfg.d_mlp)
-        config = E.MemitConfig(layers=(layer,), mom2_weight=weight, through_edit=True, position=position)
+        config = E.MemitConfig(layers=(layer,), mom2_weight=weight, through_edit=True, position=position,
+                               objective=objective)
         record = E.memit(model, facts, config, sample=sample)
     record.meta["context"] = {"layer": layer_note, "position": position,
                               "sample": ctx.notes.get("sample", "derived: generated_sample")}

@@ -96,6 +96,12 @@ def test_unknown_method_and_command_fail_clearly(facts_file, capsys):
     assert e.value.code != 0 and "invalid choice: 'zap'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown deletion method 'zap'"):
         excise.methods.delete(excise.load("organism"), list(excise.organism.world())[:1], "zap")
+    with pytest.raises(ValueError, match="unknown objective 'forget_hard'; choose one of rewrite, erase"):
+        excise.methods.delete(excise.load("organism"), list(excise.organism.world())[:1], "rome",
+                              objective="forget_hard")
+    with pytest.raises(SystemExit) as e:
+        main(["edit", "organism", "--facts", str(facts_file), "--method", "rome", "--objective", "forget_hard"])
+    assert e.value.code != 0 and "invalid choice: 'forget_hard'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["frobnicate"])
     assert e.value.code != 0
