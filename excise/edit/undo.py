@@ -22,6 +22,14 @@ unlearning, `code/tools/serum.py`, `run_partial_distill_*.py`) does:
 
 The model passed in is the student: changed in place, every parameter, and recorded (undo restores
 the unlearned model). Determinism: `seed` draws the noise and the batch order.
+
+Measured once on the organism (5% split, NPO on every parameter first: forget recall 0.03, relearned
+0.09 after 100 steps on the other half; distilling on the training corpus, 200 retain facts' texts
+as the stop set, one CPU thread): alpha 0.3 met the 5% stop after 100 steps (81 s) with retain
+recall 0.69 and the same relearned 0.09; alpha 0.6 ran its 600 steps (592 s) to 1.11x the teacher's
+loss, retain recall 0.22. A loss within 5% is not facts within 5%: on a model whose knowledge is
+single answer tokens the reference's stop condition ends the distillation before the retained
+facts are back, and `retain_threshold` / `max_steps` are the knobs.
 """
 
 from __future__ import annotations
