@@ -81,6 +81,33 @@ class Component:
     def from_dict(cls, d: dict[str, Any]) -> Component:
         return cls(**d)
 
+    def weight_slices(self, model: Any) -> list[tuple[Any, bool, tuple]]:
+        """The weights this component owns (see OWNERSHIP): (LinearView, is_bias, index) per owned block,
+        the index into the view's canonical [d_in, d_out] weight (or into its bias). The one map
+        behind parameter masks, and read in reverse by `unit_sums` (Fisher scores, EditRecord.touched)."""
+        from excise.models import has_linear, linear
+
+        if self.kind == "resid":
+            raise ValueError(f"{self} owns no weights; use neurons, heads, mlp or attn components")
+        self.check(model)
+        family = "neuron" if self.kind in ("neuron", "mlp") else "head"
+        out: list[tuple[Any, bool, tuple]] = []
+        for name, (unit, axis, bias_owner) in OWNERSHIP.items():
+            if unit != family or not has_linear(model, name):
+                continue
+            view = linear(model, self.layer, name)
+            n, block = units(model.cfg, name)
+            if self.kind in ("mlp", "attn"):
+                along = slice(None)
+            else:
+                u = self.index if n == (model.cfg.d_mlp if unit == "neuron" else model.cfg.n_heads) \
+                    else kv_head(model.cfg, self.index)
+                along = slice(u * block, (u + 1) * block)
+            out.append((view, False, (slice(None), along) if axis == 1 else (along, slice(None))))
+            if view.bias is not None and bias_owner in ("unit", self.kind):
+                out.append((view, True, (along,) if bias_owner == "unit" else (slice(None),)))
+        return out
+
     def __str__(self) -> str:
         s = f"L{self.layer}.{self.kind}"
         if self.index is not None:
@@ -91,6 +118,40 @@ class Component:
 
     def __repr__(self) -> str:
         return f"Component({self})"
+
+
+# Which weights a component owns, per linear map of a block (`excise.models.linear` names): the unit kind,
+# the axis of the canonical [d_in, d_out] weight its units run along (1: columns, the input side; 0: rows,
+# the output side) and who owns the bias ("unit": one block per unit; "mlp" / "attn": the whole layer).
+# A neuron owns its W_in (and W_gate) column, b_in entry and W_out row; a head its Q, K, V column blocks
+# and bias blocks (a key/value head is shared by its query-head group) and its W_O row block; `mlp` / `attn`
+# own all of their layer's, output biases included.
+OWNERSHIP: dict[str, tuple[str, int, str]] = {
+    "mlp.in": ("neuron", 1, "unit"), "mlp.gate": ("neuron", 1, "unit"), "mlp.out": ("neuron", 0, "mlp"),
+    "attn.q": ("head", 1, "unit"), "attn.k": ("head", 1, "unit"), "attn.v": ("head", 1, "unit"),
+    "attn.o": ("head", 0, "attn"),
+}
+OUTPUT_LINEAR = {unit: name for name, (unit, axis, _) in OWNERSHIP.items() if axis == 0}   # what ablation zeroes
+
+
+def units(cfg: Any, name: str) -> tuple[int, int]:
+    """(units, entries per unit along the unit axis) of linear `name`: d_mlp neurons of one entry, or
+    heads of d_head entries (attn.k / attn.v: the key/value heads)."""
+    unit = OWNERSHIP[name][0]
+    if unit == "neuron":
+        return cfg.d_mlp, 1
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return (n_kv if name in ("attn.k", "attn.v") else cfg.n_heads), cfg.d_head
+
+
+def unit_sums(cfg: Any, name: str, values: Any, is_bias: bool) -> Any:
+    """`values` shaped like linear `name`'s canonical weight (or its bias), summed onto the units that own
+    them (OWNERSHIP): [d_mlp] for MLP linears, [n_heads] query heads for attention (a key/value head's
+    sum goes to each head of its group). The reverse of `Component.weight_slices`."""
+    unit, axis, _ = OWNERSHIP[name]
+    n, block = units(cfg, name)
+    per = (values if is_bias else values.sum(1 - axis)).reshape(n, block).sum(-1)
+    return per.repeat_interleave(cfg.n_heads // n) if unit == "head" and n != cfg.n_heads else per
 
 
 def kv_head(cfg: Any, head: int) -> int:

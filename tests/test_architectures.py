@@ -108,6 +108,39 @@ def test_head_scores_are_per_query_head_and_name_their_kv_head(arch):
         assert kv_head(cfg, 5) == 2
 
 
+def test_one_ownership_map_forward_and_back(arch):
+    """A component's mask (Component.weight_slices) is read back to that component by EditRecord.touched
+    and Fisher's unit sums, on MHA and on grouped-query attention alike (stories260k: 8 heads, 4 kv)."""
+    from excise.edit.masks import parameter_masks
+    from excise.edit.record import storage_owners
+    from excise.locate.fisher import component_scores
+
+    model, cfg = arch.model, arch.model.cfg
+    owners = {p.untyped_storage().data_ptr(): n for n, p in storage_owners(model).items()}
+    for c in (Component(1, "neuron", 5), Component(1, "head", 3), Component(1, "mlp"), Component(1, "attn")):
+        masks = parameter_masks(model, [c])
+        F = {id(p): m.float() for p, m in masks}                           # one per owned entry
+        scores = component_scores(model, F)
+        with excise.edit.recording(model, "mark", scope=[p for p, _ in masks]) as box, torch.no_grad():
+            for p, m in masks:
+                p[m] += 1.0
+        touched = box["record"].touched(model)
+        box["record"].undo()
+        assert all(owners[p.untyped_storage().data_ptr()] for p, _ in masks)
+        if c.kind == "neuron":
+            assert touched == [c] and scores["neuron"][1].nonzero().flatten().tolist() == [5]
+        elif c.kind == "head":
+            group = cfg.n_heads // (getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+            mates = [Component(1, "head", h) for h in range(cfg.n_heads) if h // group == 3 // group]
+            assert touched == mates                                   # its kv head is shared by its group
+            assert scores["head"][1].argmax() == 3 and scores["head"][1, [m.index for m in mates]].min() > 0
+        else:
+            unit, n = ("neuron", cfg.d_mlp) if c.kind == "mlp" else ("head", cfg.n_heads)
+            assert [x for x in touched if x.kind == unit] == [Component(1, unit, i) for i in range(n)]
+            assert set(touched) - {Component(1, unit, i) for i in range(n)} <= {c}      # and the output bias, if any
+            assert scores[c.kind][1] == sum(float(m.sum()) for _, m in masks) and scores[c.kind][0] == 0
+
+
 def test_fisher_shapes_and_untouched_layers(arch):
     loc = fisher(arch.model, forget=arch.facts[:1], retain=arch.facts[1:], config=FisherConfig(progress=False))
     cfg = arch.model.cfg

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from excise.components import Component
+from excise.components import OUTPUT_LINEAR, Component
 from excise.edit.record import EditRecord, recording
 from excise.models import linear
 from excise.scoring import encode, pad_batch
@@ -108,20 +108,20 @@ def ablate(
     means = mean_activations(model, sample or [], set(neurons) | set(heads)) if mode == "mean" else {}
     scope = []
     for l in neurons:
-        v = linear(model, l, "mlp.out")
+        v = linear(model, l, OUTPUT_LINEAR["neuron"])
         scope += [v.weight] + ([v.bias] if v.bias is not None else [])
     for l in heads:
-        v = linear(model, l, "attn.o")
+        v = linear(model, l, OUTPUT_LINEAR["head"])
         scope += [v.weight] + ([v.bias] if v.bias is not None else [])
-    no_bias = [l for l in neurons if linear(model, l, "mlp.out").bias is None] + \
-        [l for l in heads if linear(model, l, "attn.o").bias is None]
+    no_bias = [l for l in neurons if linear(model, l, OUTPUT_LINEAR["neuron"]).bias is None] + \
+        [l for l in heads if linear(model, l, OUTPUT_LINEAR["head"]).bias is None]
     if mode == "mean" and no_bias:
         raise ValueError("mean ablation moves the mean into the output bias, and this model's "
                          "MLP/attention outputs have none; use mode='zero'")
     hyper = {"mode": mode, "components": [c.to_dict() for c in comps], "sample_size": len(sample or [])}
     with recording(model, f"ablate_{mode}", hyper, scope=scope) as box, torch.no_grad():
         for l, idx in neurons.items():
-            v = linear(model, l, "mlp.out")
+            v = linear(model, l, OUTPUT_LINEAR["neuron"])
             idx_t = torch.tensor(sorted(set(idx)), device=v.weight.device)
             W = v.W                                                    # [d_mlp, d_model]
             if mode == "mean":
@@ -129,7 +129,7 @@ def ablate(
                 v.bias.add_(m @ W[idx_t])
             W[idx_t] = 0
         for l, hs in heads.items():
-            v = linear(model, l, "attn.o")
+            v = linear(model, l, OUTPUT_LINEAR["head"])
             W = v.W.view(cfg.n_heads, cfg.d_head, -1)                  # [head, d_head, d_model]
             hs_t = torch.tensor(sorted(set(hs)), device=W.device)
             if mode == "mean":

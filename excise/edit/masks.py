@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from excise.components import Component
-from excise.models import has_linear, linear
 
 
 def _set(masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]], p: torch.nn.Parameter | None,
@@ -29,44 +28,18 @@ def _set(masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]], p: torch.nn.
 
 
 def parameter_masks(model: Any, components: Iterable[Component]) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-    """(parameter, boolean mask of its editable entries) for every parameter the components own."""
+    """(parameter, boolean mask of its editable entries) for every parameter the components own
+    (`Component.weight_slices`)."""
     comps = list(components)
     if not comps:
         raise ValueError("the mask is empty: pass at least one component (or mask=None for all parameters)")
-    cfg = model.cfg
-    H, dh = cfg.n_heads, cfg.d_head
-    n_kv = getattr(cfg, "n_key_value_heads", None) or H
     masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
     for c in comps:
-        c.check(model)
-        if c.kind in ("resid",):
-            raise ValueError(f"{c} owns no weights; mask neurons, heads, mlp or attn components")
-        l = c.layer
-        everything = (slice(None), slice(None))
-        if c.kind in ("neuron", "mlp"):
-            cols = slice(None) if c.kind == "mlp" else c.index
-            for name in ("mlp.in", "mlp.gate"):
-                if has_linear(model, name):
-                    v = linear(model, l, name)
-                    _set(masks, v.weight, v.transposed, (slice(None), cols))
-                    _set(masks, v.bias, False, (cols,))
-            v = linear(model, l, "mlp.out")
-            _set(masks, v.weight, v.transposed, (cols, slice(None)) if c.kind == "neuron" else everything)
-            if c.kind == "mlp":
-                _set(masks, v.bias, False, (slice(None),))
-        else:
-            heads = range(H) if c.kind == "attn" else [c.index]
-            for h in heads:
-                for name in ("attn.q", "attn.k", "attn.v"):
-                    v = linear(model, l, name)
-                    hh = h if name == "attn.q" else h // (H // n_kv)
-                    block = slice(hh * dh, (hh + 1) * dh)
-                    _set(masks, v.weight, v.transposed, (slice(None), block))
-                    _set(masks, v.bias, False, (block,))
-                v = linear(model, l, "attn.o")
-                _set(masks, v.weight, v.transposed, (slice(h * dh, (h + 1) * dh), slice(None)))
-            if c.kind == "attn":
-                _set(masks, linear(model, l, "attn.o").bias, False, (slice(None),))
+        for view, is_bias, index in c.weight_slices(model):
+            if is_bias:
+                _set(masks, view.bias, False, index)
+            else:
+                _set(masks, view.weight, view.transposed, index)
     return list(masks.values())
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from excise.components import Component
+from excise.components import OWNERSHIP, Component, unit_sums
 from excise.facts import Fact
 from excise.models import LINEARS, has_linear, linear
 
@@ -280,24 +280,13 @@ class EditRecord:
 
 
 def _components(cfg: Any, layer: int, name: str, mask: torch.Tensor, is_bias: bool) -> set[Component]:
-    H, dh = cfg.n_heads, cfg.d_head
-    n_kv = getattr(cfg, "n_key_value_heads", None) or H
-    if name in ("mlp.in", "mlp.gate"):
-        hit = mask if is_bias else mask.any(0)
-        return {Component(layer, "neuron", int(i)) for i in hit.nonzero().flatten()}
-    if name == "mlp.out":
-        if is_bias:
-            return {Component(layer, "mlp")}
-        return {Component(layer, "neuron", int(i)) for i in mask.any(1).nonzero().flatten()}
-    if name == "attn.o":
-        if is_bias:
-            return {Component(layer, "attn")}
-        heads = mask.reshape(H, dh, -1).any(2).any(1)
-        return {Component(layer, "head", int(h)) for h in heads.nonzero().flatten()}
-    heads_here = H if name == "attn.q" else n_kv
-    heads = (mask.reshape(heads_here, dh) if is_bias else mask.reshape(-1, heads_here, dh).any(0)).any(-1)
-    group = H // heads_here
-    return {Component(layer, "head", int(h) * group + g) for h in heads.nonzero().flatten() for g in range(group)}
+    """The components owning the changed entries `mask` of linear `name` (its canonical weight or bias),
+    by `excise.components.OWNERSHIP`, the map parameter masks are built from."""
+    unit, _, bias_owner = OWNERSHIP[name]
+    if is_bias and bias_owner != "unit":
+        return {Component(layer, bias_owner)}
+    hit = unit_sums(cfg, name, mask.to(torch.int64), is_bias) > 0
+    return {Component(layer, unit, int(i)) for i in hit.nonzero().flatten()}
 
 
 @contextmanager

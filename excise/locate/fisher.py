@@ -17,14 +17,14 @@ Cost: one forward + backward per example (or per batch).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from excise.components import head_axis
+from excise.components import OWNERSHIP, head_axis, unit_sums
 from excise.facts import Fact
 from excise.locate.localization import Localization
 from excise.models import has_linear, linear
@@ -78,41 +78,30 @@ def fisher_diagonal(model: Any, facts: Iterable[Fact], config: FisherConfig | No
 
 
 def component_scores(model: Any, F: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum a per-parameter diagonal onto neurons, heads, and layer totals (mlp, attn)."""
+    """Sum a per-parameter diagonal onto neurons, heads, and layer totals (mlp, attn), by the weights each
+    component owns (`excise.components.OWNERSHIP`, the map parameter masks use)."""
     cfg = model.cfg
-    L, H, dh = cfg.n_layers, cfg.n_heads, cfg.d_head
-    n_kv = getattr(cfg, "n_key_value_heads", None) or H
-    zero = torch.zeros(())
+    L = cfg.n_layers
 
     def get(p):
-        return zero if p is None else F.get(id(p), torch.zeros_like(p))
+        return F.get(id(p), torch.zeros_like(p))
 
-    neuron, head = torch.zeros(L, cfg.d_mlp), torch.zeros(L, H)
-    mlp, attn = torch.zeros(L), torch.zeros(L)
+    per_unit = {"neuron": torch.zeros(L, cfg.d_mlp), "head": torch.zeros(L, cfg.n_heads)}
+    layer_total = {"neuron": torch.zeros(L), "head": torch.zeros(L)}
     for l in range(L):
-        for name in ("mlp.in", "mlp.gate"):
-            if has_linear(model, name):
-                v = linear(model, l, name)
-                neuron[l] += v.canonical(get(v.weight)).sum(0).cpu()
-                if v.bias is not None:
-                    neuron[l] += get(v.bias).cpu()
-        out = linear(model, l, "mlp.out")
-        neuron[l] += out.canonical(get(out.weight)).sum(1).cpu()
-        mlp[l] = neuron[l].sum() + (get(out.bias).sum().cpu() if out.bias is not None else 0)
-        for name in ("attn.q", "attn.k", "attn.v"):
+        for name, (unit, _, bias_owner) in OWNERSHIP.items():
+            if not has_linear(model, name):
+                continue
             v = linear(model, l, name)
-            heads = H if name == "attn.q" else n_kv
-            w = v.canonical(get(v.weight)).reshape(-1, heads, dh).sum((0, 2))
+            # a key/value head's sum is added to each head of its group (each reads it), once to the layer
+            per_unit[unit][l] += unit_sums(cfg, name, v.canonical(get(v.weight)), False).cpu()
+            layer_total[unit][l] += get(v.weight).sum().cpu()
             if v.bias is not None:
-                w = w + get(v.bias).reshape(heads, dh).sum(1)
-            head[l] += w.repeat_interleave(H // heads).cpu() if heads != H else w.cpu()
-        o = linear(model, l, "attn.o")
-        head[l] += o.canonical(get(o.weight)).reshape(H, dh, -1).sum((1, 2)).cpu()
-        attn[l] = sum(
-            get(p).sum().cpu() for name in ("attn.q", "attn.k", "attn.v", "attn.o")
-            for p in (linear(model, l, name).weight, linear(model, l, name).bias) if p is not None
-        )
-    return {"neuron": neuron, "head": head, "mlp": mlp, "attn": attn}
+                if bias_owner == "unit":
+                    per_unit[unit][l] += unit_sums(cfg, name, get(v.bias), True).cpu()
+                layer_total[unit][l] += get(v.bias).sum().cpu()
+    return {"neuron": per_unit["neuron"], "head": per_unit["head"], "mlp": layer_total["neuron"],
+            "attn": layer_total["head"]}
 
 
 def fisher(
