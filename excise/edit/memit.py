@@ -155,7 +155,7 @@ def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n
     device = next(iter(model.parameters())).device
     for f in facts:
         rows = _rows(model, f, _prompts(f, n_prefixes, families))
-        tokens, _ = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
+        tokens, _ = pad_batch([r.tokens for r in rows], model.tokenizer.pad_token_id or 0)
         k, h = mlp_keys(model, tokens, layer, resid_after=last)
         at = torch.tensor(_at(rows, position), device=device)
         batch = torch.arange(len(rows), device=device)

@@ -62,7 +62,7 @@ import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -290,19 +290,28 @@ def _prompts(fact: Fact, n_prefixes: int, families: Sequence[str] = ("request",)
     return [fact.prompt] + [f"{p} {fact.prompt}" for p in PREFIXES[:n_prefixes]] + others
 
 
-def _at(rows, position: str) -> list[int]:
-    """Each `_rows` row's edit position for the role `position`."""
-    return [position_index(position, r[1], r[2]) for r in rows]
+class PromptRow(NamedTuple):
+    """One prompt as ROME and MEMIT feed it: the tokens, where the subject ends and where the answer is read."""
+
+    tokens: list[int]          # the prompt's ids, then the target's but its last (teacher forcing)
+    subject_last: int          # position of the subject's last token
+    read: int                  # position of the prompt's last token: its next-token prediction is the answer
+    target: list[int]          # the target's ids
 
 
-def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = None):
-    """Token rows (prompt [+ target[:-1]]), the last subject position, the read position, target ids."""
+def _at(rows: Sequence[PromptRow], position: str) -> list[int]:
+    """Each row's edit position for the role `position`."""
+    return [position_index(position, r.subject_last, r.read) for r in rows]
+
+
+def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = None) -> list[PromptRow]:
+    """One PromptRow per template of `fact` (with `target` in place of the fact's, if given)."""
     out = []
     for t in templates:
         f = fact if target is None else Fact(fact.subject, fact.relation, target, fact.prompt)
         pt = tokenize_prompt(model, f, t)
         ids = pt.tokens.tolist()
-        out.append((ids + list(pt.target_ids[:-1]), pt.last_subject, len(ids) - 1, list(pt.target_ids)))
+        out.append(PromptRow(ids + list(pt.target_ids[:-1]), pt.last_subject, len(ids) - 1, list(pt.target_ids)))
     return out
 
 
@@ -316,7 +325,7 @@ def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int, position: str
 def _kl_prompt_row(model: Any, fact: Fact):
     """ROME's KL prompt "{subject} is a" as a `_rows` row, read at the last subject token (compute_v.py:131)."""
     pt = tokenize_prompt(model, fact, KL_PROMPT)
-    return (pt.tokens.tolist(), pt.last_subject, pt.last_subject, list(pt.target_ids))
+    return PromptRow(pt.tokens.tolist(), pt.last_subject, pt.last_subject, list(pt.target_ids))
 
 
 def _lens_hook(index: int) -> str:
@@ -324,11 +333,11 @@ def _lens_hook(index: int) -> str:
     return "blocks.0.hook_resid_pre" if index == 0 else f"blocks.{index - 1}.hook_resid_post"
 
 
-def _target_grid(rows, width: int, device) -> Int[Tensor, "rows width"]:
+def _target_grid(rows: Sequence[PromptRow], width: int, device) -> Int[Tensor, "rows width"]:
     """Each row's target tokens at the positions that predict them (from its read position on), -100 elsewhere."""
     grid = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (_, _, at, targets) in enumerate(rows):
-        grid[i, at:at + len(targets)] = torch.tensor(targets)
+    for i, r in enumerate(rows):
+        grid[i, r.read:r.read + len(r.target)] = torch.tensor(r.target)
     return grid.to(device)
 
 
@@ -391,15 +400,15 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     rows = main + kl_rows
     n_main = len(main)
     device = view.weight.device
-    tokens, last = pad_batch([r[0] for r in rows], model.tokenizer.pad_token_id or 0)
+    tokens, last = pad_batch([r.tokens for r in rows], model.tokenizer.pad_token_id or 0)
     tokens, last = tokens.to(device), last.to(device)
     subj = torch.tensor(_at(rows, cfg.position), device=device)      # each row's edit position
     # rows whose edit position carries the fact's key, where a constant delta stands for the write (without
     # u): every row at the subject (ROME's, the KL prompts included), only the fact's prompts at their end
     batch = torch.arange(len(rows) if cfg.position == "subject_last" else n_main, device=device)
-    target_first = _rows(model, fact, [fact.prompt])[0][3][0]
-    read = torch.tensor([r[2] for r in main], device=device)
-    kl_at = (n_main + torch.arange(len(kl_rows), device=device), torch.tensor([r[2] for r in kl_rows], device=device))
+    target_first = _rows(model, fact, [fact.prompt])[0].target[0]
+    read = torch.tensor([r.read for r in main], device=device)
+    kl_at = (n_main + torch.arange(len(kl_rows), device=device), torch.tensor([r.read for r in kl_rows], device=device))
     grid = _target_grid(main, tokens.shape[1], device)
     lens_layers = cfg.layers_read(n_layers)
     if cfg.objective in REFERENCE:          # every row's last real token, the KL prompt's included
@@ -518,14 +527,15 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
 
 
 @torch.no_grad()
-def layer_keys(model: Any, rows, layer: int, position: str | None, batch_size: int = 256) -> Tensor:
+def layer_keys(model: Any, rows: Sequence[PromptRow], layer: int, position: str | None, batch_size: int = 256,
+               ) -> Tensor:
     """MLP keys at `layer` of `_rows` rows: at each row's edit `position` ([rows, d_mlp]) or, with None, at
     every real token ([tokens, d_mlp]); the forwards stop after `layer`."""
     device = next(iter(model.parameters())).device
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        tokens, last = pad_batch([r[0] for r in chunk], model.tokenizer.pad_token_id or 0)
+        tokens, last = pad_batch([r.tokens for r in chunk], model.tokenizer.pad_token_id or 0)
         k = mlp_keys(model, tokens, layer)
         if position is not None:
             at = torch.tensor(_at(chunk, position), device=device)
