@@ -82,6 +82,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     traced = next((f for f in facts if f.relation == TRACE_RELATION), facts[0])
     log(f"causal trace of {traced.fill(traced.prompt)!r} -> {traced.target!r} ...")
     trace = excise.locate.causal_trace(model, traced, seed=seed)
+    trace_meta = excise.locate.TraceMeta.of(trace)
     trace.plot().savefig(out / "trace.png", dpi=110)
     trace.save(out / "trace.json")
     last_subject = trace.subject[1] - 1
@@ -133,8 +134,8 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
         "facts": [{"relation": f.relation, "prompt": f.fill(f.prompt), "target": f.target,
                    "p_before": b[1], "rank_before": b[0], "p_after": a[1], "rank_after": a[0]}
                   for f, b, a in zip(facts, before, after, strict=True)],
-        "trace": {"fact": traced.relation, "prompt": trace.meta["prompt"], "p_clean": trace.meta["p_clean"],
-                  "p_corrupt": trace.meta["p_corrupt"], "last_subject_token": trace.tokens[last_subject],
+        "trace": {"fact": traced.relation, "prompt": trace_meta.prompt, "p_clean": trace_meta.p_clean,
+                  "p_corrupt": trace_meta.p_corrupt, "last_subject_token": trace.tokens[last_subject],
                   "mlp_at_last_subject_token": [round(float(x), 6) for x in mlp_at_subject],
                   "peaks": {k: {"layer": c.layer, "position": c.position, "token": trace.tokens[c.position]
                                 if c.position is not None else None,

@@ -258,3 +258,17 @@ def test_rank_one_update_maps_key_to_value():
         rank_one_update(W, torch.zeros(6), v)
     with pytest.raises(Exception, match="d_in"):    # shapes in the signature are checked under pytest
         rank_one_update(W, torch.randn(5), v)
+
+
+def test_trace_meta_is_typed_and_survives_saving(organism_model, tmp_path):
+    from excise.locate import Localization, TraceMeta, causal_trace
+
+    fact = list(excise.organism.world())[0]
+    trace = causal_trace(organism_model, fact, kinds=("mlp",), n_samples=2)          # overrides of TraceConfig
+    meta = TraceMeta.of(trace)
+    assert meta.p_clean == trace.meta["p_clean"] > meta.p_corrupt and meta.config.n_samples == 2
+    assert meta.noise_std == pytest.approx(meta.config.noise * meta.noise_sigma)
+    trace.save(tmp_path / "t.json")
+    assert TraceMeta.of(Localization.load(tmp_path / "t.json")) == meta
+    with pytest.raises(ValueError, match="TraceMeta reads causal traces"):
+        TraceMeta.of(Localization(method="fisher", scores=trace.scores, axes=trace.axes))

@@ -95,6 +95,34 @@ class TraceConfig:
         return cls(**{**config.__dict__, **overrides}) if overrides else config
 
 
+@dataclass(frozen=True)
+class TraceMeta:
+    """What a causal trace records beside its scores (`Localization.meta` of `causal_trace`), typed.
+
+    `TraceMeta.of(loc)` reads it from a trace's Localization (a saved one included).
+    """
+
+    fact: Fact                      # the traced fact (neighbours dropped)
+    prompt: str                     # the filled-in prompt
+    p_clean: float                  # p(target's first token) on the clean run
+    p_corrupt: float                # the same with the subject noised and nothing restored (mean over samples)
+    noise_std: float                # the noise's std: `config.noise` x noise_sigma
+    noise_sigma: float              # the unit: std of the subjects' token embeddings (or of all of W_E)
+    noise_sigma_tokens: int         # how many embedding rows the unit came from
+    noise_sigma_subjects: int | None   # how many subjects (None: the whole vocabulary)
+    last_position: int              # the prompt's last position (where the answer is read)
+    config: TraceConfig             # the settings the trace ran with
+
+    @classmethod
+    def of(cls, loc: Localization) -> TraceMeta:
+        if loc.method != "causal_trace":
+            raise ValueError(f"TraceMeta reads causal traces; this Localization is from {loc.method!r}")
+        m = loc.meta
+        return cls(Fact.from_dict(m["fact"]), m["prompt"], m["p_clean"], m["p_corrupt"], m["noise_std"], m["noise_sigma"],
+                   m["noise_sigma_tokens"], m["noise_sigma_subjects"], m["last_position"],
+                   TraceConfig(**{k: m[k] for k in TraceConfig.__dataclass_fields__ if k in m}))
+
+
 def check_kinds(kinds: Sequence[str], allowed: Sequence[str], method: str) -> None:
     if isinstance(kinds, str) or not isinstance(kinds, Sequence):
         raise TypeError(f"{method} kinds must be a list of kinds among {tuple(allowed)}, got "
