@@ -127,6 +127,23 @@ def _lr_at(step: int, config: UndoConfig) -> float:
     return config.min_lr + (config.lr - config.min_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.Optimizer,
+                  params: list[torch.nn.Parameter], lr: float, clip: float) -> torch.Tensor:
+    """One AdamW step on forward KL(teacher || model) over `batch`; returns the loss."""
+    tokens, real = _batch(model, batch)
+    with torch.no_grad():
+        target = teacher(tokens)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with torch.enable_grad():
+        loss = _forward_kl(target, model(tokens), real)
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: UndoConfig | None = None,
          ) -> EditRecord:
     """Noise `model` (an unlearned model) and distill its own pre-noise outputs back into it; see the
@@ -165,17 +182,7 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
                 rng.shuffle(fresh)
                 order += fresh
             batch, order = [texts[i] for i in order[:config.batch_size]], order[config.batch_size:]
-            tokens, real = _batch(model, batch)
-            with torch.no_grad():
-                target = teacher(tokens)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, config)
-            with torch.enable_grad():
-                loss = _forward_kl(target, model(tokens), real)
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss = _distill_step(model, teacher, batch, opt, params, _lr_at(step, config), config.grad_clip)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
                 student_loss = next_token_loss(model, eval_texts)
                 history.append({"step": step + 1, "kl": float(loss.detach()), "eval_loss": student_loss})
