@@ -244,23 +244,22 @@ def copy_model_of(model, state):
     return twin
 
 
-def test_undo_distills_back_stops_at_the_threshold_and_undoes(organism_model, world):
+def test_undo_distills_back_stops_at_the_threshold_and_undoes(tiny):
     from excise.edit.undo import UndoConfig, next_token_loss, undo
-    from excise.models import copy_model
-    from excise.organism.train import fact_texts
 
-    model = copy_model(organism_model)
-    before = weights(model)
-    texts = excise.organism.corpus()[:512]
-    held = fact_texts(list(world.of_subject(world.people[20])))
-    record = undo(model, texts, held, UndoConfig(alpha=0.1, max_steps=40, eval_every=20, progress=False))
+    before = weights(tiny)
+    texts = [f"the cat number {i} sat on the mat and looked at the dog" for i in range(40)]
+    held = ["the dog sat on the mat", "a cat looked at the dog number 3"]
+    record = undo(tiny, texts, held, UndoConfig(alpha=0.3, max_steps=40, eval_every=10, batch_size=8,
+                                                progress=False))
     meta = record.meta
-    assert meta["steps"] in (20, 40) and len(meta["history"]) == meta["steps"] // 20
+    assert meta["steps"] in (10, 20, 30, 40) and len(meta["history"]) == meta["steps"] // 10
     last = meta["history"][-1]["eval_loss"]
-    assert last == pytest.approx(next_token_loss(model, held), rel=1e-5)
+    assert last == pytest.approx(next_token_loss(tiny, held), rel=1e-5)
     assert meta["steps"] == 40 or last <= 1.05 * meta["teacher_eval_loss"]     # stopped by the threshold, or ran out
+    assert last < meta["noised_eval_loss"]                                        # the distillation pulls it back
     assert record.n_changed > 0.9 * sum(p.numel() for p in before.values())
     record.undo()
-    assert same(before, weights(model))
+    assert same(before, weights(tiny))
     with pytest.raises(ValueError, match="alpha and beta"):
         UndoConfig(alpha=1.5)

@@ -151,8 +151,9 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     `eval_texts`: the retain domain the stop condition reads.
 
     Returns the EditRecord (every parameter in scope; meta: steps, history, seconds, the teacher's and
-    student's eval loss). Cost: up to `max_steps` x (one teacher forward + one student forward and
-    backward on `batch_size` texts), an eval pass over `eval_texts` every `eval_every` steps, and one
+    student's eval loss, and the student's right after the noise). Cost: up to `max_steps` x (one
+    teacher forward + one student forward and backward on `batch_size` texts), an eval pass over
+    `eval_texts` every `eval_every` steps, and one
     copy of the model (the teacher).
     """
     from tqdm.auto import tqdm
@@ -170,6 +171,7 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     start = time.perf_counter()
     with recording(model, "undo", asdict(config)) as box:
         shrink_and_perturb(model, config.alpha, config.beta, config.seed)
+        noised_loss = next_token_loss(model, eval_texts)
         params = [p for p in storage_owners(model).values()]
         for p in params:
             p.requires_grad_(True)
@@ -192,6 +194,6 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
         bar.close()
     record: EditRecord = box["record"]
     record.meta |= {"steps": history[-1]["step"] if history else 0, "history": history,
-                    "teacher_eval_loss": teacher_loss, "student_eval_loss": history[-1]["eval_loss"] if history
+                    "teacher_eval_loss": teacher_loss, "noised_eval_loss": noised_loss, "student_eval_loss": history[-1]["eval_loss"] if history
                     else None, "seconds": time.perf_counter() - start}
     return record
