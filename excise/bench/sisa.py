@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import excise
-from excise.bench.unlearn import COLUMNS, _f, row_metrics
+from excise.bench.unlearn import COLUMNS, _combined, _f, row_metrics
 from excise.facts import FAMILIES
 from excise.organism.train import corpus, fact_texts
 from excise.organism.sisa import Sisa, SisaConfig, cached, cached_deletion, shard_of, slice_of, steps_for
@@ -38,12 +38,6 @@ from excise.verify import AuditConfig, AuditReport, audit
 SHARDS = (5, 10)
 FRACTION = 0.05
 RECALL_FAMILIES = tuple(f for f in FAMILIES if f != "held_out")
-
-
-def _combined(base: AuditReport, edited: dict[str, Any]) -> AuditReport:
-    """`edited` as the edited model, the original organism as reference, and the retrain oracle."""
-    return AuditReport(config=base.config, facts=base.facts, neighbours=base.neighbours,
-                       models={"edited": edited, "reference": base.models["edited"], "oracle": base.models["oracle"]})
 
 
 def _verdicts(report: AuditReport) -> dict[str, dict[str, Any]]:

@@ -46,6 +46,7 @@ from excise.locate import FisherConfig, Localization, attribution_patching, fish
 from excise.models import copy_model
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit
 from excise.verify.leakage import LEAKAGE_ATTACKS
+from excise.verify.results import ModelAudit
 
 SPLITS = (0.01, 0.05, 0.10)
 GRADIENT = ("ga", "graddiff", "kl", "npo", "simnpo", "swap")
@@ -176,7 +177,7 @@ def _sisa_row(base: AuditReport, forget: list[Fact], k: int, config: AuditConfig
     return row
 
 
-def _combined(base: AuditReport, edited: dict[str, Any]) -> AuditReport:
+def _combined(base: AuditReport, edited: ModelAudit) -> AuditReport:
     """One report: this row's audit as `edited`, the original as `reference`, and the oracle."""
     return AuditReport(config=base.config, facts=base.facts, neighbours=base.neighbours,
                        models={"edited": edited, "reference": base.models["edited"], "oracle": base.models["oracle"]})
