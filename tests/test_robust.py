@@ -245,7 +245,8 @@ def copy_model_of(model, state):
 
 
 def test_undo_distills_back_stops_at_the_threshold_and_undoes(tiny):
-    from excise.edit.undo import UndoConfig, next_token_loss, undo
+    from excise.edit.undo import UndoConfig, undo
+    from excise.verify.specificity import general_loss
 
     before = weights(tiny)
     texts = [f"the cat number {i} sat on the mat and looked at the dog" for i in range(40)]
@@ -255,7 +256,7 @@ def test_undo_distills_back_stops_at_the_threshold_and_undoes(tiny):
     meta = record.meta
     assert meta["steps"] in (10, 20, 30, 40) and len(meta["history"]) == meta["steps"] // 10
     last = meta["history"][-1]["eval_loss"]
-    assert last == pytest.approx(next_token_loss(tiny, held), rel=1e-5)
+    assert last == pytest.approx(general_loss(tiny, held), rel=1e-5)
     assert meta["steps"] == 40 or last <= 1.05 * meta["teacher_eval_loss"]     # stopped by the threshold, or ran out
     assert last < meta["noised_eval_loss"]                                        # the distillation pulls it back
     assert record.n_changed > 0.9 * sum(p.numel() for p in before.values())

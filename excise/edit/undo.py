@@ -46,6 +46,7 @@ import torch
 from excise.edit.record import EditRecord, recording, storage_owners
 from excise.models import copy_model
 from excise.scoring import encode, pad_batch
+from excise.verify.specificity import general_loss
 
 
 @dataclass(frozen=True)
@@ -108,18 +109,6 @@ def _forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, real
     return (t.exp() * (t - s)).sum(-1).mean()
 
 
-@torch.no_grad()
-def next_token_loss(model: Any, texts: Sequence[str], batch_size: int = 64) -> float:
-    """Mean next-token cross-entropy (nats per token) over `texts`."""
-    total, count = 0.0, 0
-    for i in range(0, len(texts), batch_size):
-        tokens, real = _batch(model, texts[i:i + batch_size])
-        logp = model(tokens)[:, :-1].log_softmax(-1)
-        nll = -logp.gather(-1, tokens[:, 1:, None])[..., 0][real]
-        total, count = total + float(nll.sum()), count + nll.numel()
-    return total / max(1, count)
-
-
 def _lr_at(step: int, config: UndoConfig) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -165,13 +154,13 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     teacher = copy_model(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher_loss = next_token_loss(teacher, eval_texts)
+    teacher_loss = general_loss(teacher, eval_texts)
     rng = random.Random(config.seed)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     with recording(model, "undo", asdict(config)) as box:
         shrink_and_perturb(model, config.alpha, config.beta, config.seed)
-        noised_loss = next_token_loss(model, eval_texts)
+        noised_loss = general_loss(model, eval_texts)
         params = [p for p in storage_owners(model).values()]
         for p in params:
             p.requires_grad_(True)
@@ -186,7 +175,7 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
             batch, order = [texts[i] for i in order[:config.batch_size]], order[config.batch_size:]
             loss = _distill_step(model, teacher, batch, opt, params, _lr_at(step, config), config.grad_clip)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
-                student_loss = next_token_loss(model, eval_texts)
+                student_loss = general_loss(model, eval_texts)
                 history.append({"step": step + 1, "kl": float(loss.detach()), "eval_loss": student_loss})
                 bar.set_postfix(eval_loss=f"{student_loss:.3f}", teacher=f"{teacher_loss:.3f}", refresh=False)
                 if student_loss <= (1 + config.retain_threshold) * teacher_loss:
