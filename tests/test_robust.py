@@ -264,3 +264,29 @@ def test_undo_distills_back_stops_at_the_threshold_and_undoes(tiny):
     assert same(before, weights(tiny))
     with pytest.raises(ValueError, match="alpha and beta"):
         UndoConfig(alpha=1.5)
+
+
+def test_undo_recall_stop_reads_the_eval_facts(tiny, monkeypatch):
+    """stop='recall' (excise's variant): the first eval point whose top-1 recall of eval_facts reaches
+    (1 - threshold) x the teacher's ends the distillation; without facts it is refused."""
+    import importlib
+
+    from excise.facts import Fact
+
+    U = importlib.import_module("excise.edit.undo")        # excise.edit.undo the attribute is the function
+
+    texts = [f"the cat number {i} sat on the mat and looked at the dog" for i in range(40)]
+    facts = [Fact("the cat", "sat", "on", "{} sat"), Fact("the dog", "sat", "on", "{} sat")]
+    script = iter([[True, True], [False, False], [True, False], [True, True], [True, True]])   # teacher, then evals
+    monkeypatch.setattr(U, "recalled", lambda model, fs: next(script))
+    config = U.UndoConfig(alpha=0.3, max_steps=40, eval_every=10, batch_size=8, stop="recall", retain_threshold=0.4,
+                          progress=False)
+    record = U.undo(tiny, texts, texts[:2], config, eval_facts=facts)
+    assert record.meta["teacher_eval_recall"] == 1.0
+    assert [h["eval_recall"] for h in record.meta["history"]] == [0.0, 0.5, 1.0]    # 0.5 < 0.6 <= 1.0
+    assert record.meta["steps"] == 30
+    record.undo()
+    with pytest.raises(ValueError, match="eval_facts"):
+        U.undo(tiny, texts, texts[:2], config)
+    with pytest.raises(ValueError, match="stop must be"):
+        U.UndoConfig(stop="kl")

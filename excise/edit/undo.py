@@ -41,12 +41,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from excise.edit.record import EditRecord, recording, storage_owners
+from excise.facts import Fact
 from excise.models import copy_model
 from excise.scoring import encode, pad_batch
-from excise.verify.specificity import general_loss
+from excise.verify.specificity import general_loss, recalled
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class UndoConfig:
     max_steps: int = 2000
     eval_every: int = 50            # reference: validation every 50 steps
     retain_threshold: float = 0.05  # stop once eval loss <= (1 + this) x the teacher's (reference 0.05)
+    stop: str = "loss"              # "loss": the reference's stop; "recall": excise's, on eval_facts (see undo)
     seed: int = 0
     progress: bool = True
 
@@ -70,6 +73,8 @@ class UndoConfig:
                              f"{self.beta}")
         if self.max_steps < 1 or self.eval_every < 1 or self.batch_size < 1:
             raise ValueError("max_steps, eval_every and batch_size must be >= 1")
+        if self.stop not in ("loss", "recall"):
+            raise ValueError(f"stop must be 'loss' (the reference's) or 'recall' (on eval_facts), got {self.stop!r}")
         if not 0 < self.min_lr <= self.lr:
             raise ValueError(f"need 0 < min_lr <= lr, got min_lr {self.min_lr}, lr {self.lr}")
 
@@ -133,11 +138,22 @@ def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.O
     return loss
 
 
+def _stopped(point: dict[str, float], config: UndoConfig, teacher_loss: float, teacher_recall: float | None,
+             ) -> bool:
+    if config.stop == "recall":
+        return point["eval_recall"] >= (1 - config.retain_threshold) * (teacher_recall or 0.0)
+    return point["eval_loss"] <= (1 + config.retain_threshold) * teacher_loss
+
+
 def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: UndoConfig | None = None,
-         ) -> EditRecord:
+         eval_facts: Sequence[Fact] = ()) -> EditRecord:
     """Noise `model` (an unlearned model) and distill its own pre-noise outputs back into it; see the
     module docstring. `texts`: what to distill on (the reference: pretraining text of both domains);
     `eval_texts`: the retain domain the stop condition reads.
+
+    `config.stop="recall"` (excise's variant, not the reference's) stops instead once the student's
+    top-1 recall of `eval_facts` (retained facts) is within `retain_threshold` (relative) of the
+    teacher's: the loss stop ends before single-token facts are back (module docstring).
 
     Returns the EditRecord (every parameter in scope; meta: steps, history, seconds, the teacher's and
     student's eval loss, and the student's right after the noise). Cost: up to `max_steps` x (one
@@ -155,6 +171,11 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher_loss = general_loss(teacher, eval_texts)
+    eval_facts = list(eval_facts)
+    if config.stop == "recall" and not eval_facts:
+        raise ValueError("stop='recall' reads the recall of eval_facts (retained facts): pass some, or use "
+                         "stop='loss'")
+    teacher_recall = float(np.mean(recalled(teacher, eval_facts))) if eval_facts else None
     rng = random.Random(config.seed)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -176,13 +197,16 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
             loss = _distill_step(model, teacher, batch, opt, params, _lr_at(step, config), config.grad_clip)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
                 student_loss = general_loss(model, eval_texts)
-                history.append({"step": step + 1, "kl": float(loss.detach()), "eval_loss": student_loss})
+                point = {"step": step + 1, "kl": float(loss.detach()), "eval_loss": student_loss}
+                if eval_facts:
+                    point["eval_recall"] = float(np.mean(recalled(model, eval_facts)))
+                history.append(point)
                 bar.set_postfix(eval_loss=f"{student_loss:.3f}", teacher=f"{teacher_loss:.3f}", refresh=False)
-                if student_loss <= (1 + config.retain_threshold) * teacher_loss:
+                if _stopped(point, config, teacher_loss, teacher_recall):
                     break
         bar.close()
     record: EditRecord = box["record"]
     record.meta |= {"steps": history[-1]["step"] if history else 0, "history": history,
-                    "teacher_eval_loss": teacher_loss, "noised_eval_loss": noised_loss, "student_eval_loss": history[-1]["eval_loss"] if history
+                    "teacher_eval_loss": teacher_loss, "teacher_eval_recall": teacher_recall, "noised_eval_loss": noised_loss, "student_eval_loss": history[-1]["eval_loss"] if history
                     else None, "seconds": time.perf_counter() - start}
     return record
