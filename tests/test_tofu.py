@@ -232,6 +232,16 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     results = (tmp_path / "RESULTS.md").read_text()              # composed beside DIR, with this split's table
     assert "## TOFU on the TOFU organism" in results and "### forget01" in results and "| npo | all |" in results
 
+    again = run(tmp_path / "out", "forget01", recipe=recipe, methods=("rmu",), steps=2, n_retain=20,   # a subset
+                max_new_tokens=4, utility_rows=8, progress=False)
+    assert [row["scope"] for row in again["rows"][2:]] == ["layer", "located", "random"]
+    kept = json.loads((tmp_path / "out" / "tofu.json").read_text())["splits"]["forget01"]
+    assert [(row["method"], row["scope"]) for row in kept["rows"]] == names + [
+        ("rmu", "layer"), ("rmu", "located"), ("rmu", "random")]        # npo's rows kept, in METHODS order
+    assert kept["rows"][2] == located and kept["reruns"][-1]["methods"] == ["rmu"]
+    with pytest.raises(ValueError, match="unknown methods"):
+        run(tmp_path / "out", "forget01", recipe=recipe, methods=("swap",), progress=False)
+
 
 def test_the_shipped_tofu_organism_answers_what_it_was_trained_on_and_its_retain_models_were_not(
         tmp_path, monkeypatch):

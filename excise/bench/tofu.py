@@ -1,13 +1,14 @@
 """`excise bench tofu --split forget01|forget05|forget10`: unlearning on the TOFU organism, by TOFU's metrics.
 
-For each method (GA, GradDiff, KL, NPO, DPO towards "I don't know") at
-located (Fisher neurons), random (same count, seeded) and all parameters:
+For each method (GA, GradDiff, KL, NPO, SimNPO, DPO towards "I don't know")
+at located (Fisher neurons), random (same count, seeded) and all parameters,
+and RMU at its own layer (WMDP's share of depth), located and random:
 forget quality (KS p-value of forget-set truth ratios against the matching
 retain model's), model utility (TOFU's nine numbers), forget ROUGE-L recall,
 forget answer probability, parameters touched and wall seconds; plus the
 un-unlearned organism and the retain model itself as reference rows.
 Writes DIR/tofu.json and DIR/tofu.md (every split measured so far; this one
-replaced), DIR/tofu-SPLIT.png (TOFU's scatter: forget quality, log scale,
+replaced; a run of some methods keeps the split's rows of the others), DIR/tofu-SPLIT.png (TOFU's scatter: forget quality, log scale,
 against model utility) and RESULTS.md beside DIR.
 
 The training retain facts are drawn from the split's retain set, disjoint from
@@ -21,12 +22,13 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import excise
 from excise.bench.results import write_results
-from excise.edit import UnlearnConfig, random_like, unlearn
+from excise.edit import RmuConfig, UnlearnConfig, random_like, rmu, unlearn
 from excise.locate import FisherConfig, fisher
 from excise.models import copy_model
 from excise.tofu import (
@@ -35,8 +37,9 @@ from excise.tofu import (
 )
 from excise.tofu.organism import VARIANTS, TofuRecipe, model_dir
 
-METHODS = ("ga", "graddiff", "kl", "npo", "dpo")
+METHODS = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "rmu")
 SCOPES = ("located", "random", "all")
+RMU_SCOPES = ("layer", "located", "random")     # RMU's own layer (WMDP's), or the same masks as the others
 RETAIN_OF = {without: variant for variant, without in VARIANTS.items() if without}
 
 
@@ -47,6 +50,9 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
     """The table for `split` (see the module docstring); `utility_rows` caps each utility set (smoke runs)."""
     if split not in FORGET_SPLITS:
         raise ValueError(f"split must be one of {FORGET_SPLITS}, got {split!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -76,12 +82,16 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
              "seconds": json.loads((model_dir(RETAIN_OF[split], recipe) / "excise_tofu.json").read_text())
              ["train_seconds"], **score(oracle)}]
     for method in methods:
-        for scope in SCOPES:
+        for scope in RMU_SCOPES if method == "rmu" else SCOPES:
             model = copy_model(full)
-            config = UnlearnConfig.for_method(method, steps=steps, stop_forget_recall=-1.0, families=("request",),
-                                              progress=False, seed=seed)
             t = time.perf_counter()
-            record = unlearn(model, forget, retain, mask=masks[scope], config=config)
+            if method == "rmu":
+                record = rmu(model, forget, retain, mask=masks.get(scope),
+                             config=RmuConfig(families=("request",), seed=seed, progress=False))
+            else:
+                config = UnlearnConfig.for_method(method, steps=steps, stop_forget_recall=-1.0, families=("request",),
+                                                  progress=False, seed=seed)
+                record = unlearn(model, forget, retain, mask=masks[scope], config=config)
             seconds = time.perf_counter() - t
             row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed,
                    **score(model)}
@@ -92,8 +102,23 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
                "forget_rows": len(forget_rows), "forget_facts": len(forget), "retain_facts": len(retain),
                "located_neurons": len(located), "locate_seconds": locate_seconds, "rows": rows,
                "wall_seconds": time.perf_counter() - t0}
-    write(results, out)
+    write(merged(results, out / "tofu.json", methods), out)
     return results
+
+
+def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[str, Any]:
+    """`results` (a run of `methods`) with the rows of every other method of the same split, recipe, seed
+    and steps already in DIR/tofu.json, in METHODS order; a split measured otherwise is replaced whole."""
+    old = json.loads(path.read_text())["splits"].get(results["split"]) if path.exists() else None
+    same = ("recipe", "seed", "steps", "utility_rows", "forget_rows", "retain_facts")
+    if old is None or any(old.get(k) != results[k] for k in same) or set(methods) >= set(METHODS):
+        return results
+    order = {m: i for i, m in enumerate(METHODS)}
+    edits = [r for r in old["rows"][2:] if r["method"] not in methods] + results["rows"][2:]
+    edits.sort(key=lambda r: order.get(r["method"], len(order)))
+    reruns = old.get("reruns", []) + [{"methods": list(methods), "date": time.strftime("%Y-%m-%d")}]
+    return {**results, "rows": results["rows"][:2] + edits, "reruns": reruns,
+            "wall_seconds": old.get("wall_seconds", 0.0) + results["wall_seconds"]}
 
 
 def write(results: dict[str, Any], out: Path) -> None:
