@@ -207,10 +207,34 @@ def test_robust_scopes_pick_the_traced_layers_and_say_so():
     assert "The oracle relearns 0.01/0.02 (other half, 30/100 steps)" in text and "least: fact_lookup" in text
     assert "| npo | output |" in to_markdown(r)
 
+    undone = {**row("undo", "all", [0, 0.1, 0.1, 0.1], [0, 0, 0, 0]), "undo_alpha": 0.3, "undo_steps": 150}
+    assert "UNDO (alpha 0.3, recall stop; all 150 steps)" in to_markdown({**r, "rows": r["rows"] + [undone]})
+
     model = excise.load("organism")
     facts = list(excise.organism.world().of_subject(excise.organism.world().people[0]))[:2]
     traced = traced_layers(model, facts)
     assert set(traced) == {"subject", "last"} and len(traced["subject"]) == model.cfg.n_layers
+
+
+def test_robust_rerun_of_some_methods_keeps_the_others(tmp_path):
+    from excise.bench.robust import merged
+
+    def row(method, scope):
+        return {"method": method, "scope": scope}
+
+    settings = {"fraction": 0.05, "seed": 0, "n_layers_masked": 1, "steps": [0, 10, 30, 100], "forget_facts": 90,
+                "total_seconds": 10.0}
+    old = {**settings, "rows": [row("oracle", "retrain"), row("original", "-"), row("graddiff", "all"),
+                                row("npo", "all"), row("undo", "all")]}
+    (tmp_path / "robust.json").write_text(json.dumps(old))
+    new = {**settings, "total_seconds": 5.0, "rows": [row("oracle", "retrain"), row("original", "-"),
+                                                      row("npo", "fisher")]}
+    got = merged(new, tmp_path / "robust.json", ["npo"])
+    assert [(x["method"], x["scope"]) for x in got["rows"]] == [
+        ("oracle", "retrain"), ("original", "-"), ("graddiff", "all"), ("npo", "fisher"), ("undo", "all")]
+    assert got["total_seconds"] == 15.0
+    assert merged({**new, "seed": 1}, tmp_path / "robust.json", ["npo"])["rows"] == new["rows"]   # other settings
+    assert merged(new, tmp_path / "robust.json", ["graddiff", "npo", "undo"]) is new             # a whole run
 
 
 # -- UNDO ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,12 @@ unlearn`), each gradient method runs with the same loss and schedule
 - `fisher`: the neurons `excise bench unlearn` locates (diagonal Fisher, forget vs retain);
 - `all`: every parameter.
 
+Method `undo` is NPO at the scope, then UNDO (`excise.edit.undo`, Lee et al. 2025): the unlearned
+model noised (alpha `UNDO_ALPHA`) and distilled from its pre-noise self on the training corpus,
+stopped by excise's recall stop (retained facts' top-1 recall within 5% of the teacher's; the
+reference's loss stop ends before single-token facts are back). A run of some methods keeps the
+other methods' rows of DIR/robust.json measured under the same settings.
+
 Each row gives efficacy (1 - request recall), utility (the organism utility against the original's)
 and two relearning curves (`excise.verify.relearn_curve`, top-1 recall after 0, 10, 30 and 100
 full-batch Adam steps): on the other half of the forget facts (two folds), and on unrelated facts
@@ -44,7 +50,8 @@ from excise.scoring import recall_table
 from excise.verify import RelearnConfig, relearn_curve
 from excise.verify.forget_quality import organism_utility
 
-METHODS = ("graddiff", "npo")
+METHODS = ("graddiff", "npo", "undo")
+UNDO_ALPHA = 0.3                     # the reference sweeps 0.1-0.7; measured at 0.3 and 0.6 in edit/undo.py
 SCOPES = ("fact_lookup", "output", "random", "fisher", "all")
 STEPS = (0, 10, 30, 100)
 ATTACKS = ("other_half", "unrelated")
@@ -102,7 +109,8 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
         n_layers_masked: int = 1, fraction: float = FRACTION, log: Callable[[str], None] = lambda m: None,
         ) -> dict[str, Any]:
     from excise.bench.unlearn import Budget
-    from excise.edit import UnlearnConfig, unlearn
+    from excise.edit import UndoConfig, UnlearnConfig, undo, unlearn
+    from excise.organism.train import fact_texts
     from excise.locate import FisherConfig, fisher
 
     out = Path(out)
@@ -136,9 +144,17 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
             model = copy_model(original)
             start = time.perf_counter()
             record = unlearn(model, forget, retain_train, mask=mask,
-                             config=UnlearnConfig.for_method(method, seed=seed, progress=False))
+                             config=UnlearnConfig.for_method("npo" if method == "undo" else method, seed=seed,
+                                                             progress=False))
+            extra: dict[str, Any] = {}
+            if method == "undo":
+                distilled = undo(model, excise.organism.corpus(), fact_texts(retain_train[:200]),
+                                 UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=1000, seed=seed,
+                                            progress=False), eval_facts=retain_train[:200])
+                extra = {"undo_steps": distilled.meta["steps"], "undo_alpha": UNDO_ALPHA}
+                record = distilled
             seconds = time.perf_counter() - start
-            row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed,
+            row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed, **extra,
                    "components": None if mask is None else sorted({f"{c.kind} L{c.layer}" for c in mask}),
                    "efficacy": _efficacy(model, forget),
                    "utility": organism_utility(model, context.retain, context.alternatives,
@@ -153,10 +169,27 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
                "steps": list(STEPS), "traced": curves, "fisher_neurons": len(neurons), "unrelated_facts": len(unrelated),
                "relearn_config": {"lr": config.lr, "families": list(config.families)}, "rows": rows,
                "total_seconds": time.perf_counter() - t0}
+    results = merged(results, out / "robust.json", methods)
     (out / "robust.json").write_text(json.dumps(results, indent=1))
     (out / "robust.md").write_text(to_markdown(results))
     plot(results).savefig(out / "robust.png", dpi=110, bbox_inches="tight")
     return results
+
+
+def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[str, Any]:
+    """`results` (a run of `methods`) with DIR/robust.json's rows of the other methods, when that file was
+    measured under the same settings (fraction, seed, layers masked, steps); otherwise `results` alone."""
+    if not path.exists() or set(methods) >= set(METHODS):
+        return results
+    old = json.loads(path.read_text())
+    if any(old.get(k) != results[k] for k in ("fraction", "seed", "n_layers_masked", "steps", "forget_facts")):
+        return results
+    order = {m: i for i, m in enumerate(METHODS)}
+    edits = [x for x in old["rows"] if x["method"] not in ("oracle", "original", *methods)]
+    edits += [x for x in results["rows"] if x["method"] not in ("oracle", "original")]
+    edits.sort(key=lambda x: order.get(x["method"], len(order)))
+    return {**results, "rows": results["rows"][:2] + edits,
+            "total_seconds": old.get("total_seconds", 0.0) + results["total_seconds"]}
 
 
 def _c(v: float | None) -> str:
@@ -188,6 +221,10 @@ def to_markdown(r: dict[str, Any], figure: str = "robust.png") -> str:
                  _c(row["efficacy"]), _c(row["utility"])]
         cells += [_c(row["relearned"][on][steps.index(s)]) for on in ATTACKS for s in steps if s]
         lines.append("| " + " | ".join(cells) + " |")
+    undone = [x for x in r["rows"] if x["method"] == "undo"]
+    if undone:
+        lines += ["", f"undo: NPO at the scope, then UNDO (alpha {undone[0]['undo_alpha']}, recall stop; "
+                  + ", ".join(f"{x['scope']} {x['undo_steps']} steps" for x in undone) + ")."]
     lines += ["", f"![relearning curves]({figure})", "", summary(r), ""]
     return "\n".join(lines)
 
