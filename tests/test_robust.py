@@ -208,7 +208,7 @@ def test_robust_scopes_pick_the_traced_layers_and_say_so():
     assert "| npo | output |" in to_markdown(r)
 
     undone = {**row("undo", "all", [0, 0.1, 0.1, 0.1], [0, 0, 0, 0]), "undo_alpha": 0.3, "undo_steps": 150}
-    assert "UNDO (alpha 0.3, recall stop; all 150 steps)" in to_markdown({**r, "rows": r["rows"] + [undone]})
+    assert "swap at the scope, then UNDO (alpha 0.3, recall stop; all 150 steps)" in to_markdown({**r, "rows": r["rows"] + [undone]})
 
     model = excise.load("organism")
     facts = list(excise.organism.world().of_subject(excise.organism.world().people[0]))[:2]
@@ -216,7 +216,7 @@ def test_robust_scopes_pick_the_traced_layers_and_say_so():
     assert set(traced) == {"subject", "last"} and len(traced["subject"]) == model.cfg.n_layers
 
 
-def test_robust_rerun_of_some_methods_keeps_the_others(tmp_path):
+def test_robust_rerun_of_some_methods_keeps_the_others():
     from excise.bench.robust import merged
 
     def row(method, scope):
@@ -226,15 +226,14 @@ def test_robust_rerun_of_some_methods_keeps_the_others(tmp_path):
                 "total_seconds": 10.0}
     old = {**settings, "rows": [row("oracle", "retrain"), row("original", "-"), row("graddiff", "all"),
                                 row("npo", "all"), row("undo", "all")]}
-    (tmp_path / "robust.json").write_text(json.dumps(old))
     new = {**settings, "total_seconds": 5.0, "rows": [row("oracle", "retrain"), row("original", "-"),
                                                       row("npo", "fisher")]}
-    got = merged(new, tmp_path / "robust.json", ["npo"])
+    got = merged(new, old, ["npo"])
     assert [(x["method"], x["scope"]) for x in got["rows"]] == [
         ("oracle", "retrain"), ("original", "-"), ("graddiff", "all"), ("npo", "fisher"), ("undo", "all")]
     assert got["total_seconds"] == 15.0
-    assert merged({**new, "seed": 1}, tmp_path / "robust.json", ["npo"])["rows"] == new["rows"]   # other settings
-    assert merged(new, tmp_path / "robust.json", ["graddiff", "npo", "undo"]) is new             # a whole run
+    assert merged({**new, "seed": 1}, old, ["npo"])["rows"] == new["rows"]   # other settings
+    assert merged(new, old, ["graddiff", "npo", "swap", "undo"]) is new             # a whole run
 
 
 # -- UNDO ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ unlearn`), each gradient method runs with the same loss and schedule
 - `fisher`: the neurons `excise bench unlearn` locates (diagonal Fisher, forget vs retain);
 - `all`: every parameter.
 
-Method `undo` is NPO at the scope, then UNDO (`excise.edit.undo`, Lee et al. 2025): the unlearned
+Method `swap` is subject-swap distillation (`UnlearnConfig.for_method("swap")`, never-seen stand-in
+names from the audit context); `undo` is swap at the scope, then UNDO (`excise.edit.undo`, Lee et al. 2025): the unlearned
 model noised (alpha `UNDO_ALPHA`) and distilled from its pre-noise self on the training corpus,
 stopped by excise's recall stop (retained facts' top-1 recall within 5% of the teacher's; the
 reference's loss stop ends before single-token facts are back). A run of some methods keeps the
@@ -50,8 +51,9 @@ from excise.scoring import recall_table
 from excise.verify import RelearnConfig, relearn_curve
 from excise.verify.forget_quality import organism_utility
 
-METHODS = ("graddiff", "npo", "undo")
-UNDO_ALPHA = 0.3                     # the reference sweeps 0.1-0.7; measured at 0.3 and 0.6 in edit/undo.py
+METHODS = ("graddiff", "npo", "swap", "undo")
+UNDO_TEACHER = "swap"                # undo distills this method's result (the unlearn table's best row)
+UNDO_ALPHA = 0.6                     # the reference sweeps 0.1-0.7; 0.3 let the facts back (edit/undo.py)
 SCOPES = ("fact_lookup", "output", "random", "fisher", "all")
 STEPS = (0, 10, 30, 100)
 ATTACKS = ("other_half", "unrelated")
@@ -138,18 +140,23 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
              "efficacy": _efficacy(original, forget), "utility": 1.0,
              "relearned": _curves(original, forget, unrelated, config)}]
     log(f"traced: subject {np.round(curves['subject'], 3).tolist()}, last {np.round(curves['last'], 3).tolist()}")
+    previous = json.loads((out / "robust.json").read_text()) if (out / "robust.json").exists() else None
+    settings = {"fraction": fraction, "seed": seed, "forget_facts": len(forget),
+                "forget_people": len({f.subject for f in forget}), "n_layers_masked": n_layers_masked,
+                "steps": list(STEPS), "traced": curves, "fisher_neurons": len(neurons),
+                "unrelated_facts": len(unrelated), "relearn_config": {"lr": config.lr, "families": list(config.families)}}
     for method in methods:
         for scope in scopes:
             mask = scope_components(scope, curves, original.cfg.n_layers, n_layers_masked, seed, neurons)
             model = copy_model(original)
             start = time.perf_counter()
-            record = unlearn(model, forget, retain_train, mask=mask,
-                             config=UnlearnConfig.for_method("npo" if method == "undo" else method, seed=seed,
+            record = unlearn(model, forget, retain_train, mask=mask, stand_ins=context.stand_ins,
+                             config=UnlearnConfig.for_method(UNDO_TEACHER if method == "undo" else method, seed=seed,
                                                              progress=False))
             extra: dict[str, Any] = {}
             if method == "undo":
                 distilled = undo(model, excise.organism.corpus(), fact_texts(retain_train[:200]),
-                                 UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=1000, seed=seed,
+                                 UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=1500, seed=seed,
                                             progress=False), eval_facts=retain_train[:200])
                 extra = {"undo_steps": distilled.meta["steps"], "undo_alpha": UNDO_ALPHA}
                 record = distilled
@@ -164,24 +171,23 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
             log(f"  {method:<9} {scope:<11} eff {row['efficacy']:.2f} util {row['utility']:.3f} relearned "
                 + "; ".join(f"{on} {[round(x, 2) for x in row['relearned'][on]]}" for on in ATTACKS))
             del model
-    results = {"fraction": fraction, "seed": seed, "forget_facts": len(forget),
-               "forget_people": len({f.subject for f in forget}), "n_layers_masked": n_layers_masked,
-               "steps": list(STEPS), "traced": curves, "fisher_neurons": len(neurons), "unrelated_facts": len(unrelated),
-               "relearn_config": {"lr": config.lr, "families": list(config.families)}, "rows": rows,
-               "total_seconds": time.perf_counter() - t0}
-    results = merged(results, out / "robust.json", methods)
-    (out / "robust.json").write_text(json.dumps(results, indent=1))
-    (out / "robust.md").write_text(to_markdown(results))
-    plot(results).savefig(out / "robust.png", dpi=110, bbox_inches="tight")
+            results = merged({**settings, "rows": rows, "total_seconds": time.perf_counter() - t0}, previous, methods)
+            _write(results, out)          # after every row: a long run keeps what it measured
     return results
 
 
-def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[str, Any]:
-    """`results` (a run of `methods`) with DIR/robust.json's rows of the other methods, when that file was
-    measured under the same settings (fraction, seed, layers masked, steps); otherwise `results` alone."""
-    if not path.exists() or set(methods) >= set(METHODS):
+def _write(results: dict[str, Any], out: Path) -> None:
+    (out / "robust.json").write_text(json.dumps(results, indent=1))
+    (out / "robust.md").write_text(to_markdown(results))
+    plot(results).savefig(out / "robust.png", dpi=110, bbox_inches="tight")
+
+
+def merged(results: dict[str, Any], old: dict[str, Any] | None, methods: Sequence[str]) -> dict[str, Any]:
+    """`results` (a run of `methods`) with the rows of the other methods from `old` (robust.json before the
+    run), when it was measured under the same settings (fraction, seed, layers masked, steps); otherwise
+    `results` alone."""
+    if old is None or set(methods) >= set(METHODS):
         return results
-    old = json.loads(path.read_text())
     if any(old.get(k) != results[k] for k in ("fraction", "seed", "n_layers_masked", "steps", "forget_facts")):
         return results
     order = {m: i for i, m in enumerate(METHODS)}
@@ -223,7 +229,7 @@ def to_markdown(r: dict[str, Any], figure: str = "robust.png") -> str:
         lines.append("| " + " | ".join(cells) + " |")
     undone = [x for x in r["rows"] if x["method"] == "undo"]
     if undone:
-        lines += ["", f"undo: NPO at the scope, then UNDO (alpha {undone[0]['undo_alpha']}, recall stop; "
+        lines += ["", f"undo: {UNDO_TEACHER} at the scope, then UNDO (alpha {undone[0]['undo_alpha']}, recall stop; "
                   + ", ".join(f"{x['scope']} {x['undo_steps']} steps" for x in undone) + ")."]
     lines += ["", f"![relearning curves]({figure})", "", summary(r), ""]
     return "\n".join(lines)
