@@ -150,7 +150,7 @@ def to_markdown(every: dict[str, Any], figures: str, depth: int = 1) -> str:
              "and seed without the forget split. Forget quality: KS p-value of forget-set truth ratios against the "
              "retain model's (>= 0.05: not distinguishable); model utility: TOFU's harmonic mean of nine numbers "
              "(absolute, as in the paper). Scopes: located (top Fisher neurons), random (as many, seeded), all "
-             "parameters.", ""]
+             "parameters; RMU's `layer`: the MLP output weights at and below its steered layer (WMDP's).", ""]
     for split, r in every["splits"].items():
         lines += [f"{h}# {split}", "",
                   f"{r['forget_rows']} forget rows ({r['forget_facts']} name their author and are trained on), "
