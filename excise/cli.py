@@ -104,7 +104,7 @@ def _load(args: argparse.Namespace):
         # text is sampled from the model (seconds) only for what reads it: the audit's general text, rome/memit's
         # covariance sample; gradient methods, ablate and task_vector read neither
         generate = args.command == "verify" or (args.command == "edit" and args.method in ("rome", "memit"))
-        context = derive(model, facts, seed=args.seed, n_holdout_subjects=args.holdout_people,
+        context = derive(model, facts, seed=args.seed, n_holdout_subjects=args.holdout_people or 30,
                          generate=generate, **given)
         print("knowledge context (what excise was given or derived):\n" + context.describe())
     return model, facts, context
@@ -316,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--holdout", default=None,
                        help="JSON facts about subjects the model never saw (chance levels; organism: its own; "
                             "else derived by recombining the subjects' names)")
-        p.add_argument("--holdout-people", type=int, default=30,
-                       help="never-seen subjects for chance levels (organism people, or derived names)")
+        p.add_argument("--holdout-people", type=int, default=None,
+                       help="never-seen subjects for chance levels (organism people: default 10 per forget person, "
+                            "at least 30; or derived names: default 30)")
         p.add_argument("--sample", default=None,
                        help="text file, one text per line, like the model's training text: rome/memit key "
                             "covariance and general text (organism: its corpus; else sampled from the model)")

@@ -13,10 +13,13 @@ underpowered per attack):
 - `over_suppressed_npo`, NPO on every parameter run long past forgetting:
   the targets rank below never-seen people's, over_suppressed.
 
-The oracle is also judged against five independent draws of never-seen
-people (`oracle_holdout_draws`; probes, logit lens, membership): one draw of 30
-people is one sample, and this says how often the holdout's sampling noise
-alone moves a verdict.
+The never-seen people are `excise.organism.context`'s default, 10 per forget
+person (150 for the 15 people here): against 30, one draw in five read the
+oracle's logit lens as over_suppressed (see that function). The oracle is also
+judged against five independent draws of never-seen people
+(`oracle_holdout_draws`; probes, logit lens, membership): one draw is one
+sample, and this says how often the holdout's sampling noise alone moves a
+verdict.
 
 Writes DIR/verify.json (`verdicts: {case: {attack: verdict}}`, and per case
 and attack the AUC, p-value and detectable effect under `leakage`) and
@@ -152,7 +155,7 @@ DRAW_ATTACKS = ("probes", "logit_lens", "membership")     # relearning left out:
 def holdout_draws(oracle: Any, forget: list, seed: int, progress: bool = False) -> list[dict[str, Any]]:
     """The oracle's verdicts against DRAWS independent draws of never-seen people (context seeds seed..seed+4).
 
-    One draw of 30 people is one sample: a verdict that holds on one draw and not on the next is the
+    One draw of people is one sample: a verdict that holds on one draw and not on the next is the
     holdout's sampling noise, and this says how often it happens (the main table uses the first draw)."""
     out = []
     for i in range(DRAWS):

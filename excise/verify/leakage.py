@@ -41,7 +41,16 @@ per-fact p-values are somewhat optimistic, not wildly; for the original model
 both tests give p < 0.0005 on every attack. The one oracle verdict that is not
 `indistinguishable` (logit lens at layer 1, AUC 0.37, on the first draw of 30
 never-seen people) stays significant under the people-permutation test (p
-0.009, max over layers): it is not an artefact of the clustering.
+0.009, max over layers). What it is: people differ, the never-seen ones too.
+Four of the 15 forget people have every fact ranked low at layer 1 under the
+oracle (per-person AUC 0.12-0.19), and the median rank of a never-seen
+person's facts there spans 2-33 over 30 people; a 30-person baseline is a
+noisy estimate of the never-seen distribution (the layer-1 AUC over five
+draws: 0.37, 0.44, 0.44, 0.44, 0.53). Against 150 never-seen people the oracle
+is indistinguishable on every attack (lens AUC 0.43, p 0.14 after
+Bonferroni): the organism's context therefore draws 10 never-seen people per
+forget person (`excise.organism.context`), and a user's holdout should be
+several times the forget set's people for the same reason.
 
 Power. Noether's (1987) normal approximation: under H0 the estimate of A has
 variance (n1 + n2 + 1) / (12 n1 n2) (no ties), so a two-sided test at level
