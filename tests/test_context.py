@@ -67,3 +67,11 @@ def test_the_organism_context_knows_everything_and_derives_nothing(world):
     assert ctx.alternatives(facts[0]) == world.alternatives(facts[0])
     assert all(not n.startswith("derived") for n in ctx.notes.values())
     assert isinstance(KnowledgeContext().override(layer=2).layer, int)
+
+
+def test_the_organism_context_scales_its_never_seen_people_with_the_forget_set(world):
+    one = excise.organism.context(list(world.of_subject(world.people[3])), n_retain=5)
+    assert len({f.subject for f in one.holdout}) == 30                         # at least 30
+    fifteen = [f for p in world.people[:15] for f in world.of_subject(p)]
+    ctx = excise.organism.context(fifteen, n_retain=5)
+    assert len({f.subject for f in ctx.holdout}) == 150 and "150 people" in ctx.notes["holdout"]
