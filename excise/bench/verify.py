@@ -11,7 +11,8 @@ underpowered per attack):
 - `last_layer`, NPO confined to the last block: every probe says "forgotten",
   relearning on half the facts must bring the other half back (leaks);
 - `over_suppressed_npo`, NPO on every parameter run long past forgetting:
-  the targets rank below never-seen people's, over_suppressed.
+  the targets rank below never-seen people's, over_suppressed (relearning
+  may still bring them back faster than never-seen facts: it is not held to it).
 
 The never-seen people are `excise.organism.context`'s default, 10 per forget
 person (150 for the 15 people here): against 30, one draw in five read the
@@ -46,7 +47,7 @@ from excise.verify.leakage import LEAKAGE_ATTACKS, MEANINGFUL_EFFECT
 CASES = ("original", "oracle", "guardrail", "last_layer", "over_suppressed_npo")
 EXPECTED = {"original": "leaks on every attack", "oracle": "indistinguishable on every attack",
             "guardrail": "caught (leaks or over_suppressed) on one attack", "last_layer": "caught on one attack",
-            "over_suppressed_npo": "over_suppressed"}
+            "over_suppressed_npo": "over_suppressed, and no black-box attack leaks"}
 
 
 def _leakage(report: AuditReport, role: str = "edited") -> dict[str, dict[str, Any]]:
@@ -62,7 +63,11 @@ def _holds(case: str, verdicts: dict[str, str]) -> bool:
     if case == "oracle":
         return v == {"indistinguishable"}
     if case == "over_suppressed_npo":
-        return "over_suppressed" in v and "leaks" not in v
+        # relearning is not held to it: NPO hides what fine-tuning brings back (Deeb & Roger; the 150-person
+        # baseline measures its relearned ranks above never-seen facts', AUC 0.65), so over-suppressed
+        # outputs and a relearning leak are both true of it
+        black_box = {a: x for a, x in verdicts.items() if a != "relearn"}
+        return "over_suppressed" in black_box.values() and "leaks" not in black_box.values()
     return bool(v & {"leaks", "over_suppressed"})
 
 
