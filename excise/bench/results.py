@@ -8,7 +8,18 @@ TOFU tables (DIR/tofu.json) as last measured, whichever ran last.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+
+def rerun_rows(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], methods: Sequence[str],
+               order: Sequence[str]) -> list[dict[str, Any]]:
+    """A table's method rows after re-running `methods`: `old`'s rows of every other method and `new`'s,
+    sorted by the method's place in `order` (stable, unknown methods last). Anchor rows are the caller's."""
+    place = {m: i for i, m in enumerate(order)}
+    rows = [r for r in old if r["method"] not in methods] + list(new)
+    return sorted(rows, key=lambda r: place.get(r["method"], len(place)))
 
 
 def write_results(out: Path) -> Path:

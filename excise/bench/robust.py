@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 import excise
+from excise.bench.results import rerun_rows
 from excise.components import Component
 from excise.facts import Fact
 from excise.models import copy_model
@@ -190,10 +191,9 @@ def merged(results: dict[str, Any], old: dict[str, Any] | None, methods: Sequenc
         return results
     if any(old.get(k) != results[k] for k in ("fraction", "seed", "n_layers_masked", "steps", "forget_facts")):
         return results
-    order = {m: i for i, m in enumerate(METHODS)}
-    edits = [x for x in old["rows"] if x["method"] not in ("oracle", "original", *methods)]
-    edits += [x for x in results["rows"] if x["method"] not in ("oracle", "original")]
-    edits.sort(key=lambda x: order.get(x["method"], len(order)))
+    anchors = ("oracle", "original")
+    edits = rerun_rows([x for x in old["rows"] if x["method"] not in anchors],
+                       [x for x in results["rows"] if x["method"] not in anchors], methods, METHODS)
     return {**results, "rows": results["rows"][:2] + edits,
             "total_seconds": old.get("total_seconds", 0.0) + results["total_seconds"]}
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import excise
-from excise.bench.results import write_results
+from excise.bench.results import rerun_rows, write_results
 from excise.edit import RmuConfig, UnlearnConfig, random_like, rmu, unlearn
 from excise.locate import FisherConfig, fisher
 from excise.models import copy_model
@@ -113,9 +113,7 @@ def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[
     same = ("recipe", "seed", "steps", "utility_rows", "forget_rows", "retain_facts")
     if old is None or any(old.get(k) != results[k] for k in same) or set(methods) >= set(METHODS):
         return results
-    order = {m: i for i, m in enumerate(METHODS)}
-    edits = [r for r in old["rows"][2:] if r["method"] not in methods] + results["rows"][2:]
-    edits.sort(key=lambda r: order.get(r["method"], len(order)))
+    edits = rerun_rows(old["rows"][2:], results["rows"][2:], methods, METHODS)
     reruns = old.get("reruns", []) + [{"methods": list(methods), "date": time.strftime("%Y-%m-%d")}]
     return {**results, "rows": results["rows"][:2] + edits, "reruns": reruns,
             "wall_seconds": old.get("wall_seconds", 0.0) + results["wall_seconds"]}

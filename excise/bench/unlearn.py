@@ -39,7 +39,7 @@ from typing import Any
 
 import excise
 from excise import edit as E
-from excise.bench.results import write_results
+from excise.bench.results import rerun_rows, write_results
 from excise.components import Component
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
@@ -304,11 +304,10 @@ def merge_rows(old: dict[str, Any], new: dict[str, Any], methods: list[str]) -> 
     """`new` (a run of `methods` only) with `old`'s rows of every other method, in METHODS order.
 
     The anchors (original, oracle) come from `new`; the audit is seeded, so they equal `old`'s."""
-    rows = [r for r in new["rows"] if r["method"] in ("original", "oracle")]
-    order = {m: i for i, m in enumerate(METHODS)}
-    edits = [r for r in old["rows"] if r["method"] not in ("original", "oracle", *methods)]
-    edits += [r for r in new["rows"] if r["method"] in methods]
-    rows += sorted(edits, key=lambda r: order.get(r["method"], len(order)))
+    anchors = ("original", "oracle")
+    rows = [r for r in new["rows"] if r["method"] in anchors]
+    rows += rerun_rows([r for r in old["rows"] if r["method"] not in anchors],
+                       [r for r in new["rows"] if r["method"] in methods], methods, list(METHODS))
     return {**new, "rows": rows, "wall_seconds": old.get("wall_seconds", 0.0) + new.get("wall_seconds", 0.0),
             "located_heads": new["located_heads"] or old.get("located_heads", []),
             "locate_seconds": {**old.get("locate_seconds", {}), **new["locate_seconds"]}}
