@@ -52,11 +52,15 @@ def test_a_table_grows_split_by_split_and_never_mixes_settings(tmp_path):
     budget = Budget()
     settings = {"seed": 0, "quick": False, "budget": budget.__dict__, "holdout_people": 30}
     (tmp_path / "unlearn.json").write_text(json.dumps({**settings, "splits": [
-        {"fraction": 0.05, "rows": []}, {"fraction": 0.1, "rows": []}]}))
-    kept = kept_splits(tmp_path, 0, False, budget, 30, (0.1, 0.01))
-    assert [s["fraction"] for s in kept] == [0.05]                  # 0.1 is being re-run, 0.05 stays
-    assert kept_splits(tmp_path, 1, False, budget, 30, (0.01,)) == []      # another seed: replaced, not mixed
-    assert kept_splits(tmp_path / "none", 0, False, budget, 30, (0.01,)) == []
+        {"fraction": 0.05, "rows": []}, {"fraction": 0.1, "rows": [], "holdout_people": 300}]}))
+    kept = kept_splits(tmp_path, 0, False, budget, (0.01,))
+    assert [(s["fraction"], s["holdout_people"]) for s in kept] == [(0.05, 30), (0.1, 300)]   # old files: the top's
+    assert [s["fraction"] for s in kept_splits(tmp_path, 0, False, budget, (0.1, 0.01))] == [0.05]   # 0.1 re-run
+    assert kept_splits(tmp_path, 1, False, budget, (0.01,)) == []      # another seed: replaced, not mixed
+    assert kept_splits(tmp_path / "none", 0, False, budget, (0.01,)) == []
+    # re-running some methods of a split audited against another never-seen baseline would mix two baselines
+    with pytest.raises(ValueError, match="30 never-seen people, this run would use 150"):
+        run(tmp_path, splits=(0.05,), methods=("npo",))
 
 
 def test_a_subset_of_methods_re_run_replaces_only_its_rows(tmp_path):

@@ -23,9 +23,12 @@ seeded), `all` (every parameter), `layer` (ROME/MEMIT/RMU at their layer),
 are the deletion's, measured when it was made and cached).
 
 Writes DIR/unlearn.json, DIR/unlearn.md, DIR/unlearn.png and RESULTS.md
-beside DIR (benchmarks/RESULTS.md for the default DIR). `quick`: the 1%
-split with NPO, chance levels from 10 never-seen people instead of 30 and no relearning attack (for CI). The oracle row's seconds are its training
-time (recorded when it was trained; later runs read it from the cache).
+beside DIR (benchmarks/RESULTS.md for the default DIR). Each split is audited
+against the organism context's never-seen baseline, sized to the split (10
+people per forget person, at least 30: `excise.organism.context`); the split
+records how many. `quick`: the 1% split with NPO, 10 never-seen people and no
+relearning attack (for CI). The oracle row's seconds are its training time
+(recorded when it was trained; later runs read it from the cache).
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ def row_metrics(report: AuditReport) -> dict[str, Any]:
 
 
 def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
-                progress: bool, log: Callable[[str], None], holdout_people: int = 30,
+                progress: bool, log: Callable[[str], None], holdout_people: int | None = None,
                 attacks: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
     forget_set, retain = world.subjects_split(fraction, seed=seed)
     forget = list(forget_set)
@@ -250,7 +253,8 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
             del model
     return {"fraction": fraction, "forget_facts": len(forget), "forget_people": len(subjects),
             "located_neurons": len(neurons), "located_heads": [c.to_dict() for c in heads],
-            "locate_seconds": locate_seconds, "audit_holdout_facts": base.config["n_holdout"], "rows": rows}
+            "locate_seconds": locate_seconds, "audit_holdout_facts": base.config["n_holdout"],
+            "holdout_people": len({f.subject for f in context.holdout}), "rows": rows}
 
 
 def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float, ...] | None = None,
@@ -266,10 +270,16 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     budget = budget or Budget()
     original = excise.load("organism", device="cpu")
     world = excise.organism.world()
-    holdout_people = 10 if quick else 30
+    holdout_people = 10 if quick else None          # None: the context's, sized to each split
     results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
-               "holdout_people": holdout_people, "splits": kept_splits(out, seed, quick, budget, holdout_people, splits)}
-    old = _old_splits(out, seed, quick, budget, holdout_people) if methods != list(METHODS) else {}
+               "holdout_people": holdout_people, "splits": kept_splits(out, seed, quick, budget, splits)}
+    old = _old_splits(out, seed, quick, budget) if methods != list(METHODS) else {}
+    for s in splits:
+        people = holdout_people or excise.organism.holdout_size(world.subjects_split(s, seed=seed)[0])
+        if s in old and old[s]["holdout_people"] != people:
+            raise ValueError(f"the {s:.0%} split in {out / 'unlearn.json'} was audited against "
+                             f"{old[s]['holdout_people']} never-seen people, this run would use {people}; "
+                             f"re-run every method on it (omit --methods) so its rows share one baseline")
     results["reruns"] = _old_reruns(out, splits if methods == list(METHODS) else ())
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
         t0 = time.perf_counter()
@@ -287,9 +297,9 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     return results
 
 
-def _old_splits(out: Path, seed: int, quick: bool, budget: Budget, holdout_people: int) -> dict[float, Any]:
+def _old_splits(out: Path, seed: int, quick: bool, budget: Budget) -> dict[float, Any]:
     """The splits in DIR/unlearn.json measured under the same settings, by fraction."""
-    return {s["fraction"]: s for s in kept_splits(out, seed, quick, budget, holdout_people, ())}
+    return {s["fraction"]: s for s in kept_splits(out, seed, quick, budget, ())}
 
 
 def _old_reruns(out: Path, remeasured: tuple[float, ...]) -> list[dict[str, Any]]:
@@ -313,19 +323,20 @@ def merge_rows(old: dict[str, Any], new: dict[str, Any], methods: list[str]) -> 
             "locate_seconds": {**old.get("locate_seconds", {}), **new["locate_seconds"]}}
 
 
-def kept_splits(out: Path, seed: int, quick: bool, budget: Budget, holdout_people: int,
-                splits: tuple[float, ...]) -> list[dict[str, Any]]:
+def kept_splits(out: Path, seed: int, quick: bool, budget: Budget, splits: tuple[float, ...]) -> list[dict[str, Any]]:
     """Splits already in DIR/unlearn.json measured under the same settings and not being re-run now.
 
     One table can then be built split by split (`--splits 0.01`, later `--splits 0.1`) without re-running
-    the others; a file written under other settings (seed, budget, quick) is replaced, not mixed in."""
+    the others; a file written under other settings (seed, budget, quick) is replaced, not mixed in. Each
+    split keeps the never-seen baseline it was audited against (files from before splits recorded it
+    name it once, at the top)."""
     path = out / "unlearn.json"
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    same = (old.get("seed"), old.get("quick"), old.get("budget"), old.get("holdout_people")) == \
-        (seed, quick, budget.__dict__, holdout_people)
-    return [s for s in old.get("splits", []) if same and s["fraction"] not in splits]
+    same = (old.get("seed"), old.get("quick"), old.get("budget")) == (seed, quick, budget.__dict__)
+    return [{**s, "holdout_people": s.get("holdout_people", old.get("holdout_people"))}
+            for s in old.get("splits", []) if same and s["fraction"] not in splits]
 
 
 def write(results: dict[str, Any], out: Path) -> None:
@@ -409,7 +420,8 @@ def _verdict_table(s: dict[str, Any]) -> list[str]:
     if not rows:
         return ["(no two-sided verdicts: this split was measured before they existed)"]
     attacks = [a for a in LEAKAGE_ATTACKS if any(a in r["leakage"] for r in rows)]
-    out = [f"Two-sided verdicts against {s.get('audit_holdout_facts', '?')} never-seen facts "
+    out = [f"Two-sided verdicts against {s.get('audit_holdout_facts', '?')} never-seen facts of "
+           f"{s.get('holdout_people', '?')} people "
            "(ok = indistinguishable; AUC: P(forget fact beats a never-seen one), 0.5 = none):", "",
            "| method | scope | " + " | ".join(a.replace("_", " ") for a in attacks) + " | ok on all |",
            "|---|---|" + "---|" * (len(attacks) + 1)]

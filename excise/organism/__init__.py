@@ -144,6 +144,11 @@ HOLDOUT_PER_PERSON = 10   # never-seen people per forget person (at least MIN_HO
 MIN_HOLDOUT_PEOPLE = 30
 
 
+def holdout_size(facts: Iterable[Fact]) -> int:
+    """How many never-seen people `context` draws for deleting `facts` by default."""
+    return max(MIN_HOLDOUT_PEOPLE, HOLDOUT_PER_PERSON * len({f.subject for f in facts}))
+
+
 def context(facts: Iterable[Fact], n_holdout_people: int | None = None, n_retain: int = 200, n_stand_ins: int = 60,
             seed: int = 0, progress: bool = True):
     """The organism world's KnowledgeContext for deleting `facts` (everything known, nothing derived).
@@ -169,7 +174,7 @@ def context(facts: Iterable[Fact], n_holdout_people: int | None = None, n_retain
     w = world()
     subjects = {f.subject for f in facts}
     if n_holdout_people is None:
-        n_holdout_people = max(MIN_HOLDOUT_PEOPLE, HOLDOUT_PER_PERSON * len(subjects))
+        n_holdout_people = holdout_size(facts)
     holdout = list(w.holdout(n_holdout_people, seed=seed + 1))
     forget_all = [f for f in w if f.subject in subjects] if all(f in w for f in facts) else facts
     return KnowledgeContext(
