@@ -239,6 +239,11 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     assert [(row["method"], row["scope"]) for row in kept["rows"]] == names + [
         ("rmu", "layer"), ("rmu", "located"), ("rmu", "random")]        # npo's rows kept, in METHODS order
     assert kept["rows"][2] == located and kept["reruns"][-1]["methods"] == ["rmu"]
+    undone = run(tmp_path / "out", "forget01", recipe=recipe, methods=("undo",), steps=2, n_retain=20,
+                 max_new_tokens=4, utility_rows=8, undo_max_steps=3, progress=False)["rows"][2]
+    assert (undone["method"], undone["scope"], undone["teacher"], undone["undo_steps"]) == ("undo", "located", "rmu", 3)
+    assert undone["parameters_touched"] > r["rows"][4]["parameters_touched"]   # distilled: embeddings too
+    assert "rmu at the located scope, then UNDO" in (tmp_path / "out" / "tofu.md").read_text()
     with pytest.raises(ValueError, match="unknown methods"):
         run(tmp_path / "out", "forget01", recipe=recipe, methods=("swap",), progress=False)
 
