@@ -311,21 +311,29 @@ def test_neighbours_exclude_the_facts_themselves(two_people):
 # -- calibration: the verdicts must be true (shares the session's retrain oracle) --
 
 @pytest.mark.slow
-def test_calibration_cases_on_the_5pct_split(oracle_5pct):
+def test_calibration_the_original_leaks_and_the_oracle_is_indistinguishable(oracle_5pct):
     """The two-sided verdicts are true on models whose truth is known (90 forget facts, 90 never-seen ones)."""
-    from excise.verify import suppress_last_layer
-    from excise.verify.calibration import over_suppress
-
-    forget, retain, oracle = oracle_5pct
+    forget, _, oracle = oracle_5pct
     forget = list(forget)
     original = excise.load("organism", device="cpu")
-    context = excise.organism.context(forget, 15, 50)
-    base = audit(original, forget, oracle=oracle, context=context, progress=False)
+    base = audit(original, forget, oracle=oracle, context=excise.organism.context(forget, 15, 50), progress=False)
     every = {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}
     assert {a: v.verdict for a, v in base.leakage("edited").items()} == dict.fromkeys(every, "leaks")
     assert {a: v.verdict for a, v in base.leakage("oracle").items()} == dict.fromkeys(every, "indistinguishable")
     assert base.forget_quality("oracle") >= 0.5
 
+
+@pytest.mark.slow
+def test_calibration_a_guardrail_over_suppression_and_last_layer_suppression_are_caught(oracle_5pct):
+    """The same split: three ways to look forgotten without being so (a test of its own: the suite's two
+    workers share the calibration)."""
+    from excise.verify import suppress_last_layer
+    from excise.verify.calibration import over_suppress
+
+    forget, retain, _ = oracle_5pct
+    forget = list(forget)
+    original = excise.load("organism", device="cpu")
+    context = excise.organism.context(forget, 15, 50)
     with guardrail(original, forget):
         guarded = audit(original, forget, progress=False, context=context,
                         config=AuditConfig(attacks=("probes", "logit_lens")))
@@ -343,7 +351,6 @@ def test_calibration_cases_on_the_5pct_split(oracle_5pct):
                     config=AuditConfig(attacks=("probes", "relearn")))
     assert shallow.recall("edited", "request") == 0.0
     assert shallow.leakage()["relearn"].verdict == "leaks"                   # it comes back: hidden, not removed
-    assert shallow.relearn_recall("edited") > base.relearn_recall("oracle") + 0.05
 
 
 def test_entanglement_of_a_no_op_edit_is_zero_and_of_rome_is_diagonal(tmp_path):
