@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from excise.edit.rmu import RmuConfig, control_vector, rmu, rmu_loss
 from excise.edit.unlearn import UnlearnConfig, _forget_loss, simnpo_loss, unlearn
 from excise.scoring import answer_examples
 from excise.verify.relearn import RelearnConfig, relearn, relearn_curve
+from excise.verify.specificity import recalled
 
 
 def weights(model):
@@ -313,3 +315,23 @@ def test_undo_recall_stop_reads_the_eval_facts(tiny, monkeypatch):
         U.undo(tiny, texts, texts[:2], config)
     with pytest.raises(ValueError, match="stop must be"):
         U.UndoConfig(stop="kl")
+
+
+def test_the_benches_undo_is_the_recall_stopped_recipe_and_undoes(organism_model, world, monkeypatch):
+    """bench robust's and bench unlearn's UNDO: alpha 0.6 on the organism's corpus, the recall stop read
+    on 200 retained facts, at most UNDO_MAX_STEPS steps (2 here), every parameter, undone bit for bit."""
+    from excise.bench import robust
+
+    monkeypatch.setattr(robust, "UNDO_MAX_STEPS", 2)
+    kept = list(world.retain_set(list(world.of_subject(world.people[5])), n=250, seed=0))
+    before = weights(organism_model)
+    teacher_recall = float(np.mean(recalled(organism_model, kept[:200])))
+    record = robust.undo_after_unlearning(organism_model, kept, seed=3)
+    try:
+        assert (record.method, record.hyper["alpha"], record.hyper["stop"], record.hyper["seed"]) == \
+            ("undo", 0.6, "recall", 3)
+        assert record.meta["steps"] == 2 and record.meta["teacher_eval_recall"] == teacher_recall
+        assert record.n_changed == sum(p.numel() for p in storage_owners(organism_model).values())
+    finally:
+        record.undo()
+    assert same(before, weights(organism_model))

@@ -55,6 +55,7 @@ from excise.verify.forget_quality import organism_utility
 METHODS = ("graddiff", "npo", "swap", "undo")
 UNDO_TEACHER = "swap"                # undo distills this method's result (the unlearn table's best row)
 UNDO_ALPHA = 0.6                     # the reference sweeps 0.1-0.7; 0.3 let the facts back (edit/undo.py)
+UNDO_MAX_STEPS = 1500
 SCOPES = ("fact_lookup", "output", "random", "fisher", "all")
 STEPS = (0, 10, 30, 100)
 ATTACKS = ("other_half", "unrelated")
@@ -108,12 +109,24 @@ def _curves(model: Any, forget: list[Fact], unrelated: list[Fact], config: Relea
             for on in ATTACKS}
 
 
+def undo_after_unlearning(model: Any, retain_train: Sequence[Fact], seed: int):
+    """UNDO on an unlearned organism, as this bench and `excise bench unlearn` run it: alpha `UNDO_ALPHA`,
+    distilled on the training corpus, excise's recall stop on 200 of `retain_train` (their texts the
+    stop's eval texts), at most `UNDO_MAX_STEPS` steps. Returns UNDO's EditRecord."""
+    from excise.edit import UndoConfig, undo
+    from excise.organism.train import fact_texts
+
+    kept = list(retain_train[:200])
+    return undo(model, excise.organism.corpus(), fact_texts(kept),
+                UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=UNDO_MAX_STEPS, seed=seed, progress=False),
+                eval_facts=kept)
+
+
 def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str] = SCOPES, seed: int = 0,
         n_layers_masked: int = 1, fraction: float = FRACTION, log: Callable[[str], None] = lambda m: None,
         ) -> dict[str, Any]:
     from excise.bench.unlearn import Budget
-    from excise.edit import UndoConfig, UnlearnConfig, undo, unlearn
-    from excise.organism.train import fact_texts
+    from excise.edit import UnlearnConfig, unlearn
     from excise.locate import FisherConfig, fisher
 
     out = Path(out)
@@ -156,11 +169,8 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
                                                              progress=False))
             extra: dict[str, Any] = {}
             if method == "undo":
-                distilled = undo(model, excise.organism.corpus(), fact_texts(retain_train[:200]),
-                                 UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=1500, seed=seed,
-                                            progress=False), eval_facts=retain_train[:200])
-                extra = {"undo_steps": distilled.meta["steps"], "undo_alpha": UNDO_ALPHA}
-                record = distilled
+                record = undo_after_unlearning(model, retain_train, seed)
+                extra = {"undo_steps": record.meta["steps"], "undo_alpha": UNDO_ALPHA}
             seconds = time.perf_counter() - start
             row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed, **extra,
                    "components": None if mask is None else sorted({f"{c.kind} L{c.layer}" for c in mask}),

@@ -20,7 +20,9 @@ Scopes: `located` (Fisher forget/retain neurons; attribution-located heads
 for head ablation), `random` (as many neurons or heads drawn at random,
 seeded), `all` (every parameter), `layer` (ROME/MEMIT/RMU at their layer),
 `k5`/`k10` (SISA with 5 or 10 shards after deleting the split's people; its seconds
-are the deletion's, measured when it was made and cached).
+are the deletion's, measured when it was made and cached). `undo`'s scope is its
+teacher's: swap at the located neurons, then UNDO on every parameter as bench
+robust runs it (`excise.bench.robust.undo_after_unlearning`).
 
 Writes DIR/unlearn.json, DIR/unlearn.md, DIR/unlearn.png and RESULTS.md
 beside DIR (benchmarks/RESULTS.md for the default DIR). Each split is audited
@@ -54,6 +56,7 @@ from excise.verify.results import ModelAudit
 SPLITS = (0.01, 0.05, 0.10)
 GRADIENT = ("ga", "graddiff", "kl", "npo", "simnpo", "swap")
 LAYER = 0                 # ROME/MEMIT layer on the organism (see the edit benchmark)
+UNDO_TEACHER = "swap"     # UNDO distils this method's result at the scope (the table's best row before UNDO)
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,13 @@ def _gradient(method: str) -> Method:
     return run
 
 
+def _undo(model, split, scope, seed):
+    from excise.bench.robust import undo_after_unlearning
+
+    _gradient(UNDO_TEACHER)(model, split, scope, seed)
+    return undo_after_unlearning(model, split.retain_train, seed)
+
+
 def _rmu(model, split, scope, seed):
     mask = None if scope == "layer" else _scoped(model, split, scope, seed)
     return E.rmu(model, split.forget, split.retain_train, mask=mask, config=E.RmuConfig(seed=seed, progress=False))
@@ -142,6 +152,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
     **{m: ({"graddiff": "GradDiff", "swap": "subject-swap distillation", "simnpo": "SimNPO"}.get(m, m.upper()),
            ("located", "random", "all"), _gradient(m)) for m in GRADIENT},
     "task_vector": ("task-vector negation", ("located", "random", "all"), _task_vector),
+    "undo": ("UNDO (swap, then noise and distil)", ("located",), _undo),
     # exact unlearning: not an edit of the organism but a sharded ensemble with the people's shards retrained
     # (excise.organism.sisa; the ensemble and each deletion are cached, training one is 20-26 min on one core)
     "sisa": ("SISA (exact, retrained shards)", ("k5", "k10"), None),
