@@ -431,8 +431,11 @@ def _verdict_table(s: dict[str, Any]) -> list[str]:
     if not rows:
         return ["(no two-sided verdicts: this split was measured before they existed)"]
     attacks = [a for a in LEAKAGE_ATTACKS if any(a in r["leakage"] for r in rows)]
+    people, rule = s.get("holdout_people"), _rule_size(s["forget_people"])
+    stale = f" (measured before the baseline was sized to the split: {rule} people now)" \
+        if people is not None and people < rule else ""
     out = [f"Two-sided verdicts against {s.get('audit_holdout_facts', '?')} never-seen facts of "
-           f"{s.get('holdout_people', '?')} people "
+           f"{people if people is not None else '?'} people{stale} "
            "(ok = indistinguishable; AUC: P(forget fact beats a never-seen one), 0.5 = none):", "",
            "| method | scope | " + " | ".join(a.replace("_", " ") for a in attacks) + " | ok on all |",
            "|---|---|" + "---|" * (len(attacks) + 1)]
@@ -442,6 +445,11 @@ def _verdict_table(s: dict[str, Any]) -> list[str]:
         ok = all(r["leakage"].get(a, {}).get("verdict") == "indistinguishable" for a in attacks)
         out.append(f"| {r['label']} | {r['scope']} | " + " | ".join(cells) + f" | {'yes' if ok else 'no'} |")
     return out
+
+
+def _rule_size(forget_people: int) -> int:
+    """The never-seen people the organism context draws for a split of that many people."""
+    return max(excise.organism.MIN_HOLDOUT_PEOPLE, excise.organism.HOLDOUT_PER_PERSON * forget_people)
 
 
 def summary(r: dict[str, Any], depth: int = 2) -> str:
@@ -463,6 +471,17 @@ def summary(r: dict[str, Any], depth: int = 2) -> str:
             out.append(f"  Indistinguishable from never-seen facts on every attack: {len(clean)} of {len(edits)} rows"
                        + (": " + ", ".join(f"{x['label']} ({x['scope']}, utility {_f(x['utility'])})"
                                            for x in clean) if clean else "") + ".")
+            rejected = {a: sum(x.get("leakage", {}).get(a, {}).get("verdict") not in (None, "indistinguishable")
+                               for x in edits) for a in LEAKAGE_ATTACKS}
+            out.append("  Rows each attack tells apart from never-seen facts: "
+                       + ", ".join(f"{a.replace('_', ' ')} {n}" for a, n in rejected.items()) + ".")
+        oracle = next((x for x in s["rows"] if x["method"] == "oracle" and x.get("leakage")), None)
+        if oracle is not None:
+            off = {a: v["verdict"] for a, v in oracle["leakage"].items() if v["verdict"] != "indistinguishable"}
+            out.append("  The retrain oracle (the baseline's check): " + (
+                "indistinguishable on every attack." if not off else
+                "; ".join(f"{a.replace('_', ' ')} {v.replace('_', '-')}" for a, v in off.items())
+                + f" against {s.get('holdout_people', '?')} never-seen people."))
         by = {(x["method"], x["scope"]): x for x in edits}
         pairs = [(m, by[(m, "located")], by[(m, "random")]) for m, _ in {k: 0 for k, _ in by}.items()
                  if (m, "located") in by and (m, "random") in by]
