@@ -230,10 +230,14 @@ def test_robust_rerun_of_some_methods_keeps_the_others():
                                 row("npo", "all"), row("undo", "all")]}
     new = {**settings, "total_seconds": 5.0, "rows": [row("oracle", "retrain"), row("original", "-"),
                                                       row("npo", "fisher")]}
-    got = merged(new, old, ["npo"])
+    got = merged(new, old, ["npo"], ["fisher"])          # npo re-run at one scope: its other scope stays
     assert [(x["method"], x["scope"]) for x in got["rows"]] == [
-        ("oracle", "retrain"), ("original", "-"), ("graddiff", "all"), ("npo", "fisher"), ("undo", "all")]
+        ("oracle", "retrain"), ("original", "-"), ("graddiff", "all"), ("npo", "fisher"), ("npo", "all"),
+        ("undo", "all")]
     assert got["total_seconds"] == 15.0
+    again = merged({**new, "rows": new["rows"][:2] + [row("npo", "all")]}, old, ["npo"], ["all"])
+    assert [(x["method"], x["scope"]) for x in again["rows"]] == [
+        ("oracle", "retrain"), ("original", "-"), ("graddiff", "all"), ("npo", "all"), ("undo", "all")]
     assert merged({**new, "seed": 1}, old, ["npo"])["rows"] == new["rows"]   # other settings
     assert merged(new, old, ["graddiff", "npo", "swap", "undo"]) is new             # a whole run
 

@@ -22,8 +22,8 @@ Method `swap` is subject-swap distillation (`UnlearnConfig.for_method("swap")`, 
 names from the audit context); `undo` is swap at the scope, then UNDO (`excise.edit.undo`, Lee et al. 2025): the unlearned
 model noised (alpha `UNDO_ALPHA`) and distilled from its pre-noise self on the training corpus,
 stopped by excise's recall stop (retained facts' top-1 recall within 5% of the teacher's; the
-reference's loss stop ends before single-token facts are back). A run of some methods keeps the
-other methods' rows of DIR/robust.json measured under the same settings.
+reference's loss stop ends before single-token facts are back). A run of some methods or scopes keeps the
+other (method, scope) rows of DIR/robust.json measured under the same settings.
 
 Each row gives efficacy (1 - request recall), utility (the organism utility against the original's)
 and two relearning curves (`excise.verify.relearn_curve`, top-1 recall after 0, 10, 30 and 100
@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 
 import excise
-from excise.bench.results import rerun_rows
 from excise.components import Component
 from excise.facts import Fact
 from excise.models import copy_model
@@ -182,7 +181,8 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
             log(f"  {method:<9} {scope:<11} eff {row['efficacy']:.2f} util {row['utility']:.3f} relearned "
                 + "; ".join(f"{on} {[round(x, 2) for x in row['relearned'][on]]}" for on in ATTACKS))
             del model
-            results = merged({**settings, "rows": rows, "total_seconds": time.perf_counter() - t0}, previous, methods)
+            results = merged({**settings, "rows": rows, "total_seconds": time.perf_counter() - t0}, previous, methods,
+                             scopes)
             _write(results, out)          # after every row: a long run keeps what it measured
     return results
 
@@ -193,17 +193,21 @@ def _write(results: dict[str, Any], out: Path) -> None:
     plot(results).savefig(out / "robust.png", dpi=110, bbox_inches="tight")
 
 
-def merged(results: dict[str, Any], old: dict[str, Any] | None, methods: Sequence[str]) -> dict[str, Any]:
-    """`results` (a run of `methods`) with the rows of the other methods from `old` (robust.json before the
-    run), when it was measured under the same settings (fraction, seed, layers masked, steps); otherwise
-    `results` alone."""
-    if old is None or set(methods) >= set(METHODS):
+def merged(results: dict[str, Any], old: dict[str, Any] | None, methods: Sequence[str],
+           scopes: Sequence[str] = SCOPES) -> dict[str, Any]:
+    """`results` (a run of `methods` at `scopes`) with every other (method, scope) row of `old` (robust.json
+    before the run), when it was measured under the same settings (fraction, seed, layers masked, steps);
+    otherwise, or for a whole run, `results` alone. Rows in METHODS, then SCOPES, order."""
+    if old is None or (set(methods) >= set(METHODS) and set(scopes) >= set(SCOPES)):
         return results
     if any(old.get(k) != results[k] for k in ("fraction", "seed", "n_layers_masked", "steps", "forget_facts")):
         return results
     anchors = ("oracle", "original")
-    edits = rerun_rows([x for x in old["rows"] if x["method"] not in anchors],
-                       [x for x in results["rows"] if x["method"] not in anchors], methods, METHODS)
+    new = [x for x in results["rows"] if x["method"] not in anchors]
+    measured = {(x["method"], x["scope"]) for x in new}
+    kept = [x for x in old["rows"] if x["method"] in METHODS and x["scope"] in SCOPES
+            and (x["method"], x["scope"]) not in measured]
+    edits = sorted(kept + new, key=lambda x: (METHODS.index(x["method"]), SCOPES.index(x["scope"])))
     return {**results, "rows": results["rows"][:2] + edits,
             "total_seconds": old.get("total_seconds", 0.0) + results["total_seconds"]}
 
