@@ -31,6 +31,7 @@ from typing import Any
 
 import excise
 from excise.bench.results import rerun_rows, write_results
+from excise.bench.robust import UNDO_ALPHA
 from excise.edit import RmuConfig, UndoConfig, UnlearnConfig, random_like, rmu, undo, unlearn
 from excise.locate import FisherConfig, fisher
 from excise.models import copy_model
@@ -47,7 +48,6 @@ RMU_SCOPES = ("layer", "located", "random")     # RMU's own layer (WMDP's), or t
 # 0.896, measured before UNDO was added); the scope is the teacher's. Alpha as bench robust's; the loss stop is
 # the reference's (TOFU's answers are sentences: first-token recall, excise's recall stop, says nothing here).
 UNDO_SCOPES = ("located",)
-UNDO_ALPHA = 0.6
 UNDO_MAX_STEPS = 1000
 RETAIN_OF = {without: variant for variant, without in VARIANTS.items() if without}
 
