@@ -11,10 +11,10 @@ run) is measured:
   unlearning table's columns (`excise.bench.unlearn.row_metrics`: forget quality vs the retrain
   oracle, utility relative to the organism, ...), with the original organism and the oracle as rows.
 
-The audit context and scoring are `excise bench unlearn`'s (30 never-seen people, 200 retain facts,
-seed 0), so the rows can stand in its table. Seconds are wall time on this machine at its thread
-count; steps (optimiser steps of batch 64) are the machine-independent cost. Writes DIR/sisa.json and
-DIR/sisa.md.
+The audit context and scoring are `excise bench unlearn`'s (never-seen people sized to the split by the
+organism context's rule, 150 for the 5% split; 200 retain facts; seed 0), so the rows can stand in its
+table. Seconds are wall time on this machine at its thread count; steps (optimiser steps of batch 64)
+are the machine-independent cost. Writes DIR/sisa.json and DIR/sisa.md.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
     forget = list(world.subjects_split(FRACTION, seed=seed)[0])
     people = sorted({f.subject for f in forget})
     config = AuditConfig(seed=seed)
-    context = excise.organism.context(forget, n_holdout_people=30, n_retain=200, seed=seed)
+    context = excise.organism.context(forget, n_retain=200, seed=seed)     # the holdout sized as unlearn's
     oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
     oracle_meta = json.loads((oracle_dir / "excise_organism.json").read_text())
     base = audit(original, forget, oracle=excise.load(str(oracle_dir), device="cpu"), config=config,
@@ -117,7 +117,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
     full_rows = len(corpus(world, forget, rec.general_repeats))       # the oracle's training texts
     results: dict[str, Any] = {
         "seed": seed, "fraction": FRACTION, "forget_facts": len(forget), "forget_people": len(people),
-        "threads": torch.get_num_threads(),
+        "holdout_people": len({f.subject for f in context.holdout}), "threads": torch.get_num_threads(),
         "organism_recall": recall_table(original, world, RECALL_FAMILIES).to_dict(),
         "full_retrain": {"steps": steps_for(full_rows, rec), "seconds": oracle_meta.get("train_seconds"),
                          "threads": oracle_meta.get("threads")},
@@ -128,7 +128,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
                   **row_metrics(_combined(base, base.models["oracle"]))}],
         "verdicts": {"original": _verdicts(_combined(base, base.models["edited"])),
                      "oracle": _verdicts(_combined(base, base.models["oracle"]))},
-        "sisa": kept(out, seed, shards),
+        "sisa": kept(out, seed, shards, len({f.subject for f in context.holdout})),
     }
     for k in shards:                # rewritten after every k: a long run keeps what it measured
         results["sisa"].append(bench_k(k, base, forget, people, context, config, seed, progress, log))
@@ -138,13 +138,15 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
     return results
 
 
-def kept(out: Path, seed: int, shards: Sequence[int]) -> list[dict[str, Any]]:
-    """The k already in DIR/sisa.json under the same seed and not re-run now (`--shards 10` adds k=10 to k=5)."""
+def kept(out: Path, seed: int, shards: Sequence[int], holdout_people: int) -> list[dict[str, Any]]:
+    """The k already in DIR/sisa.json under the same seed and never-seen baseline and not re-run now
+    (`--shards 10` adds k=10 to k=5; files from before the baseline was recorded had 30 people)."""
     path = out / "sisa.json"
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    return [s for s in old.get("sisa", []) if old.get("seed") == seed and s["shards"] not in shards]
+    same = (old.get("seed"), old.get("holdout_people", 30)) == (seed, holdout_people)
+    return [s for s in old.get("sisa", []) if same and s["shards"] not in shards]
 
 
 def write(results: dict[str, Any], out: Path) -> None:
@@ -184,9 +186,9 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"SISA ensembles of the organism recipe (shards routed by subject, slices checkpointed; "
              f"`excise.organism.sisa`), before and after deleting the {r['fraction']:.0%} split "
              f"({r['forget_facts']} facts of {r['forget_people']} people, seed {r['seed']}). Audit context and "
-             "columns as `excise bench unlearn`; verdicts are the audit's two-sided tests against 30 never-seen "
-             f"people. Seconds: wall time on {r['threads']} thread(s) on a shared machine; steps: optimiser "
-             "steps of batch 64 (machine-independent).", "",
+             "columns as `excise bench unlearn`; verdicts are the audit's two-sided tests against "
+             f"{r.get('holdout_people', 30)} never-seen people. Seconds: wall time on {r['threads']} thread(s) on "
+             "a shared machine; steps: optimiser steps of batch 64 (machine-independent).", "",
              "## Recall before deletion (top-1, every fact of the world)", "",
              "| model | " + " | ".join(RECALL_FAMILIES) + " |", "|---|" + "---|" * len(RECALL_FAMILIES)]
     org = r["organism_recall"]["overall"]
