@@ -120,3 +120,18 @@ def test_audit_runs_every_attack_on_the_aggregate(learned):
     assert set(report.leakage()) == {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}
     assert report.recall("edited", "request") >= 0.8
     assert report.models["edited"].utility["utility"] > 0
+
+
+def test_bench_keeps_only_shard_counts_measured_against_the_same_baseline(tmp_path):
+    """`excise bench sisa --shards 10` keeps k=5 from sisa.json only if it was audited against as many
+    never-seen people; a file from before the count was recorded had 30."""
+    import json
+
+    from excise.bench.sisa import kept
+
+    (tmp_path / "sisa.json").write_text(json.dumps({"seed": 0, "sisa": [{"shards": 5}, {"shards": 10}]}))
+    assert kept(tmp_path, 0, (10,), 30) == [{"shards": 5}]
+    assert kept(tmp_path, 0, (10,), 150) == []
+    assert kept(tmp_path, 1, (10,), 30) == []
+    (tmp_path / "sisa.json").write_text(json.dumps({"seed": 0, "holdout_people": 150, "sisa": [{"shards": 5}]}))
+    assert kept(tmp_path, 0, (10,), 150) == [{"shards": 5}]
