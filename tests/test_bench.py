@@ -83,17 +83,19 @@ def test_a_subset_of_methods_re_run_replaces_only_its_rows(tmp_path):
 
 
 def test_committed_tables_are_what_their_json_generates(tmp_path, monkeypatch):
-    """benchmarks/RESULTS.md and results/unlearn.md say "do not edit by hand": they must be what the committed
-    unlearn.json and tofu.json generate (a merge of parts, or a hand edit, that skipped `write` fails here)."""
+    """benchmarks/RESULTS.md, results/unlearn.md and results/sisa.md must be what the committed JSON generates
+    (a merge of parts, or a hand edit, that skipped `write` fails here)."""
     import shutil
     from pathlib import Path
 
-    from excise.bench import unlearn
+    from excise.bench import sisa, unlearn
     from excise.bench.results import write_results
 
     bench = Path(__file__).resolve().parent.parent / "benchmarks"
     shipped = json.loads((bench / "results" / "unlearn.json").read_text())
     assert (bench / "results" / "unlearn.md").read_text() == unlearn.to_markdown(shipped, "unlearn.png")
+    assert (bench / "results" / "sisa.md").read_text() == \
+        sisa.to_markdown(json.loads((bench / "results" / "sisa.json").read_text()))
     shutil.copytree(bench / "results", tmp_path / "benchmarks" / "results")
     monkeypatch.chdir(tmp_path)               # the header names --out as given: the README's relative path
     assert write_results(Path("benchmarks/results")).read_text() == (bench / "RESULTS.md").read_text()

@@ -167,7 +167,8 @@ def summary(r: dict[str, Any]) -> list[str]:
         k, d = s["shards"], s["deletion"]
         after = s["verdicts"]["deleted"]
         same = [a for a, v in after.items() if v["verdict"] == "indistinguishable"]
-        other = {a: v["verdict"] for a, v in after.items() if v["verdict"] != "indistinguishable"}
+        other = ", ".join(f"{a.replace('_', ' ')} {v['verdict'].replace('_', '-')} (AUC {v['auc']:.2f}, p "
+                          f"{v['p_value']:.2g})" for a, v in after.items() if v["verdict"] != "indistinguishable")
         row = next(x for x in s["rows"] if x["scope"] == "deleted")
         out.append(f"- k={k}: request recall {s['recall']['overall']['request']:.3f} before deletion (single "
                    f"organism {org:.3f}); training {s['train_steps']:,} steps ({s['train_steps'] / full:.2f}x a full "
@@ -175,7 +176,7 @@ def summary(r: dict[str, Any]) -> list[str]:
                    f"{d['steps']:,} steps ({d['steps'] / full:.2f}x a full retrain); one person alone costs "
                    f"{s['one_person_steps']:.0f} steps on average ({s['one_person_steps'] / full:.2f}x). After: "
                    f"indistinguishable from never-seen on {len(same)} of {len(after)} attacks"
-                   + (f" (else {other})" if other else "")
+                   + (f" ({other})" if other else "")
                    + f"; forget quality {_f(row['forget_quality'])}, utility {_f(row['utility'])}.")
     return out
 
