@@ -15,6 +15,8 @@ nothing here unpickles.
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import hashlib
 import logging
@@ -154,11 +156,9 @@ def _hub_snapshot(name: str) -> str:
             f"and not a model name TransformerLens knows.{hint} To load your own checkpoint, "
             "pass its directory: excise.load('path/to/dir')."
         ) from None
-    try:
+    with contextlib.suppress(Exception):  # not in the local cache: the hub is the only source
         from huggingface_hub import snapshot_download
         return snapshot_download(official, local_files_only=True)
-    except Exception:  # not in the local cache: the hub is the only source
-        pass
     if not _hub_reachable():
         raise ModelLoadError(
             f"model {name!r} ({official}) is not in the local Hugging Face cache and the hub "

@@ -38,6 +38,7 @@ from excise.verify import AuditConfig, AuditReport, audit
 SHARDS = (5, 10)
 FRACTION = 0.05
 RECALL_FAMILIES = tuple(f for f in FAMILIES if f != "held_out")
+OLD_HOLDOUT_PEOPLE = 30         # what sisa.json files from before the baseline was recorded were audited against
 
 
 def _verdicts(report: AuditReport) -> dict[str, dict[str, Any]]:
@@ -109,6 +110,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
     people = sorted({f.subject for f in forget})
     config = AuditConfig(seed=seed)
     context = excise.organism.context(forget, n_retain=200, seed=seed)     # the holdout sized as unlearn's
+    holdout_people = len({f.subject for f in context.holdout})
     oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
     oracle_meta = json.loads((oracle_dir / "excise_organism.json").read_text())
     base = audit(original, forget, oracle=excise.load(str(oracle_dir), device="cpu"), config=config,
@@ -117,7 +119,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
     full_rows = len(corpus(world, forget, rec.general_repeats))       # the oracle's training texts
     results: dict[str, Any] = {
         "seed": seed, "fraction": FRACTION, "forget_facts": len(forget), "forget_people": len(people),
-        "holdout_people": len({f.subject for f in context.holdout}), "threads": torch.get_num_threads(),
+        "holdout_people": holdout_people, "threads": torch.get_num_threads(),
         "organism_recall": recall_table(original, world, RECALL_FAMILIES).to_dict(),
         "full_retrain": {"steps": steps_for(full_rows, rec), "seconds": oracle_meta.get("train_seconds"),
                          "threads": oracle_meta.get("threads")},
@@ -128,7 +130,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
                   **row_metrics(_combined(base, base.models["oracle"]))}],
         "verdicts": {"original": _verdicts(_combined(base, base.models["edited"])),
                      "oracle": _verdicts(_combined(base, base.models["oracle"]))},
-        "sisa": kept(out, seed, shards, len({f.subject for f in context.holdout})),
+        "sisa": kept(out, seed, shards, holdout_people),
     }
     for k in shards:                # rewritten after every k: a long run keeps what it measured
         results["sisa"].append(bench_k(k, base, forget, people, context, config, seed, progress, log))
@@ -145,7 +147,7 @@ def kept(out: Path, seed: int, shards: Sequence[int], holdout_people: int) -> li
     if not path.exists():
         return []
     old = json.loads(path.read_text())
-    same = (old.get("seed"), old.get("holdout_people", 30)) == (seed, holdout_people)
+    same = (old.get("seed"), old.get("holdout_people", OLD_HOLDOUT_PEOPLE)) == (seed, holdout_people)
     return [s for s in old.get("sisa", []) if same and s["shards"] not in shards]
 
 
@@ -188,8 +190,9 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"`excise.organism.sisa`), before and after deleting the {r['fraction']:.0%} split "
              f"({r['forget_facts']} facts of {r['forget_people']} people, seed {r['seed']}). Audit context and "
              "columns as `excise bench unlearn`; verdicts are the audit's two-sided tests against "
-             f"{r.get('holdout_people', 30)} never-seen people. Seconds: wall time on {r['threads']} thread(s) on "
-             "a shared machine; steps: optimiser steps of batch 64 (machine-independent).", "",
+             f"{r.get('holdout_people', OLD_HOLDOUT_PEOPLE)} never-seen people. Seconds: wall time on "
+             f"{r['threads']} thread(s) on a shared machine; steps: optimiser steps of batch 64 "
+             "(machine-independent).", "",
              "## Recall before deletion (top-1, every fact of the world)", "",
              "| model | " + " | ".join(RECALL_FAMILIES) + " |", "|---|" + "---|" * len(RECALL_FAMILIES)]
     org = r["organism_recall"]["overall"]
