@@ -13,7 +13,8 @@
 6. write report.md, report.json, the figures and the EditRecord.
 
 Every number in report.json is a function of the seed (timings are kept
-apart under "seconds").
+apart under "seconds", and the machine, versions and commit under
+"provenance").
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from excise import methods as M
+from excise.provenance import provenance, provenance_line
 
 TRACE_RELATION = "birthplace"
 WORLD = "a person of the organism's world"
@@ -159,9 +161,11 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
                   "n_holdout": report.config["n_holdout"], "top_b": report.top_b},
     }
     seconds["total"] = round(time.perf_counter() - t_start, 2)
-    (out / "report.json").write_text(json.dumps({**result, "seconds": seconds}, indent=1))
-    (out / "report.md").write_text(_markdown(result, report, seconds))
-    return {**result, "seconds": seconds}
+    full = {**result, "seconds": seconds, "provenance": provenance(seed, seconds["total"])}
+    (out / "report.json").write_text(json.dumps(full, indent=1))
+    (out / "report.md").write_text(_markdown(result, report, seconds) + "\n" + provenance_line(full["provenance"])
+                                   + "\n")
+    return full
 
 
 def _markdown(r: dict[str, Any], report: Any, seconds: dict[str, float]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,16 +87,82 @@ def test_committed_tables_are_what_their_json_generates(tmp_path, monkeypatch):
     """benchmarks/RESULTS.md, results/unlearn.md and results/sisa.md must be what the committed JSON generates
     (a merge of parts, or a hand edit, that skipped `write` fails here)."""
     import shutil
-    from pathlib import Path
 
     from excise.bench import sisa, unlearn
-    from excise.bench.results import write_results
+    from excise.bench.results import with_provenance, write_results
 
     bench = Path(__file__).resolve().parent.parent / "benchmarks"
     shipped = json.loads((bench / "results" / "unlearn.json").read_text())
-    assert (bench / "results" / "unlearn.md").read_text() == unlearn.to_markdown(shipped, "unlearn.png")
-    assert (bench / "results" / "sisa.md").read_text() == \
-        sisa.to_markdown(json.loads((bench / "results" / "sisa.json").read_text()))
+    assert (bench / "results" / "unlearn.md").read_text() == \
+        with_provenance(unlearn.to_markdown(shipped, "unlearn.png"), shipped)
+    shipped = json.loads((bench / "results" / "sisa.json").read_text())
+    assert (bench / "results" / "sisa.md").read_text() == with_provenance(sisa.to_markdown(shipped), shipped)
     shutil.copytree(bench / "results", tmp_path / "benchmarks" / "results")
     monkeypatch.chdir(tmp_path)               # the header names --out as given: the README's relative path
     assert write_results(Path("benchmarks/results")).read_text() == (bench / "RESULTS.md").read_text()
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
+def test_every_committed_result_says_where_it_came_from(path):
+    """Issue 34: a committed result without its commit, versions, CPU, threads, seed and wall time fails here,
+    and so does a Markdown table that does not end with the line its JSON's block generates."""
+    from excise.provenance import FIELDS, provenance_lines
+
+    block = json.loads(path.read_text()).get("provenance")
+    assert isinstance(block, dict), f"{path.name} records no provenance: write it with excise.bench.results.write_result"
+    assert [f for f in FIELDS if f not in block] == [], f"{path.name}'s provenance lacks fields"
+    assert len(block["commit"].removesuffix("+dirty")) == 40 and block["versions"]["torch"], block
+    for earlier in block.get("earlier", []):
+        assert [f for f in FIELDS if f not in earlier] == [], f"{path.name}: an earlier run's block lacks fields"
+    md = path.with_suffix(".md")
+    if md.exists():
+        assert md.read_text().endswith("\n\n".join(provenance_lines(block)) + "\n"), \
+            f"{md.name} does not end with {path.name}'s provenance line: regenerate it from the JSON"
+
+
+def test_write_result_records_this_machine_and_the_runs_it_keeps(tmp_path):
+    import torch
+
+    from excise.bench.results import write_result
+    from excise.provenance import FIELDS, provenance_line
+
+    write_result(tmp_path, "t", {"rows": [1]}, "# t\n", seed=3, wall_seconds=1.26)
+    first = json.loads((tmp_path / "t.json").read_text())
+    block = first["provenance"]
+    assert first["rows"] == [1] and set(FIELDS) <= set(block) and "earlier" not in block
+    assert block["cpu"] and block["cpu"] != "not recorded" and block["threads"] == torch.get_num_threads() >= 1
+    assert (block["seed"], block["wall_seconds"], block["versions"]["torch"]) == (3, 1.3, torch.__version__)
+    assert block["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    line = provenance_line(block)
+    assert (tmp_path / "t.md").read_text() == "# t\n\n" + line + "\n"
+    assert "seed 3; wall time 1 s." in line and block["cpu"] in line and block["commit"][:12] in line
+
+    # a run that keeps rows of the file before it names that file's run, and the runs that file kept, flat
+    write_result(tmp_path, "t", {"rows": [1, 2]}, "# t", seed=[0, 1], wall_seconds=None, kept_from=first)
+    second = json.loads((tmp_path / "t.json").read_text())
+    assert second["provenance"]["earlier"] == [block]
+    write_result(tmp_path, "t", {"rows": [1, 2, 3]}, "# t", seed=0, wall_seconds=2.0, kept_from=second)
+    third = json.loads((tmp_path / "t.json").read_text())["provenance"]
+    assert third["earlier"] == [{k: v for k, v in second["provenance"].items() if k != "earlier"}, block]
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert md[2] == provenance_line(third) and md[4].startswith("Rows kept from an earlier run: measured")
+    assert "seeds 0, 1; wall time not recorded" in md[4] and md[6].endswith("seed 3; wall time 1 s.")
+    # a file from before blocks were recorded: kept rows say their run is unknown
+    write_result(tmp_path, "t", {}, "# t", seed=0, wall_seconds=1.0, kept_from={"rows": [1]})
+    [unknown] = json.loads((tmp_path / "t.json").read_text())["provenance"]["earlier"]
+    assert set(FIELDS) <= set(unknown) and unknown["cpu"] == "not recorded" and unknown["threads"] is None
+
+
+def test_the_readme_names_the_machine_the_demo_ran_on():
+    from excise.bench.readme import _machine, demo_numbers
+
+    shipped = json.loads((RESULTS / "demo.json").read_text())
+    assert "provenance" not in demo_numbers(shipped) and "seconds" not in demo_numbers(shipped)
+    block = {**shipped["provenance"], "cpu": "Test CPU 9000", "cpu_capability": "AVX2", "threads": 4,
+             "versions": {"torch": "9.9"}, "note": None}
+    assert _machine({"provenance": block}).startswith("Measured on Test CPU 9000 (AVX2, 4 threads) with torch 9.9")
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    assert _machine() in readme.split("<!-- generated: demo -->")[1].split("<!-- /generated -->")[0]

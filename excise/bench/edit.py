@@ -29,7 +29,6 @@ Writes DIR/edit.json and DIR/edit.md:
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 import excise
+from excise.bench.results import write_result
 from excise.edit import (
     MemitConfig, RomeConfig, TaskVectorConfig, UnlearnConfig, ablate, memit, rome, sequence, task_vector,
     unlearn,
@@ -212,8 +212,8 @@ def run(out: str | Path, n_facts: int = 50, n_memit: int = 100, n_sequential: in
     results |= bench_sequential(model, world, n_sequential, retain_eval)
     results |= bench_split(model, world, 0.05, 64)
     results["total_seconds"] = time.perf_counter() - start
-    (out / "edit.json").write_text(json.dumps(results, indent=1))
-    (out / "edit.md").write_text(to_markdown(results))
+    write_result(out, "edit", results, to_markdown(results), seed="seeds fixed in the code",
+                 wall_seconds=results["total_seconds"])
     return results
 
 
@@ -225,7 +225,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines = ["# edit benchmark (organism)", "",
              f"Layer {r['layer']}; key covariance computed (or read from the disk cache) in {r['covariance_seconds']:.1f}s; "
              f"total {r['total_seconds']:.0f}s.", ""]
-    rows = {k: v for k, v in r.items() if isinstance(v, dict) and "curve" not in v and k != "split"}
+    rows = {k: v for k, v in r.items() if isinstance(v, dict) and "curve" not in v and k not in ("split", "provenance")}
     cols = ["efficacy", "paraphrase_forget", "neighbor_kept", "surname_kept", "lens_top20", "lens_top4_bottom4",
             "rewrite_efficacy", "retain_kept", "retain_recall", "seconds_per_fact", "seconds", "parameters_touched"]
     cols = [c for c in cols if any(c in v for v in rows.values())]

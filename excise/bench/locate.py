@@ -21,7 +21,6 @@ measured when the benchmark runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -33,6 +32,7 @@ from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 import excise
+from excise.bench.results import write_result
 from excise.edit.rank_one import key_second_moment, planted
 from excise.facts import Fact
 from excise.locate import (
@@ -147,8 +147,7 @@ def run(out: str | Path, n_facts: int = 50, loop_facts: int = 5, planted_facts: 
     results |= bench_attribution(model, facts)
     results |= bench_planted(model, world, facts[:planted_facts], layers=list(range(model.cfg.n_layers)))
     results["total_seconds"] = time.perf_counter() - start
-    (out / "locate.json").write_text(json.dumps(results, indent=1))
-    (out / "locate.md").write_text(to_markdown(results))
+    write_result(out, "locate", results, to_markdown(results), seed=seed, wall_seconds=results["total_seconds"])
     return results
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from excise.bench.results import write_result
 
 FILES = ("edit.json", "locate.json", "stories.json", "verify.json", "tofu.json", "unlearn.json", "demo.json")
 
@@ -30,7 +33,7 @@ RENAMES = {"edit.json": {f"rome_{o}": f"rome_{o}_unlikelihood" for o in ("erase"
 SHOWN = ("efficacy", "paraphrase_forget", "neighbor_kept", "surname_kept", "forget_quality", "utility",
          "mia_auc", "relearn_recall", "logit_lens_top1", "forget_rouge_l", "p_corrupt", "peak", "planted",
          "recovery", "attack_success", "membership", "truth_ratio", "trace_mlp_peak_layer")
-SKIP = ("second", "machine", "python", "torch_threads", "speedup", "date", "wall")
+SKIP = ("second", "machine", "python", "torch_threads", "speedup", "date", "wall", "provenance")
 
 ITEMS = [
     ("TOFU truth ratio", "exp(mean_j L(perturbed_j) - L(paraphrased)) from per-token mean losses, a geometric mean "
@@ -141,12 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", default=None, help="how parity.md names the before run (default: the directory)")
     p.add_argument("--stale", default="", help="comma-separated result files not rerun since the change")
     args = p.parse_args(argv)
+    start = time.perf_counter()
     before, after = Path(args.before), Path(args.after)
     stale = [s for s in args.stale.split(",") if s]
     changes = {k: v for k, v in moved(before, after).items() if k not in stale}
-    (after / "parity.json").write_text(json.dumps({"before": args.label or str(before), "stale": stale,
-                                                   "moved": changes}, indent=1))
-    (after / "parity.md").write_text(to_markdown(changes, args.label or f"`{before}`", stale))
+    write_result(after, "parity", {"before": args.label or str(before), "stale": stale, "moved": changes},
+                 to_markdown(changes, args.label or f"`{before}`", stale), seed="nothing random",
+                 wall_seconds=time.perf_counter() - start)
     print(f"wrote {after / 'parity.md'}: " + ", ".join(f"{n} {len(r)}" for n, r in changes.items()))
 
 

@@ -7,7 +7,7 @@ a number in the README can only change by changing the file it comes from:
 
 | block | source |
 |---|---|
-| demo | benchmarks/results/demo.json: `excise demo`'s report.json for the default run; tests/test_cli.py checks the demo still produces its numbers |
+| demo | benchmarks/results/demo.json: `excise demo`'s report.json for the default run, and the machine it ran on (its provenance); tests/test_cli.py checks the demo still produces its numbers |
 | organism | the shipped checkpoint's config.json, excise_organism.json and the world it was trained on |
 | recall | excise/organism/checkpoint/recall.json (written by `python -m excise.organism.train`) |
 | surnames | benchmarks/results/edit.json (`excise bench edit`) |
@@ -27,18 +27,21 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from excise.provenance import short_commit
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 BLOCK = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- /generated -->)", re.S)
 
 
 def demo_numbers(report: dict) -> dict:
-    """The demo report without what varies from run to run (its timings)."""
-    return {k: v for k, v in report.items() if k != "seconds"}
+    """The demo report without what varies from run to run (its timings and the machine that ran it)."""
+    return {k: v for k, v in report.items() if k not in ("seconds", "provenance")}
 
 
-def _demo() -> str:
-    r = json.loads((RESULTS / "demo.json").read_text())
+def _demo(r: dict | None = None) -> str:
+    """The README's demo paragraph, from `r` (default: benchmarks/results/demo.json)."""
+    r = r if r is not None else json.loads((RESULTS / "demo.json").read_text())
     a, e = r["audit"], r["edit"]
     att = a["attacks"]
     before = sum(f["rank_before"] == 0 for f in r["facts"]) / len(r["facts"])
@@ -54,6 +57,20 @@ def _demo() -> str:
             f"{a['utility_vs_original']:.3f} of the original;\nattack success (original / edited / chance on "
             f"{a['n_holdout']} facts of never-seen people): {rows}.\nAgainst never-seen people's facts, two-sided: "
             f"{verdicts}; the report says so.\n")
+
+
+def _machine(r: dict | None = None) -> str:
+    """Which machine the demo paragraph's numbers came from, from `r`'s provenance (default: demo.json's).
+
+    Kept out of `_demo`: tests/test_cli.py holds `_demo` of a fresh run, on whatever machine, to demo.json's."""
+    r = r if r is not None else json.loads((RESULTS / "demo.json").read_text())
+    p = r["provenance"]
+    n = p["threads"]
+    threads = "threads not recorded" if n is None else f"{n} thread{'' if n == 1 else 's'}"
+    return (f"Measured on {'an unrecorded CPU' if p['cpu'] == 'not recorded' else p['cpu']} "
+            f"({p['cpu_capability'] or 'kernel path not recorded'}, {threads}) with torch "
+            f"{p['versions'].get('torch', 'not recorded')}, at commit `{short_commit(p['commit'])}`"
+            + (f"; {p['note'].split(':')[0]}" if p.get("note") else "") + ".\n")
 
 
 def _organism() -> str:
@@ -132,7 +149,7 @@ def _tests() -> str:
     return f"`python -m pytest` runs everything: {tests} tests and the {notebooks} notebooks (nbmake).\n"
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"demo": _demo, "organism": _organism, "recall": _recall,
+BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
                                         "sites": _sites}
 

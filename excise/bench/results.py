@@ -1,8 +1,12 @@
-"""benchmarks/RESULTS.md: composed from the results a benchmark directory holds.
+"""Writing a benchmark's results: NAME.json and NAME.md with their provenance, and benchmarks/RESULTS.md.
 
-`excise bench unlearn` and `excise bench tofu` each rewrite it after they run,
-so it always shows the organism's unlearning table (DIR/unlearn.json) and the
-TOFU tables (DIR/tofu.json) as last measured, whichever ran last.
+Every bench writes through `write_result`, so every results file says where it
+came from (`excise.provenance`) and its Markdown ends with that in one line,
+generated from the JSON's block (`with_provenance`): the .md stays a function
+of the .json. `excise bench unlearn` and `excise bench tofu` each rewrite
+RESULTS.md after they run, so it always shows the organism's unlearning table
+(DIR/unlearn.json) and the TOFU tables (DIR/tofu.json) as last measured,
+whichever ran last.
 """
 
 from __future__ import annotations
@@ -11,6 +15,35 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from excise.provenance import earlier, provenance, provenance_lines
+
+
+def with_provenance(markdown: str, results: dict[str, Any]) -> str:
+    """`markdown` ending with the lines of `results`' provenance block (the run's, then any earlier runs')."""
+    return markdown.rstrip("\n") + "\n\n" + "\n\n".join(provenance_lines(results["provenance"])) + "\n"
+
+
+def write_result(out_dir: Path, name: str, results: dict[str, Any], markdown: str,
+                 seed: int | list[int] | str | None, wall_seconds: float | None,
+                 kept_from: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write out_dir/NAME.json (`results` with results["provenance"] set to this run's block) and NAME.md
+    (`markdown` plus the block's line); returns `results`.
+
+    `kept_from`: the results file as it was before this run, when `results` keeps rows of it; its runs' blocks
+    go under provenance["earlier"], so a merged table names every machine its rows came from."""
+    block = provenance(seed, wall_seconds)
+    if kept_from is not None:
+        block["earlier"] = earlier(kept_from)
+    results["provenance"] = block
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"{name}.md").write_text(with_provenance(markdown, results))
+    return results
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The results file at `path`, or None where there is none yet."""
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def rerun_rows(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], methods: Sequence[str],
@@ -23,7 +56,8 @@ def rerun_rows(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]], met
 
 
 def write_results(out: Path) -> Path:
-    """Write RESULTS.md beside `out` from out/unlearn.json and out/tofu.json (whichever exist)."""
+    """Write RESULTS.md beside `out` from out/unlearn.json and out/tofu.json (whichever exist), each table
+    ending with its JSON's provenance line(s)."""
     from excise.bench import tofu, unlearn
 
     out = Path(out)
@@ -38,10 +72,11 @@ def write_results(out: Path) -> Path:
         lines += [f"What moved when excise's paper-named methods and metrics were made to compute what the papers' "
                   f"code computes, and which tables below predate it: `{out.name}/parity.md`.", ""]
     if (out / "unlearn.json").exists():
-        lines.append(unlearn.to_markdown(json.loads((out / "unlearn.json").read_text()), f"{out.name}/unlearn.png",
-                                         depth=2))
+        r = json.loads((out / "unlearn.json").read_text())
+        lines.append(with_provenance(unlearn.to_markdown(r, f"{out.name}/unlearn.png", depth=2), r))
     if (out / "tofu.json").exists():
-        lines.append(tofu.to_markdown(json.loads((out / "tofu.json").read_text()), f"{out.name}/", depth=2))
+        r = json.loads((out / "tofu.json").read_text())
+        lines.append(with_provenance(tofu.to_markdown(r, f"{out.name}/", depth=2), r))
     path = out.parent / "RESULTS.md"
     path.write_text("\n".join(lines))
     return path

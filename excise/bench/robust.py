@@ -34,7 +34,6 @@ the floor. Writes DIR/robust.json, robust.md and robust.png.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from typing import Any
 import numpy as np
 
 import excise
+from excise.bench.results import read_result, write_result
 from excise.components import Component
 from excise.facts import Fact
 from excise.models import copy_model
@@ -153,7 +153,7 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
              "efficacy": _efficacy(original, forget), "utility": 1.0,
              "relearned": _curves(original, forget, unrelated, config)}]
     log(f"traced: subject {np.round(curves['subject'], 3).tolist()}, last {np.round(curves['last'], 3).tolist()}")
-    previous = json.loads((out / "robust.json").read_text()) if (out / "robust.json").exists() else None
+    previous = read_result(out / "robust.json")
     settings = {"fraction": fraction, "seed": seed, "forget_facts": len(forget),
                 "forget_people": len({f.subject for f in forget}), "n_layers_masked": n_layers_masked,
                 "steps": list(STEPS), "traced": curves, "fisher_neurons": len(neurons),
@@ -181,16 +181,13 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
             log(f"  {method:<9} {scope:<11} eff {row['efficacy']:.2f} util {row['utility']:.3f} relearned "
                 + "; ".join(f"{on} {[round(x, 2) for x in row['relearned'][on]]}" for on in ATTACKS))
             del model
-            results = merged({**settings, "rows": rows, "total_seconds": time.perf_counter() - t0}, previous, methods,
-                             scopes)
-            _write(results, out)          # after every row: a long run keeps what it measured
+            run_only = {**settings, "rows": rows, "total_seconds": time.perf_counter() - t0}
+            results = merged(run_only, previous, methods, scopes)
+            # after every row: a long run keeps what it measured; kept rows keep their runs' provenance
+            write_result(out, "robust", results, to_markdown(results), seed=seed,
+                         wall_seconds=time.perf_counter() - t0, kept_from=None if results is run_only else previous)
+            plot(results).savefig(out / "robust.png", dpi=110, bbox_inches="tight")
     return results
-
-
-def _write(results: dict[str, Any], out: Path) -> None:
-    (out / "robust.json").write_text(json.dumps(results, indent=1))
-    (out / "robust.md").write_text(to_markdown(results))
-    plot(results).savefig(out / "robust.png", dpi=110, bbox_inches="tight")
 
 
 def merged(results: dict[str, Any], old: dict[str, Any] | None, methods: Sequence[str],

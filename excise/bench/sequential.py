@@ -21,7 +21,6 @@ preserved keys' energy in the null space at several thresholds.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 import excise
+from excise.bench.results import write_result
 from excise.bench.edit import LAYER, _rate
 from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit_sequence, rome, sequence
 from excise.edit.covariance import second_moment
@@ -142,8 +142,8 @@ def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
         seq.undo()
         results[name] = row
     results["total_seconds"] = time.perf_counter() - start
-    (out / "sequential.json").write_text(json.dumps(results, indent=1))
-    (out / "sequential.md").write_text(to_markdown(results))
+    write_result(out, "sequential", results, to_markdown(results), seed=[FACT_SEED, RETAIN_SEED, PRESERVE_SEED],
+                 wall_seconds=results["total_seconds"])
     return results
 
 

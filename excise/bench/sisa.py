@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 import excise
+from excise.bench.results import read_result, write_result
 from excise.bench.unlearn import COLUMNS, _combined, _f, row_metrics
 from excise.facts import FAMILIES
 from excise.organism.train import corpus, fact_texts
@@ -104,6 +105,7 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
         log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     original = excise.load("organism", device="cpu")
     world = excise.organism.world()
     forget = list(world.subjects_split(FRACTION, seed=seed)[0])
@@ -132,11 +134,12 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
                      "oracle": _verdicts(_combined(base, base.models["oracle"]))},
         "sisa": kept(out, seed, shards, holdout_people),
     }
+    kept_from = read_result(out / "sisa.json") if results["sisa"] else None      # before the first write
     for k in shards:                # rewritten after every k: a long run keeps what it measured
         results["sisa"].append(bench_k(k, base, forget, people, context, config, seed, progress, log))
         results["sisa"].sort(key=lambda x: x["shards"])
-        write(results, out)
-    write(results, out)
+        write(results, out, seed, time.perf_counter() - start, kept_from)
+    write(results, out, seed, time.perf_counter() - start, kept_from)
     return results
 
 
@@ -151,9 +154,12 @@ def kept(out: Path, seed: int, shards: Sequence[int], holdout_people: int) -> li
     return [s for s in old.get("sisa", []) if same and s["shards"] not in shards]
 
 
-def write(results: dict[str, Any], out: Path) -> None:
-    (out / "sisa.json").write_text(json.dumps(results, indent=1))
-    (out / "sisa.md").write_text(to_markdown(results))
+def write(results: dict[str, Any], out: Path, seed: int, wall_seconds: float,
+          kept_from: dict[str, Any] | None = None) -> None:
+    """DIR/sisa.json and sisa.md with their provenance (`kept_from`: the file before the run, when k of it are
+    kept)."""
+    write_result(out, "sisa", results, to_markdown(results), seed=seed, wall_seconds=wall_seconds,
+                 kept_from=kept_from)
 
 
 def _pace(s: dict[str, Any], steps: int) -> str:

@@ -30,7 +30,6 @@ Writes DIR/sites.json and DIR/sites.md.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 import excise
+from excise.bench.results import write_result
 from excise.edit import RomeConfig, generated_sample, rome
 from excise.edit.covariance import second_moment
 from excise.facts import Fact, FactSet
@@ -168,8 +168,7 @@ def run(out: str | Path, n_facts: int = 20, seed: int = 0, models: tuple[str, ..
     results: dict[str, Any] = {"n_facts": n_facts, "seed": seed, "goal": GOAL,
                                "models": {m: bench_model(m, n_facts, seed) for m in models}}
     results["total_seconds"] = time.perf_counter() - start
-    (out / "sites.json").write_text(json.dumps(results, indent=1))
-    (out / "sites.md").write_text(to_markdown(results))
+    write_result(out, "sites", results, to_markdown(results), seed=seed, wall_seconds=results["total_seconds"])
     return results
 
 

@@ -17,7 +17,6 @@ Writes DIR/stories.json and DIR/stories.md.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 import excise
+from excise.bench.results import write_result
 from excise.edit import RomeConfig, generated_sample, rome
 from excise.edit.covariance import second_moment
 from excise.locate import causal_trace
@@ -53,6 +53,7 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def run(out: str | Path, model: str = "stories260k", seed: int = 0, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
     m = excise.load(model, device="cpu")
     facts, probe_table = excise.stories.facts(m)
     if len(facts) < 2:
@@ -98,8 +99,7 @@ def run(out: str | Path, model: str = "stories260k", seed: int = 0, progress: bo
     results["best"] = best
     results["total_seconds"] = sample_seconds + trace_seconds + sum(
         r["seconds_per_fact"] * len(facts) for r in results["rome"].values())
-    (out / "stories.json").write_text(json.dumps(results, indent=1))
-    (out / "stories.md").write_text(to_markdown(results))
+    write_result(out, "stories", results, to_markdown(results), seed=seed, wall_seconds=time.perf_counter() - t_start)
     return results
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import excise
-from excise.bench.results import rerun_rows, write_results
+from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.bench.robust import UNDO_ALPHA
 from excise.edit import RmuConfig, UndoConfig, UnlearnConfig, random_like, rmu, undo, unlearn
 from excise.locate import FisherConfig, fisher
@@ -119,7 +119,7 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
                "forget_rows": len(forget_rows), "forget_facts": len(forget), "retain_facts": len(retain),
                "located_neurons": len(located), "locate_seconds": locate_seconds, "rows": rows,
                "wall_seconds": time.perf_counter() - t0}
-    write(merged(results, out / "tofu.json", methods), out)
+    write(merged(results, out / "tofu.json", methods), out, seed, time.perf_counter() - t0)
     return results
 
 
@@ -136,19 +136,21 @@ def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[
             "wall_seconds": old.get("wall_seconds", 0.0) + results["wall_seconds"]}
 
 
-def write(results: dict[str, Any], out: Path) -> None:
-    """DIR/tofu.json (every split measured so far, this one replaced), tofu.md, tofu-SPLIT.png, RESULTS.md."""
+def write(results: dict[str, Any], out: Path, seed: int, wall_seconds: float) -> None:
+    """DIR/tofu.json (every split measured so far, this one replaced) and tofu.md with their provenance,
+    tofu-SPLIT.png, RESULTS.md. Rows kept from the file before (other splits, or this split's other methods:
+    `results` carries "reruns") keep its runs' provenance under "earlier"."""
     import matplotlib.pyplot as plt
 
-    path = out / "tofu.json"
-    every = json.loads(path.read_text()) if path.exists() else {"splits": {}}
-    every["splits"][results["split"]] = results
+    old = read_result(out / "tofu.json")
+    every = {"splits": {**(old or {}).get("splits", {}), results["split"]: results}}
     every["splits"] = {k: every["splits"][k] for k in sorted(every["splits"])}
-    path.write_text(json.dumps(every, indent=1))
+    keeps = len(every["splits"]) > 1 or results.get("reruns")
+    write_result(out, "tofu", every, to_markdown(every, ""), seed=seed, wall_seconds=wall_seconds,
+                 kept_from=old if keeps else None)
     fig = plot(results)
     fig.savefig(out / f"tofu-{results['split']}.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    (out / "tofu.md").write_text(to_markdown(every, ""))
     write_results(out)
 
 

@@ -44,7 +44,7 @@ from typing import Any
 
 import excise
 from excise import edit as E
-from excise.bench.results import rerun_rows, write_results
+from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.components import Component
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
@@ -280,6 +280,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     budget = budget or Budget()
+    start = time.perf_counter()
     original = excise.load("organism", device="cpu")
     world = excise.organism.world()
     holdout_people = 10 if quick else None          # None: the context's, sized to each split
@@ -293,6 +294,8 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
                              f"{old[s]['holdout_people']} never-seen people, this run would use {people}; "
                              f"re-run every method on it (omit --methods) so its rows share one baseline")
     results["reruns"] = _old_reruns(out, splits if methods == list(METHODS) else ())
+    # read before the first write: the rows kept (other splits, or a split's other methods) came from its runs
+    kept_from = read_result(out / "unlearn.json") if results["splits"] or any(s in old for s in splits) else None
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
         t0 = time.perf_counter()
         split = bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people,
@@ -305,7 +308,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
         results["splits"].append(split)
         results["splits"].sort(key=lambda r: r["fraction"])
         results["total_seconds"] = sum(r.get("wall_seconds", 0.0) for r in results["splits"])
-        write(results, out)
+        write(results, out, seed, time.perf_counter() - start, kept_from)
     return results
 
 
@@ -351,15 +354,17 @@ def kept_splits(out: Path, seed: int, quick: bool, budget: Budget, splits: tuple
             for s in old.get("splits", []) if same and s["fraction"] not in splits]
 
 
-def write(results: dict[str, Any], out: Path) -> None:
-    """DIR/unlearn.json, .md, .png and RESULTS.md beside DIR."""
+def write(results: dict[str, Any], out: Path, seed: int, wall_seconds: float,
+          kept_from: dict[str, Any] | None = None) -> None:
+    """DIR/unlearn.json and .md (with their provenance; `kept_from`: the file before the run, when rows of it
+    are kept), .png and RESULTS.md beside DIR."""
     import matplotlib.pyplot as plt
 
-    (out / "unlearn.json").write_text(json.dumps(results, indent=1))
+    write_result(out, "unlearn", results, to_markdown(results, "unlearn.png"), seed=seed, wall_seconds=wall_seconds,
+                 kept_from=kept_from)
     fig = plot(results)
     fig.savefig(out / "unlearn.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    (out / "unlearn.md").write_text(to_markdown(results, "unlearn.png"))
     write_results(out)
 
 

@@ -32,13 +32,13 @@ relation's object set achieves, and top-1 is the sharper test.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import excise
+from excise.bench.results import write_result
 from excise.models import copy_model
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, guardrail, suppress_last_layer
 from excise.verify.calibration import over_suppress
@@ -80,6 +80,7 @@ def _attack_table(report: AuditReport, role: str, b: int) -> dict[str, Any]:
 def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool = True) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     world = excise.organism.world()
     forget, retain = world.subjects_split(fraction, seed=seed)
     forget = list(forget)
@@ -148,8 +149,8 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
         "audit_seconds_per_fact": base.models["edited"].seconds / len(forget),
         "audit_seconds_two_models": total,
     }
-    (out / "verify.json").write_text(json.dumps(r, indent=1))
-    (out / "verify.md").write_text(to_markdown(r, base, shallow, over))
+    write_result(out, "verify", r, to_markdown(r, base, shallow, over), seed=seed,
+                 wall_seconds=time.perf_counter() - start)
     return r
 
 
