@@ -20,20 +20,10 @@ from __future__ import annotations
 import torch
 
 from excise.edit.memit import alphaedit_update, memit_update, null_space_projector
-from tests.reference_inputs import load
+from tests.reference_inputs import REPORT_ROME_C, load
 
 EPS = torch.finfo(torch.float64).eps
 # The report's float32 numbers for the same draws (10 significant digits): the stored inputs are the report's.
-REPORT_C = [
-    [0.684815526, 0.06938558817, 0.02867120318, -0.06307569146, -0.1786145717, -0.04399010539, -0.1123143211, 0.1082816347],
-    [0.06938558817, 1.253857374, 0.04410423338, 0.03435443342, -0.1327620447, -0.05172852427, 0.004486203194, 0.08611924946],
-    [0.02867120318, 0.04410423338, 1.013034225, 0.2162262946, -0.0610566996, 0.1013070941, -0.1307527423, 0.2544853985],
-    [-0.06307569146, 0.03435443342, 0.2162262946, 1.140101433, -0.1095388159, 0.08731631935, 0.03452515975, -0.01622534543],
-    [-0.1786145717, -0.1327620447, -0.0610566996, -0.1095388159, 0.8493425846, -0.01583044976, -0.01713194326, -0.02224926278],
-    [-0.04399010539, -0.05172852427, 0.1013070941, 0.08731631935, -0.01583044976, 1.275991201, -0.2409364879, 0.1547271013],
-    [-0.1123143211, 0.004486203194, -0.1307527423, 0.03452515975, -0.01713194326, -0.2409364879, 1.092939973, -0.2846167386],
-    [0.1082816347, 0.08611924946, 0.2544853985, -0.01622534543, -0.02224926278, 0.1547271013, -0.2846167386, 1.037912488],
-]
 REPORT_SINGULAR_VALUES = [24.69476509, 16.39313126, 9.314290047, 3.869313955, 1.02910471, 0.08678130805, 0.009830086492, 0.002456345595]
 
 MEMIT_L15000_I0 = [
@@ -156,7 +146,7 @@ def test_the_stored_inputs_are_the_reports():
     (the standard summation bound), and by Weyl its singular values move by at most ||C_f32 - C||_2."""
     x = load()
     eps32 = torch.finfo(torch.float32).eps
-    for keys, want in ((x["rome_keys"], t(REPORT_C)), (x["alphaedit_K0"], None)):
+    for keys, want in ((x["rome_keys"], t(REPORT_ROME_C)), (x["alphaedit_K0"], None)):
         n, bound = keys.shape[0], keys.double().abs()
         bound = n * eps32 * bound.T @ bound / n
         C = second_moment(keys)

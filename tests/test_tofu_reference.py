@@ -24,7 +24,7 @@ LOGS = {"retain": "eval_log.json", "real_authors": "eval_real_author_wo_options.
 # excise's part names -> aggregate_eval_stat.py's
 SPLIT_NAMES = {"retain": "Retain", "real_authors": "Real Authors", "world_facts": "Real World", "forget": "Forget"}
 PART_NAMES = {"probability": "Prob.", "rouge_l": "ROUGE", "truth_score": "Truth Ratio"}
-RTOL = 1e-9
+EPS64, EPS32 = float(np.finfo(np.float64).eps), float(np.finfo(np.float32).eps)
 
 pytestmark = pytest.mark.skipif(not (REFERENCE / "expected.json").exists(),
                                 reason=f"TOFU's reference eval logs are not at {REFERENCE} (they live in the "
@@ -49,23 +49,48 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
-def test_forget_quality_reproduces_tofus(evals, expected):
+def _loss_max(e: tofu.SplitEval) -> float:
+    return float(max(np.abs(e.answer_loss).max(), np.abs(e.paraphrased_loss).max(), np.abs(e.perturbed_loss).max()))
+
+
+@pytest.fixture(scope="module")
+def r_error(evals) -> float:
+    """How far R = exp(mean of k losses - a loss) may be from aggregate_eval_stat.py's, both float64 from the same
+    logged losses: ((k + 1) L_max + 2) eps64 relative per side (the k-term mean and the difference, then exp),
+    L_max = max |L| in the logs (15.2): 4e-14 for the two."""
+    every = [e for m in evals.values() for e in m.values()]
+    k = max(e.perturbed_loss.shape[1] for e in every)
+    return 2 * ((k + 1) * max(map(_loss_max, every)) + 2) * EPS64
+
+
+def test_forget_quality_reproduces_tofus(evals, expected, r_error):
     fq = expected["forget_quality"]
-    value = tofu.forget_quality(evals[fq["unlearned"]]["forget"].truth_ratio, evals[fq["retain"]]["forget"].truth_ratio)
-    assert _rel(value, fq["value"]) <= RTOL, (value, fq["value"])
+    unlearned, retain = (evals[fq[m]]["forget"].truth_ratio for m in ("unlearned", "retain"))
+    value = tofu.forget_quality(unlearned, retain)
+    # the KS statistic turns on the order of the two samples, whose closest values are 2.9e-5 apart (relative), far
+    # beyond r_error (so it is the reference's); from it, scipy's exact p-value is a recursion over n + m steps:
+    # (n + m) eps64 per side
+    closest = np.abs(unlearned[:, None] - retain[None]) / np.maximum(unlearned[:, None], retain[None])
+    assert closest.min() > r_error
+    assert _rel(value, fq["value"]) <= 2 * (len(unlearned) + len(retain)) * EPS64, (value, fq["value"])
     assert 1e-21 < value < 1e-20                 # 1.834e-21: the full model is far from the retain model
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_model_utility_and_every_part_reproduce_tofus(evals, expected, model):
+def test_model_utility_and_every_part_reproduce_tofus(evals, expected, model, r_error):
     want = expected["model_utility"][model]
     e = evals[model]
     got = {f"{PART_NAMES[k]} {SPLIT_NAMES[s]}": v for s in LOGS for k, v in tofu.split_scores(e[s], s).items()}
     parts = tofu.utility_of(e["retain"], e["real_authors"], e["world_facts"])
     got["Model Utility"] = parts["utility"]
     assert set(got) == set(want) - {"Forget Quality"}
+    # each part is a mean of n <= 300 terms in [0, 1] (n eps64 per side), each within 2 r_error: relative for Prob.
+    # (exp(-L), or its share among the perturbed answers'), absolute for Truth Ratio (1 - 1/R or min(R, 1/R)), so over
+    # the smallest part; the harmonic mean adds 11 eps64 per side: 3e-13 and 7e-13
+    n = max(len(e[s].answer_loss) for s in LOGS)
+    rtol = 2 * r_error / min(want.values()) + 2 * (n + 11) * EPS64
     errors = {k: _rel(got[k], want[k]) for k in got}
-    assert max(errors.values()) <= RTOL, errors
+    assert max(errors.values()) <= rtol, errors
     # utility_of's nine parts are split_scores' values on the three utility sets
     for s in ("retain", "real_authors", "world_facts"):
         for k in PART_NAMES:
@@ -76,7 +101,11 @@ def test_truth_ratio_direction_is_tofus(evals):
     """evaluate_util.py logs exp(L(para) - mean L(pert)) as `truth_ratio`: the inverse of the R that is aggregated."""
     for model in MODELS:
         logged = np.array(list(_log(model, "forget")["truth_ratio"].values()))
-        np.testing.assert_allclose(1.0 / evals[model]["forget"].truth_ratio, logged, rtol=1e-5)   # the log: float32
+        # TOFU computed it in float32 from the logged losses: ((k + 1) L_max + 2) eps32 (the mean of k, the
+        # difference, exp; L_max = 7.0 on the forget logs: 5.2e-6); ours, in float64, adds 1e-14
+        e = evals[model]["forget"]
+        rtol = ((e.perturbed_loss.shape[1] + 1) * _loss_max(e) + 2) * EPS32
+        np.testing.assert_allclose(1.0 / e.truth_ratio, logged, rtol=rtol, atol=0)
     full, retain = (float(np.median(evals[m]["forget"].truth_ratio)) for m in MODELS)
     assert full > retain > 1            # R grows with knowing: only the full model was trained on the forget set
 
