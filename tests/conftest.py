@@ -97,26 +97,29 @@ def oracle_5pct(world):
 
 
 # Foreign models (tests/foreign.py): not the organism; another world, tokenizer and (for one) architecture.
-# Each trains in about 9 s on one thread, once per session; tests must not change the directory.
+# Their weights ship in tests/data/foreign (built by `python -m tests.foreign`): trained here, they would come out
+# slightly different on every CPU (issue 34). Each session gets a copy, so no test can change the shipped files.
+def _shipped_foreign(tmp_path_factory, arch: str):
+    import shutil
+
+    from tests.foreign import shipped_dir
+
+    path = tmp_path_factory.mktemp(f"foreign_{arch}") / arch
+    shutil.copytree(shipped_dir(arch), path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def foreign_gpt2_dir(tmp_path_factory):
     """A GPT-2 with a word-level tokenizer and two-word subjects, trained on the foreign world."""
-    from tests.foreign import build_gpt2
-
-    path = tmp_path_factory.mktemp("foreign_gpt2")
-    build_gpt2(path)
-    return path
+    return _shipped_foreign(tmp_path_factory, "gpt2")
 
 
 @pytest.fixture(scope="session")
 def foreign_llama_dir(tmp_path_factory):
     """A Llama (RMSNorm, rotary, 4 query / 2 key-value heads, SwiGLU) with a SentencePiece-style BPE
     and one-token subjects, trained on the foreign world."""
-    from tests.foreign import build_llama
-
-    path = tmp_path_factory.mktemp("foreign_llama")
-    build_llama(path)
-    return path
+    return _shipped_foreign(tmp_path_factory, "llama")
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,11 @@ templates, other tokenizers, and in one case another architecture:
 
 Both are trained from a seed, in seconds on one CPU thread, until they
 recall every fact under every trained template, and saved as Hugging Face
-directories that `excise.load(path)` loads like any checkpoint. Beside the
+directories that `excise.load(path)` loads like any checkpoint. The seed-0
+pair ships in `tests/data/foreign/` (built once by `python -m tests.foreign`,
+about 1 MB): training is float arithmetic over thousands of steps, and the
+same recipe gives slightly different weights on another CPU (issue 34), so
+the tests load the shipped weights and only inference can differ. Beside the
 weights: `world.json` (every fact), `facts.json` (the facts a test deletes,
 one per subject, one of them entity-valued), `retain.json` (every fact of the
 other subjects), `general.txt` (the general sentences, which name no town and
@@ -26,9 +30,11 @@ Nothing here imports the organism's world, tokenizer or training code.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -343,3 +349,30 @@ def build_llama(path: str | Path, seed: int = 0) -> dict:
     """The foreign Llama: SentencePiece-style BPE, one-token subjects; see `build`."""
     return build(path, replace(LLAMA, seed=seed))
 
+
+
+SHIPPED = Path(__file__).parent / "data" / "foreign"
+
+
+def shipped_dir(arch: str) -> Path:
+    """The shipped seed-0 foreign model of `arch` ("gpt2" or "llama"), built by `main`."""
+    path = SHIPPED / arch
+    if not (path / "foreign.json").exists():
+        raise FileNotFoundError(f"no shipped foreign {arch} in {path}: build it with `python -m tests.foreign`")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the shipped foreign models (seed 0) into tests/data/foreign/{gpt2,llama}."""
+    p = argparse.ArgumentParser(description="Build the foreign test models that the suite loads.")
+    p.add_argument("--out", type=Path, default=SHIPPED)
+    args = p.parse_args(argv)
+    for arch, recipe in (("gpt2", GPT2), ("llama", LLAMA)):
+        path = args.out / arch
+        shutil.rmtree(path, ignore_errors=True)
+        meta = build(path, recipe)
+        print(f"{path}: {meta['n_facts']} facts, final loss {meta['final_loss']:.4f}, {meta['train_seconds']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

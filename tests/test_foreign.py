@@ -1,7 +1,7 @@
 """excise on models that are not the organism (issues 20 and 25).
 
-Two foreign models (tests/foreign.py), trained in the session on a world the
-organism never had: a GPT-2 with a word-level tokenizer and two-word
+Two foreign models (tests/foreign.py), trained once on a world the organism
+never had and shipped in tests/data/foreign: a GPT-2 with a word-level tokenizer and two-word
 subjects, and a Llama (RMSNorm, rotary, grouped-query attention, SwiGLU) with
 a SentencePiece-style tokenizer and one-token subjects. On each, the command
 line does what a user would: locate, edit with rome, memit and npo, verify.
@@ -14,14 +14,28 @@ general sentences (--sample: its general text), npo the facts to keep
 Where a default chosen on the organism fails here, the test is an
 xfail(strict=True) naming the measurement: it fails (XPASS) the day the
 default is fixed, and the marker goes then.
+
+The models' weights ship (tests/data/foreign), so only inference and the
+edits' own arithmetic can differ between machines. Every asserted number
+goes through `check` against a bar in BARS; with EXCISE_FOREIGN_RECORD set,
+`check` also appends the number to that file. `python -m tests.foreign_spread`
+runs this file under 3 CPU kernel paths x 2 thread counts, and
+tests/data/foreign/spread.json holds what it measured; the last test here
+fails when a bar sits inside that spread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
+import json
+import math
+import operator
+import os
 import warnings
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +49,37 @@ from excise.verify import AuditReport
 from excise.verify.report import ATTACKS
 
 TRAINED = ("request", "paraphrase", "question", "completion")
+SPREAD = Path(__file__).parent / "data" / "foreign" / "spread.json"
+
+# Every number asserted below: (comparison, bar). With 3 facts, recall moves in steps of 1/3 (paraphrases: 1/6), so
+# 0.05 means none recalled and 0.34 at most one; "others" is recall of the other subjects' 48 facts.
+BARS = {
+    "recall_trained_min": (">=", 1.0), "p_clean_min": (">", 0.5), "trace_mlp_peak_layer": ("==", 0),
+    "site_prompt_last_share": (">=", 0.1),                  # excise.locate.site.MIN_RESTORED: the prompt's end
+    "rome_site_layer": {"gpt2": ("==", 2), "llama": ("==", 1)}, "memit_site_layer": {"gpt2": ("==", 2), "llama": ("==", 1)},
+    "rome_facts": ("<=", 0.05), "rome_paraphrase": ("<=", 0.34), "rome_others": (">=", 0.9),
+    "verify_traced_reference": (">=", 1.0), "verify_traced_edited": ("<=", 0.05),
+    "rome_traced_facts": ("<=", 0.34), "rome_traced_paraphrase": ("<=", 0.34), "rome_traced_others": (">=", 0.9),
+    "memit_facts": ("<=", 0.34), "memit_others": (">=", 0.9),
+    "npo_facts": ("<=", 0.34), "npo_paraphrase": ("<=", 0.34), "npo_others": (">=", 0.9),
+    "verify_reference": (">=", 1.0), "verify_edited": ("<=", 0.34), "verify_retain_kept": (">=", 0.9),
+}
+OPS = {"<=": operator.le, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
+
+
+def bar(arch: str, name: str) -> tuple[str, float]:
+    """(comparison, bar) of `name` on `arch`."""
+    b = BARS[name]
+    return b[arch] if isinstance(b, dict) else b
+
+
+def check(foreign: Foreign, name: str, value: float) -> None:
+    """Assert `value` against BARS[name]; with EXCISE_FOREIGN_RECORD set, first append it to that file."""
+    if record := os.environ.get("EXCISE_FOREIGN_RECORD"):
+        with open(record, "a") as f:
+            f.write(json.dumps({"arch": foreign.arch, "name": name, "value": float(value)}) + "\n")
+    op, b = bar(foreign.arch, name)
+    assert OPS[op](value, b), f"{foreign.arch} {name} = {value:.4f}, the bar: {op} {b}"
 MLP_OUT = {"gpt2": ("transformer.h.{}.", "c_proj"), "llama": ("model.layers.{}.", "down_proj")}   # in the name
 
 NPO_NEURONS = pytest.mark.xfail(strict=True, reason=(
@@ -117,7 +162,7 @@ def _trace_layer(locs) -> int:
 
 def test_the_foreign_model_recalls_its_world_under_every_trained_template(foreign):
     table = excise.recall_table(foreign.model, foreign.world, families=TRAINED)
-    assert all(table.rate(fam) == 1.0 for fam in TRAINED), table.to_markdown()
+    check(foreign, "recall_trained_min", min(table.rate(fam) for fam in TRAINED))
     span = tokenize_prompt(foreign.model, foreign.facts[0]).subject
     assert span[1] - span[0] == {"gpt2": 2, "llama": 1}[foreign.arch]        # two-word vs one-token subjects
     if foreign.arch == "llama":
@@ -130,7 +175,8 @@ def test_locate_traces_every_fact(foreign):
     assert not [w for w in foreign.warned["locate"] if "RoPE" in w]         # the resume probe's warning is its own
     for i, (fact, loc) in enumerate(zip(foreign.facts, locs, strict=True)):
         assert loc.meta["fact"]["subject"] == fact.subject and (foreign.out / "loc" / f"trace-{i}.png").exists()
-        assert loc.meta["p_clean"] > 0.5 and set(loc.kinds) == {"resid", "mlp", "attn"}
+        assert set(loc.kinds) == {"resid", "mlp", "attn"}
+    check(foreign, "p_clean_min", min(loc.meta["p_clean"] for loc in locs))
 
 
 # Where edit_site points on the three facts of facts.json (restored share of the noising damage, late layers at
@@ -152,6 +198,8 @@ def test_rome_writes_a_rank_one_update_per_fact_at_the_traced_site_from_a_derive
     block, out = MLP_OUT[foreign.arch]
     rec = EditRecord.load(record, foreign.model)
     site = rec.meta["site"]
+    check(foreign, "site_prompt_last_share", site["shares"]["prompt_last"])
+    check(foreign, "rome_site_layer", site["layer"])
     assert (site["layer"], site["position"]) == (layer, position) and rec.hyper["position"] == position
     assert len(site["scores"]) == foreign.model.cfg.n_layers and set(site["shares"]) == {"subject_last", "prompt_last"}
     assert len(site["peaks"]) == len(foreign.facts) and rec.meta["context"]["layer"].startswith("traced:")
@@ -169,13 +217,13 @@ def test_rome_writes_a_rank_one_update_per_fact_at_the_traced_site_from_a_derive
 
 def test_rome_without_a_layer_deletes_the_facts(foreign):
     record = foreign.rome()
-    assert foreign.recall_with(record, foreign.facts) <= 0.05
-    assert foreign.recall_with(record, foreign.facts, "paraphrase") <= 0.34
+    check(foreign, "rome_facts", foreign.recall_with(record, foreign.facts))
+    check(foreign, "rome_paraphrase", foreign.recall_with(record, foreign.facts, "paraphrase"))
 
 
 def test_rome_without_a_layer_keeps_other_subjects(foreign, request):
     _xfail_on(("llama",), OTHERS_AT_PROMPT_END, foreign, request)
-    assert foreign.recall_with(foreign.rome(), foreign.others) >= 0.9
+    check(foreign, "rome_others", foreign.recall_with(foreign.rome(), foreign.others))
 
 
 def test_verify_on_the_traced_rome_record_shows_the_facts_gone(foreign):
@@ -186,17 +234,18 @@ def test_verify_on_the_traced_rome_record_shows_the_facts_gone(foreign):
     foreign.cli("verify_traced", "verify", foreign.dir, "--facts", foreign.facts_file, "--retain", foreign.retain_file,
                 "--record", record, "--out", out)
     report = AuditReport.load(out / "audit.json")
-    assert report.recall("reference") == 1.0 and report.recall("edited") <= 0.05
+    check(foreign, "verify_traced_reference", report.recall("reference"))
+    check(foreign, "verify_traced_edited", report.recall("edited"))
 
 
 def test_rome_at_the_layer_the_trace_points_to_deletes_and_keeps_other_subjects(foreign):
     """The user's way round a wrong default: locate, then edit where the trace's MLP peak is."""
     layer = _trace_layer(foreign.locate())
-    assert layer == 0
+    check(foreign, "trace_mlp_peak_layer", layer)
     record = foreign.edit("rome_traced", "rome", "--layer", layer, "--sample", foreign.dir / "corpus.txt")
-    assert foreign.recall_with(record, foreign.facts) <= 0.34
-    assert foreign.recall_with(record, foreign.facts, "paraphrase") <= 0.34
-    assert foreign.recall_with(record, foreign.others) >= 0.9
+    check(foreign, "rome_traced_facts", foreign.recall_with(record, foreign.facts))
+    check(foreign, "rome_traced_paraphrase", foreign.recall_with(record, foreign.facts, "paraphrase"))
+    check(foreign, "rome_traced_others", foreign.recall_with(record, foreign.others))
 
 
 def test_memit_at_the_traced_site_deletes_the_facts_and_keeps_other_subjects(foreign, request):
@@ -205,23 +254,24 @@ def test_memit_at_the_traced_site_deletes_the_facts_and_keeps_other_subjects(for
     record = foreign.edit("memit", "memit", "--sample", foreign.dir / "corpus.txt")
     rec = EditRecord.load(record, foreign.model)
     site = rec.meta["site"]
+    check(foreign, "memit_site_layer", site["layer"])
     assert (site["layer"], site["position"]) == TRACED[foreign.arch] and rec.hyper["through_edit"]
     assert rec.hyper["position"] == site["position"]
-    assert foreign.recall_with(record, foreign.facts) <= 0.34
+    check(foreign, "memit_facts", foreign.recall_with(record, foreign.facts))
     _xfail_on(("llama",), OTHERS_AT_PROMPT_END, foreign, request)
-    assert foreign.recall_with(record, foreign.others) >= 0.9
+    check(foreign, "memit_others", foreign.recall_with(record, foreign.others))
 
 
 def test_npo_on_located_neurons_deletes_the_facts(foreign):
     record = foreign.npo()
     assert "generated_sample" not in foreign.printed["npo"]      # nothing sampled that npo does not read
-    assert foreign.recall_with(record, foreign.facts) <= 0.34
-    assert foreign.recall_with(record, foreign.facts, "paraphrase") <= 0.34
+    check(foreign, "npo_facts", foreign.recall_with(record, foreign.facts))
+    check(foreign, "npo_paraphrase", foreign.recall_with(record, foreign.facts, "paraphrase"))
 
 
 def test_npo_on_located_neurons_keeps_other_subjects(foreign, request):
     _xfail_on(("llama",), NPO_NEURONS, foreign, request)
-    assert foreign.recall_with(foreign.npo(), foreign.others) >= 0.9
+    check(foreign, "npo_others", foreign.recall_with(foreign.npo(), foreign.others))
 
 
 def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
@@ -234,8 +284,10 @@ def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
     assert "generated_sample" not in foreign.printed["verify"]   # --sample is the general text
     report = AuditReport.load(out / "audit.json")
     assert report.roles() == ["reference", "edited"]
-    assert report.recall("reference") == 1.0 and report.recall("edited") <= 0.34
-    assert report.kept("retain") >= 0.9 and report.config["n_general"] == len(
+    check(foreign, "verify_reference", report.recall("reference"))
+    check(foreign, "verify_edited", report.recall("edited"))
+    check(foreign, "verify_retain_kept", report.kept("retain"))
+    assert report.config["n_general"] == len(
         (foreign.dir / "general.txt").read_text().splitlines())
     missing = "\n".join(report.not_computed())
     assert "retrain-oracle" in missing and "pass oracle=" in missing
@@ -267,3 +319,47 @@ def test_derive_makes_holdout_facts_about_never_seen_subjects(foreign_gpt2_dir, 
     llama = excise.load(foreign_llama_dir)
     ctx = derive(llama, list(FactSet.load(foreign_llama_dir / "facts.json")), generate=False)
     assert ctx.holdout == [] and "pass holdout=" in ctx.notes["holdout"]
+
+
+# The xfail(strict=True) assertions: on every float path they must fail, or the marker turns into an XPASS there.
+EXPECTED_TO_FAIL = {("llama", "rome_others"), ("llama", "memit_others"), ("llama", "npo_others")}
+
+
+def test_every_bar_sits_outside_the_spread_measured_across_float_paths():
+    """tests/data/foreign/spread.json (`python -m tests.foreign_spread`): each number's min and max over 3 kernel
+    paths x 2 thread counts lie on the same side of its bar, the side the test expects; and the bars measured are
+    today's bars, for every number `check` asserts."""
+    spread = json.loads(SPREAD.read_text())
+    assert {(r["capability"], r["threads"]) for r in spread["runs"]} >= {("default", 1), ("avx2", 1)}
+    assert len(spread["runs"]) >= 6 and all(r["exit_code"] == 0 for r in spread["runs"]), spread["runs"]
+    for arch in ("gpt2", "llama"):
+        assert set(spread["values"][arch]) == set(BARS), f"re-measure: python -m tests.foreign_spread ({arch})"
+        for name, v in spread["values"][arch].items():
+            op, b = bar(arch, name)
+            assert v["bar"] == [op, b], f"{arch} {name}: the bar moved since it was measured; re-measure"
+            holds = [OPS[op](v["min"], b), OPS[op](v["max"], b)]
+            want = (arch, name) not in EXPECTED_TO_FAIL
+            assert holds == [want, want], f"{arch} {name}: measured {v['min']:.4f}..{v['max']:.4f}, bar {op} {b}"
+
+
+def test_the_shipped_models_are_the_current_recipes():
+    """tests/data/foreign holds what `python -m tests.foreign` builds: the recipe, the world and the facts files."""
+    from tests.foreign import GPT2, LLAMA, generate, shipped_dir
+
+    for arch, recipe in (("gpt2", GPT2), ("llama", LLAMA)):
+        path = shipped_dir(arch)
+        meta = json.loads((path / "foreign.json").read_text())
+        assert meta["recipe"] == dataclasses.asdict(recipe), f"{arch}: rebuild with `python -m tests.foreign`"
+        world = generate(recipe.seed, two_word_names=arch == "gpt2")
+        assert [f.to_dict() for f in FactSet.load(path / "world.json")] == [f.to_dict() for f in world.facts]
+        assert [f.to_dict() for f in FactSet.load(path / "facts.json")] == [f.to_dict() for f in world.forget()]
+
+
+def test_the_build_recipe_still_trains_a_model_that_loads(tmp_path):
+    """The builder itself, on a recipe too short to learn the world (2 epochs, about 2 s)."""
+    from tests.foreign import LLAMA, build
+
+    meta = build(tmp_path / "m", dataclasses.replace(LLAMA, epochs=2))
+    assert meta["recipe"]["epochs"] == 2 and meta["n_facts"] == 60 and math.isfinite(meta["final_loss"])
+    model = excise.load(tmp_path / "m")
+    assert model.cfg.n_layers == LLAMA.n_layer and (model.cfg.n_heads, model.cfg.n_key_value_heads) == (4, 2)

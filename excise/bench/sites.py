@@ -3,7 +3,8 @@
 The models: the organism, stories260k (a real pretrained Llama) and the two
 foreign models of tests/foreign.py (a GPT-2 with a word-level tokenizer and
 two-word subjects, a Llama with a SentencePiece-style BPE and one-token
-subjects; built from seed 0 into the cache on first use, about 10 s each).
+subjects; seed 0's weights ship in tests/data/foreign, another seed is
+built into the cache, about 15 s each).
 Per model, `excise.locate.edit_site` traces the facts and picks a (layer,
 position); the default it replaces is the last subject token at the subject
 curve's peak layer (ROME's site, what `edit_site` picked before issue 25).
@@ -56,16 +57,19 @@ COLUMNS = ("efficacy", "paraphrase_forget", "held_out_forget", "same_subject_kep
 
 
 def foreign_dir(arch: str, seed: int = 0) -> Path:
-    """The foreign model of tests/foreign.py, built into the cache on first use (needs the repository's tests/)."""
+    """The foreign model of tests/foreign.py (needs the repository's tests/): seed 0 is the pair the tests load
+    (shipped in tests/data/foreign); another seed is built into the cache on first use."""
     from excise.organism import cache_dir
 
+    try:
+        from tests.foreign import build_gpt2, build_llama, shipped_dir
+    except ImportError as e:
+        raise ImportError("the foreign models are built by tests/foreign.py: run `excise bench sites` from the "
+                          "repository root (python -m excise.cli bench sites)") from e
+    if seed == 0:
+        return shipped_dir(arch)
     path = cache_dir() / "foreign" / f"{arch}-seed{seed}"
     if not (path / "foreign.json").exists():
-        try:
-            from tests.foreign import build_gpt2, build_llama
-        except ImportError as e:
-            raise ImportError("the foreign models are built by tests/foreign.py: run `excise bench sites` from the "
-                              "repository root (python -m excise.cli bench sites)") from e
         (build_gpt2 if arch == "gpt2" else build_llama)(path, seed=seed)
     return path
 
