@@ -10,6 +10,7 @@ blocks under "earlier", one more line each (`provenance_lines`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
@@ -44,12 +45,10 @@ def commit(repo: Path | None = None) -> str:
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows)."""
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()
 
 

@@ -177,6 +177,7 @@ def test_model_utility_is_the_harmonic_mean_of_nine_numbers(llama):
 def test_evaluate_holds_the_values_tofu_logs(llama):
     rows = tofu.load("real_authors")[:3]
     e = tofu.evaluate(llama, rows, max_new_tokens=4)
+    # the same forwards in one process, two routes: only float32 rounding of the loss (~eps32 x |loss| <= 1e-6)
     np.testing.assert_allclose(np.exp(-e.answer_loss), tofu.answer_probability(llama, rows), rtol=1e-6)
     np.testing.assert_array_equal(e.answer_loss, e.paraphrased_loss)        # no paraphrase: the answer stands in
     assert e.perturbed_loss.shape == (3, len(rows[0].perturbed_answers))
