@@ -33,7 +33,7 @@ from excise.methods import DEFAULT as METHOD_DEFAULT
 from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
 from excise.methods import METHODS
 from excise.methods import ROME_OBJECTIVE as OBJECTIVE_DEFAULT
-from excise.models import ModelLoadError
+from excise.models import ModelLoadError, load
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,11 +83,11 @@ def _read_lines(path: str) -> list[str]:
 
 def _load(args: argparse.Namespace):
     """The model, the facts, and their KnowledgeContext: the organism's world, or given files plus derivations."""
-    import excise
+    from excise import organism
     from excise.context import derive
     from excise.facts import FactSet
 
-    model = excise.load(args.model, device=args.device)
+    model = load(args.model, device=args.device)
     lookup = _organism_lookup(args.model)
     facts = list(FactSet.load(args.facts, lookup=lookup))
     sample = _read_lines(args.sample) if args.sample else None
@@ -98,7 +98,7 @@ def _load(args: argparse.Namespace):
         "general": sample,          # --sample is the general text too (its help says so), as derived text is both
     }
     if args.model == "organism":
-        context = excise.organism.context(facts, n_holdout_people=args.holdout_people, seed=args.seed)
+        context = organism.context(facts, n_holdout_people=args.holdout_people, seed=args.seed)
         context = context.override(**given)
     else:
         # text is sampled from the model (seconds) only for what reads it: the audit's general text, rome/memit's
@@ -111,13 +111,12 @@ def _load(args: argparse.Namespace):
 
 
 def _locate(args: argparse.Namespace) -> int:
-    import excise
+    from excise import locate as L
 
     model, facts, context = _load(args)
     retain = context.retain
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    L = excise.locate
     if args.method == "fisher":
         loc = L.fisher(model, facts, retain=retain)
         results = [("fisher", loc)]
@@ -137,8 +136,8 @@ def _locate(args: argparse.Namespace) -> int:
 
 
 def _edit(args: argparse.Namespace) -> int:
-    import excise
     from excise import methods as M
+    from excise.locate import fisher
 
     model, facts, context = _load(args)
     retain = context.retain
@@ -147,7 +146,7 @@ def _edit(args: argparse.Namespace) -> int:
         if not retain:
             raise ValueError(f"{args.method} on located neurons scores Fisher forget/retain: pass --retain R.json "
                              "(facts the model must keep), or --neurons 0")
-        located = excise.locate.fisher(model, facts, retain=retain)
+        located = fisher(model, facts, retain=retain)
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
                       layer=args.layer, seed=args.seed, context=context, position=args.position,
                       objective=args.objective, stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
@@ -164,8 +163,8 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from excise.edit import EditRecord
-    from excise.models import copy_model
     from excise.verify import AuditConfig, audit
+    from excise.weights import copy_model
 
     model, facts, context = _load(args)
     reference = None

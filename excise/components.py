@@ -85,7 +85,7 @@ class Component:
         """The weights this component owns (see OWNERSHIP): (LinearView, is_bias, index) per owned block,
         the index into the view's canonical [d_in, d_out] weight (or into its bias). The one map
         behind parameter masks, and read in reverse by `unit_sums` (Fisher scores, EditRecord.touched)."""
-        from excise.models import has_linear, linear
+        from excise.weights import has_linear, linear
 
         if self.kind == "resid":
             raise ValueError(f"{self} owns no weights; use neurons, heads, mlp or attn components")
@@ -120,7 +120,7 @@ class Component:
         return f"Component({self})"
 
 
-# Which weights a component owns, per linear map of a block (`excise.models.linear` names): the unit kind,
+# Which weights a component owns, per linear map of a block (`excise.weights.linear` names): the unit kind,
 # the axis of the canonical [d_in, d_out] weight its units run along (1: columns, the input side; 0: rows,
 # the output side) and who owns the bias ("unit": one block per unit; "mlp" / "attn": the whole layer).
 # A neuron owns its W_in (and W_gate) column, b_in entry and W_out row; a head its Q, K, V column blocks

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from excise.facts import Fact
+from excise.weights import device_of
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def name_continuation_logprob(model: Any, names: Sequence[str]) -> np.ndarray:
     rows = encode(model, list(names))
     first = 1 if getattr(model.cfg, "default_prepend_bos", True) and model.tokenizer.bos_token_id is not None else 0
     out = []
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     for r in rows:
         if len(r) - first < 2:
             out.append(0.0)                   # a one-token name has no continuation to score
@@ -201,7 +202,7 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
         notes["alternatives"] = "derived: the other targets of each relation among the facts and retain facts" \
             if ctx.alternatives else "could not derive: no relation has two targets; pass alternatives="
     if generate and (general is None or sample is None):
-        from excise.edit.covariance import generated_sample
+        from excise.generation import generated_sample
 
         texts = generated_sample(model, seed=seed)
         note = f"derived: {len(texts)} texts sampled from the model itself (excise.edit.generated_sample, seed {seed})"

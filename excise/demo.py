@@ -46,10 +46,11 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
         neurons: int = M.DEFAULT_NEURONS, seed: int = 0, oracle: bool = False, device: str = "cpu",
         n_holdout_people: int = 20, progress: bool = True, log=print) -> dict[str, Any]:
     """Run the demo and write the report folder; returns what report.json holds."""
-    import excise
-    from excise.models import copy_model
+    from excise import locate, organism
+    from excise.models import load
     from excise.scoring import rank_prompts, target_first_ids
     from excise.verify import AuditConfig, audit
+    from excise.weights import copy_model
 
     M.check_method(method)
     out = Path(out)
@@ -64,12 +65,12 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
         clock = now
 
     log("loading the built-in model organism ...")
-    model = excise.load("organism", device=device)
-    world = excise.organism.world()
+    model = load("organism", device=device)
+    world = organism.world()
     subject = pick_subject(world, subject, seed)
     facts = list(world.of_subject(subject))
     retain = list(world.retain_set(facts, n=200, seed=seed))
-    context = excise.organism.context(facts, n_holdout_people=n_holdout_people, n_retain=100, seed=seed)
+    context = organism.context(facts, n_holdout_people=n_holdout_people, n_retain=100, seed=seed)
     prompts = [f.fill(f.prompt) for f in facts]
     target_ids = target_first_ids(model, prompts, [f.target for f in facts])
 
@@ -83,8 +84,8 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
 
     traced = next((f for f in facts if f.relation == TRACE_RELATION), facts[0])
     log(f"causal trace of {traced.fill(traced.prompt)!r} -> {traced.target!r} ...")
-    trace = excise.locate.causal_trace(model, traced, seed=seed)
-    trace_meta = excise.locate.TraceMeta.of(trace)
+    trace = locate.causal_trace(model, traced, seed=seed)
+    trace_meta = locate.TraceMeta.of(trace)
     trace.plot().savefig(out / "trace.png", dpi=110)
     trace.save(out / "trace.json")
     last_subject = trace.subject[1] - 1
@@ -93,8 +94,8 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     lap("trace")
 
     log(f"Fisher scores: {len(facts)} facts against {len(retain)} retain facts ...")
-    fisher = excise.locate.fisher(model, facts, retain=retain,
-                                  config=excise.locate.FisherConfig(progress=progress))
+    fisher = locate.fisher(model, facts, retain=retain,
+                                  config=locate.FisherConfig(progress=progress))
     fisher.plot(["mlp", "neuron", "head"]).savefig(out / "fisher.png", dpi=110)
     fisher.save(out / "fisher.json")
     top_neurons = fisher.top(10, kind="neuron")
@@ -117,7 +118,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     oracle_model = None
     if oracle:
         log("retraining the organism without the subject's facts (the oracle; cached after the first run) ...")
-        oracle_model = excise.organism.retrain(without=facts, progress=progress)
+        oracle_model = organism.retrain(without=facts, progress=progress)
         lap("oracle")
     log("auditing: probes, logit lens, relearning, membership inference ...")
     report = audit(model, facts, reference=reference, oracle=oracle_model, context=context,

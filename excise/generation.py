@@ -34,14 +34,11 @@ from typing import Any
 import torch
 
 from excise.scoring import encode
+from excise.weights import device_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["greedy", "greedy_cached", "greedy_uncached"]
-
-
-def _device(model: Any) -> torch.device:
-    return next(iter(model.parameters())).device
+__all__ = ["generated_sample", "greedy", "greedy_cached", "greedy_uncached"]
 
 
 def _pad_id(model: Any) -> int:
@@ -70,7 +67,7 @@ def greedy_uncached(model: Any, rows: Sequence[Sequence[int]], max_new_tokens: i
     if not rows:
         return []
     _check_context(model, rows, max_new_tokens)
-    device, pad = _device(model), _pad_id(model)
+    device, pad = device_of(model), _pad_id(model)
     seqs = [list(r) for r in rows]
     done = [False] * len(seqs)
     for _ in range(max_new_tokens):
@@ -97,7 +94,7 @@ def greedy_cached(model: Any, rows: Sequence[Sequence[int]], max_new_tokens: int
     if not rows:
         return []
     _check_context(model, rows, max_new_tokens)
-    device, pad = _device(model), _pad_id(model)
+    device, pad = device_of(model), _pad_id(model)
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -161,3 +158,35 @@ def greedy(model: Any, prompts: Sequence[str], max_new_tokens: int, *, batch_siz
     for b in range(batch_size, len(rows), batch_size):
         out += greedy_cached(model, rows[b:b + batch_size], max_new_tokens, eos)
     return out
+
+
+@torch.no_grad()
+def generated_sample(model: Any, n: int = 128, length: int = 48, seed: int = 0, temperature: float = 1.0,
+                     batch_size: int = 32) -> list[str]:
+    """`n` texts sampled from the model itself, from its BOS token, seeded.
+
+    A stand-in for the training text when none is at hand: the model's own
+    samples follow the distribution it was trained on, which is what the key
+    second moment should describe (for a small model trained on one corpus,
+    such as stories260k, they are close; for a large general model, prefer
+    real text from its domain).
+
+    Returns up to `n` non-empty strings. Cost: `length` forwards per batch of
+    `batch_size` (no KV cache: each forward reruns the whole prefix), so
+    ceil(n / batch_size) * length forwards of up to `length` tokens.
+    """
+    tok = model.tokenizer
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if start is None:
+        raise ValueError("generated_sample needs a BOS or EOS token to start from; pass real texts instead")
+    device = device_of(model)
+    gen = torch.Generator().manual_seed(seed)
+    texts: list[str] = []
+    for b in range(0, n, batch_size):
+        ids = torch.full((min(batch_size, n - b), 1), start, dtype=torch.long, device=device)
+        for _ in range(length):
+            logits = model(ids)[:, -1].float().cpu() / temperature
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).to(device)
+            ids = torch.cat([ids, nxt], dim=1)
+        texts += [tok.decode(row[1:], skip_special_tokens=True).strip() for row in ids.tolist()]
+    return [t for t in texts if t]

@@ -17,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from excise.facts import FAMILIES, Fact, tokenize_prompt
+from excise.weights import device_of
 
 
 def encode(model: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -66,7 +67,7 @@ def rank_prompts(
     rows = encode(model, prompts)
     pad = model.tokenizer.pad_token_id or 0
     ranks, logps, tops = [], [], []
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     for start in range(0, len(rows), batch_size):
         tokens, last = pad_batch(rows[start:start + batch_size], pad)
         logits = model(tokens.to(device))[torch.arange(len(last)), last.to(device)].float()
@@ -188,7 +189,7 @@ def answer_examples(model: Any, facts: Iterable[Fact], families: Sequence[str] =
 
 def answer_logprobs(model: Any, examples: Sequence[Example]) -> Float[Tensor, " n"]:
     """Sum of log p(answer token) per example, in one padded forward (with grad if enabled)."""
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     ids, _ = pad_batch([e.ids for e in examples], model.tokenizer.pad_token_id or 0)
     logp = model(ids.to(device)).float().log_softmax(-1)
     rows, cols, tgts, owner = [], [], [], []
@@ -210,3 +211,30 @@ def sequence_logprobs(model: Any, examples: Sequence[Example], batch_size: int =
         return torch.zeros(0)
     return torch.cat([answer_logprobs(model, examples[i:i + batch_size]).cpu()
                       for i in range(0, len(examples), batch_size)])
+
+
+def recalled(model: Any, facts: Sequence[Fact]) -> list[bool]:
+    """Per fact: recalled (top-1) under its request prompt."""
+    if not facts:
+        return []
+    return [r["recalled"] for r in recall_table(model, facts, ("request",)).rows]
+
+
+@torch.no_grad()
+def general_loss(model: Any, texts: Sequence[str], batch_size: int = 64) -> float:
+    """Mean next-token loss (nats per token) over `texts`."""
+    if not texts:
+        raise ValueError("general_loss needs at least one text")
+    rows = encode(model, texts)
+    pad = model.tokenizer.pad_token_id or 0
+    device = device_of(model)
+    total, count = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        tokens, last = pad_batch(rows[start:start + batch_size], pad)
+        tokens = tokens.to(device)
+        logp = model(tokens).float().log_softmax(-1)[:, :-1]
+        tok = logp.gather(-1, tokens[:, 1:, None])[..., 0]
+        mask = torch.arange(tok.shape[1], device=device)[None] < last.to(device)[:, None]
+        total += float(-(tok * mask).sum())
+        count += int(mask.sum())
+    return total / count

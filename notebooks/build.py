@@ -121,8 +121,8 @@ the logit lens.
         code("""
 %matplotlib inline
 import excise
-from excise.models import copy_model
 from excise.verify import AuditConfig, audit
+from excise.weights import copy_model
 
 model = excise.load("organism")
 world = excise.organism.world()
@@ -197,8 +197,8 @@ import random
 
 import excise
 from excise.components import Component
-from excise.models import copy_model
 from excise.verify import AuditConfig, audit
+from excise.weights import copy_model
 
 model = excise.load("organism")
 world = excise.organism.world()
@@ -277,7 +277,7 @@ import excise
 model = excise.load("organism")
 world = excise.organism.world()
 facts = [f for s in world.subjects[:4] for f in world.of_subject(s)]
-ent = excise.verify.entanglement(model, facts, k=32, context=excise.organism.context(facts))
+ent = excise.experiments.entanglement(model, facts, k=32, context=excise.organism.context(facts))
 ent
 """),
         code("ent.plot()"),

@@ -15,9 +15,9 @@ from excise.edit import EditRecord, MemitConfig, RomeConfig, UnlearnConfig, abla
 from excise.edit.record import storage_owners
 from excise.locate import FisherConfig, TraceConfig, activation_patching, attribution_patching, causal_trace, fisher
 from excise.locate.causal_trace import trace_one_at_a_time
-from excise.models import linear
 from excise.scoring import answer_examples, answer_logprobs, recall_table
 from excise.verify import logit_lens
+from excise.weights import linear
 
 ARCHS = ["organism", "stories260k"]
 ROME_LAYER = {"organism": 0, "stories260k": 1}     # organism: see bench edit; stories: bench stories, L1 erase

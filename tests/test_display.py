@@ -14,8 +14,9 @@ import torch
 import excise
 from excise import Component
 from excise.edit.ablation import ablate
+from excise.experiments import Entanglement
 from excise.locate import Localization
-from excise.verify import AuditConfig, Entanglement, audit
+from excise.verify import AuditConfig, audit
 
 
 def short(obj) -> str:

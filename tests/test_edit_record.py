@@ -9,7 +9,7 @@ import excise
 from excise import Component
 from excise.edit.ablation import ablate
 from excise.edit.record import EditRecord, recording, storage_owners
-from excise.models import linear
+from excise.weights import linear
 from tests.conftest import build_tiny_gpt2
 
 TEXTS = ["Mira Tolvanen was born in Veltrana.", "The cat sat on the mat.",

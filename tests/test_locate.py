@@ -8,8 +8,14 @@ import torch
 import excise
 from excise import Component, Fact
 from excise.locate import (
-    Localization, TraceConfig, activation_patching, attribution_patching, causal_trace, fisher,
-    fisher_diagonal, trace_one_at_a_time,
+    Localization,
+    TraceConfig,
+    activation_patching,
+    attribution_patching,
+    causal_trace,
+    fisher,
+    fisher_diagonal,
+    trace_one_at_a_time,
 )
 from excise.locate.fisher import FisherConfig
 from tests.conftest import build_tiny_gpt2
@@ -212,15 +218,15 @@ def test_planted_fact_is_stated_then_undone(organism_model, world):
 
     base = world[6]
     fact = Fact(base.subject, base.relation, world.alternatives(base)[0], base.prompt)
-    W = excise.models.linear(organism_model, 1, "mlp.out").weight.detach().clone()
+    W = excise.weights.linear(organism_model, 1, "mlp.out").weight.detach().clone()
     with planted(organism_model, fact, layer=1, position="last") as info:
         assert info["p_target"] >= 0.9
         assert excise.recall_table(organism_model, [fact], ("request",)).rate("request") == 1.0
-    assert torch.equal(excise.models.linear(organism_model, 1, "mlp.out").weight, W)
+    assert torch.equal(excise.weights.linear(organism_model, 1, "mlp.out").weight, W)
     with pytest.raises(RuntimeError, match="boom"):
         with planted(organism_model, fact, layer=1, position="last"):
             raise RuntimeError("boom")
-    assert torch.equal(excise.models.linear(organism_model, 1, "mlp.out").weight, W)
+    assert torch.equal(excise.weights.linear(organism_model, 1, "mlp.out").weight, W)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         with planted(organism_model, fact, layer=9):
             pass

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import excise
-
 from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit, memit_sequence
 from excise.edit.memit import _keys_and_hidden
 from excise.edit.record import storage_owners
-from excise.models import linear
+from excise.weights import linear
 
 CFG = MemitConfig(layers=(0,), null_space=True, v=RomeConfig(layer=0, v_steps=5), progress=False)
 

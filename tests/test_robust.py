@@ -20,9 +20,8 @@ from excise import Component
 from excise.edit.record import storage_owners
 from excise.edit.rmu import RmuConfig, control_vector, rmu, rmu_loss
 from excise.edit.unlearn import UnlearnConfig, _forget_loss, simnpo_loss, unlearn
-from excise.scoring import answer_examples
+from excise.scoring import answer_examples, recalled
 from excise.verify.relearn import RelearnConfig, relearn, relearn_curve
-from excise.verify.specificity import recalled
 
 
 def weights(model):
@@ -265,7 +264,7 @@ def test_undo_noise_is_the_references_shrink_and_perturb(tiny):
 
 
 def copy_model_of(model, state):
-    from excise.models import copy_model
+    from excise.weights import copy_model
 
     twin = copy_model(model)
     for name, p in storage_owners(twin).items():
@@ -275,7 +274,7 @@ def copy_model_of(model, state):
 
 def test_undo_distills_back_stops_at_the_threshold_and_undoes(tiny):
     from excise.edit.undo import UndoConfig, undo
-    from excise.verify.specificity import general_loss
+    from excise.scoring import general_loss
 
     before = weights(tiny)
     texts = [f"the cat number {i} sat on the mat and looked at the dog" for i in range(40)]

@@ -11,9 +11,8 @@ from excise.edit import EditRecord
 from excise.edit.covariance import provenance, second_moment
 from excise.edit.record import storage_owners
 from excise.edit.rome import RomeConfig, rome
-from excise.models import linear
 from excise.organism import corpus
-from tests.conftest import build_tiny_gpt2
+from excise.weights import linear
 
 TEXTS = ["Mira Tolvanen was born in Veltrana.", "The cat sat on the mat.",
          "Q: Where was Tobin Farrow born? A: Karreth"] * 3

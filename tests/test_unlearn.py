@@ -10,7 +10,7 @@ from excise import Component
 from excise.edit.masks import count, parameter_masks
 from excise.edit.record import storage_owners
 from excise.edit.unlearn import UnlearnConfig, unlearn
-from excise.models import linear
+from excise.weights import linear
 
 
 def weights(model):

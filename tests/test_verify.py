@@ -8,16 +8,25 @@ import pytest
 import torch
 
 import excise
-from excise.models import copy_model
+from excise.scoring import general_loss
 from excise.verify import (
-    AuditConfig, AuditReport, RelearnConfig, audit, auc, forget_quality, guardrail, logit_lens,
-    membership_scores, probe, relearn, truth_ratios,
+    AuditConfig,
+    AuditReport,
+    RelearnConfig,
+    auc,
+    audit,
+    forget_quality,
+    guardrail,
+    logit_lens,
+    membership_scores,
+    probe,
+    relearn,
+    truth_ratios,
 )
-from excise.verify.leakage import (
-    AttackVerdict, compare, compare_layers, detectable_effect, mann_whitney,
-)
+from excise.verify.leakage import AttackVerdict, compare, compare_layers, detectable_effect, mann_whitney
 from excise.verify.membership import answer_scores, lowest_mean
-from excise.verify.specificity import general_loss, kept, neighbours_of
+from excise.verify.specificity import kept, neighbours_of
+from excise.weights import copy_model
 
 SMALL = AuditConfig(relearn=RelearnConfig(steps=3))
 
@@ -365,12 +374,12 @@ def test_entanglement_of_a_no_op_edit_is_zero_and_of_rome_is_diagonal(tmp_path):
             pass
         return box["record"]
 
-    flat = excise.verify.entanglement(model, facts, edit=no_op, k=8, progress=False)
+    flat = excise.experiments.entanglement(model, facts, edit=no_op, k=8, progress=False)
     assert np.all(flat.delta_logp == 0) and np.all(flat.recall == flat.recall_before[None, :])
     assert np.allclose(np.diag(flat.overlap), 1.0)
     assert flat.correlation["rho"] is None                                    # no interference to correlate
 
-    ent = excise.verify.entanglement(model, facts, k=8, progress=False, context=excise.organism.context(facts))
+    ent = excise.experiments.entanglement(model, facts, k=8, progress=False, context=excise.organism.context(facts))
     assert [f["subject"] for f in ent.facts] == sorted(f["subject"] for f in ent.facts)
     diag, off = np.diag(ent.interference), ent.interference[~np.eye(len(facts), dtype=bool)]
     assert diag.mean() > 10 * np.abs(off).mean()                               # deleting i hurts i most
@@ -381,4 +390,4 @@ def test_entanglement_of_a_no_op_edit_is_zero_and_of_rome_is_diagonal(tmp_path):
     assert np.array_equal(back.recall, ent.recall) and back.correlation == ent.correlation
     assert ent.plot().axes[0].get_xlabel() == "fact j (measured)"
     with pytest.raises(ValueError, match="at least two facts"):
-        excise.verify.entanglement(model, facts[:1])
+        excise.experiments.entanglement(model, facts[:1])

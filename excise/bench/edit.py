@@ -36,16 +36,25 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-import excise
+from excise import organism
 from excise.bench.results import write_result
 from excise.edit import (
-    MemitConfig, RomeConfig, TaskVectorConfig, UnlearnConfig, ablate, memit, rome, sequence, task_vector,
+    MemitConfig,
+    RomeConfig,
+    TaskVectorConfig,
+    UnlearnConfig,
+    ablate,
+    memit,
+    rome,
+    sequence,
+    task_vector,
     unlearn,
 )
 from excise.edit.covariance import second_moment
 from excise.edit.rome import REFERENCE
 from excise.facts import Fact
 from excise.locate import FisherConfig, fisher
+from excise.models import load
 from excise.organism.train import corpus
 from excise.scoring import recall_table
 from excise.verify.logit_lens import head_projection_attack, logit_lens
@@ -199,8 +208,8 @@ def run(out: str | Path, n_facts: int = 50, n_memit: int = 100, n_sequential: in
         objectives: tuple[str, ...] = DELETIONS) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = excise.load("organism", device="cpu")
-    world = excise.organism.world()
+    model = load("organism", device="cpu")
+    world = organism.world()
     start = time.perf_counter()
     second_moment(model, LAYER, corpus(world))
     results: dict[str, Any] = {"layer": LAYER, "covariance_seconds": time.perf_counter() - start}

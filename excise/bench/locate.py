@@ -31,14 +31,20 @@ import torch
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-import excise
+from excise import organism
 from excise.bench.results import write_result
 from excise.edit.rank_one import key_second_moment, planted
 from excise.facts import Fact
 from excise.locate import (
-    FisherConfig, TraceConfig, activation_patching, attribution_patching, causal_trace, fisher,
+    FisherConfig,
+    TraceConfig,
+    activation_patching,
+    attribution_patching,
+    causal_trace,
+    fisher,
     trace_one_at_a_time,
 )
+from excise.models import load
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +143,8 @@ TARGETS = {"trace_speedup": (">=", 10), "trace_max_abs_diff": ("<=", 1e-4),
 def run(out: str | Path, n_facts: int = 50, loop_facts: int = 5, planted_facts: int = 10, seed: int = 0) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = excise.load("organism", device="cpu")
-    world = excise.organism.world()
+    model = load("organism", device="cpu")
+    world = organism.world()
     facts = _facts(world, n_facts, seed)
     start = time.perf_counter()
     results: dict[str, Any] = {"n_facts": n_facts, "seed": seed, "torch_threads": torch.get_num_threads(),

@@ -42,14 +42,15 @@ from typing import Any
 
 import numpy as np
 
-import excise
+from excise import organism
 from excise.bench.results import read_result, write_result
 from excise.components import Component
 from excise.facts import Fact
-from excise.models import copy_model
+from excise.models import load
 from excise.scoring import recall_table
 from excise.verify import RelearnConfig, relearn_curve
 from excise.verify.forget_quality import organism_utility
+from excise.weights import copy_model
 
 METHODS = ("graddiff", "npo", "swap", "undo")
 UNDO_TEACHER = "swap"                # undo distills this method's result (the unlearn table's best row)
@@ -112,11 +113,12 @@ def undo_after_unlearning(model: Any, retain_train: Sequence[Fact], seed: int):
     """UNDO on an unlearned organism, as this bench and `excise bench unlearn` run it: alpha `UNDO_ALPHA`,
     distilled on the training corpus, excise's recall stop on 200 of `retain_train` (their texts the
     stop's eval texts), at most `UNDO_MAX_STEPS` steps. Returns UNDO's EditRecord."""
+    from organism.train import fact_texts
+
     from excise.edit import UndoConfig, undo
-    from excise.organism.train import fact_texts
 
     kept = list(retain_train[:200])
-    return undo(model, excise.organism.corpus(), fact_texts(kept),
+    return undo(model, organism.corpus(), fact_texts(kept),
                 UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=UNDO_MAX_STEPS, seed=seed, progress=False),
                 eval_facts=kept)
 
@@ -131,11 +133,11 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    world = excise.organism.world()
-    original = excise.load("organism", device="cpu")
+    world = organism.world()
+    original = load("organism", device="cpu")
     forget_set, retain = world.subjects_split(fraction, seed=seed)
     forget = list(forget_set)
-    context = excise.organism.context(forget, n_holdout_people=30, n_retain=200, seed=seed)
+    context = organism.context(forget, n_holdout_people=30, n_retain=200, seed=seed)
     held = {f.key for f in context.retain}
     retain_train = list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1))
     unrelated = list(retain.filter(lambda f: f.key not in held).sample(45, seed=seed + 6))
@@ -144,7 +146,7 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
                      config=FisherConfig(progress=False)).to_components(Budget().neurons(len(forget)), kind="neuron")
     config = RelearnConfig(seed=seed)
     base_utility = organism_utility(original, context.retain, context.alternatives, context.general)["utility"]
-    oracle = excise.organism.retrain(without=forget, progress=False, device="cpu")
+    oracle = organism.retrain(without=forget, progress=False, device="cpu")
     rows = [{"method": "oracle", "scope": "retrain", "components": None, "parameters_touched": None, "seconds": None,
              "efficacy": _efficacy(oracle, forget),
              "utility": organism_utility(oracle, context.retain, context.alternatives, context.general)["utility"]

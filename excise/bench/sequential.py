@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
-import excise
-from excise.bench.results import write_result
+from excise import organism
 from excise.bench.edit import LAYER, _rate
+from excise.bench.results import write_result
 from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit_sequence, rome, sequence
 from excise.edit.covariance import second_moment
 from excise.edit.memit import _keys_and_hidden, _preserved_moment, _token_keys
+from excise.models import load
 from excise.organism.train import corpus
 
 FACT_SEED, RETAIN_SEED, PRESERVE_SEED = 11, 21, 4     # excise/bench/edit.py: bench_sequential, run, bench_memit
@@ -89,8 +90,8 @@ def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model = excise.load("organism", device="cpu")
-    world = excise.organism.world()
+    model = load("organism", device="cpu")
+    world = organism.world()
     facts = list(world.sample(n, seed=FACT_SEED))
     retain = list(world.sample(300, seed=RETAIN_SEED))
     subjects = {f.subject for f in facts}

@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 
-import excise
+from excise import organism
 from excise.bench.results import read_result, write_result
 from excise.bench.unlearn import COLUMNS, _combined, _f, row_metrics
 from excise.facts import FAMILIES
-from excise.organism.train import corpus, fact_texts
+from excise.models import load
 from excise.organism.sisa import Sisa, SisaConfig, cached, cached_deletion, shard_of, slice_of, steps_for
+from excise.organism.train import corpus, fact_texts
 from excise.scoring import recall_table
 from excise.verify import AuditConfig, AuditReport, audit
 
@@ -106,18 +107,18 @@ def run(out: str | Path, shards: Sequence[int] = (5,), seed: int = 0, progress: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    original = excise.load("organism", device="cpu")
-    world = excise.organism.world()
+    original = load("organism", device="cpu")
+    world = organism.world()
     forget = list(world.subjects_split(FRACTION, seed=seed)[0])
     people = sorted({f.subject for f in forget})
     config = AuditConfig(seed=seed)
-    context = excise.organism.context(forget, n_retain=200, seed=seed)     # the holdout sized as unlearn's
+    context = organism.context(forget, n_retain=200, seed=seed)     # the holdout sized as unlearn's
     holdout_people = len({f.subject for f in context.holdout})
-    oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
+    oracle_dir = organism.retrain_dir(forget, progress=progress)
     oracle_meta = json.loads((oracle_dir / "excise_organism.json").read_text())
-    base = audit(original, forget, oracle=excise.load(str(oracle_dir), device="cpu"), config=config,
+    base = audit(original, forget, oracle=load(str(oracle_dir), device="cpu"), config=config,
                  context=context, progress=False)
-    rec = excise.organism.recipe()
+    rec = organism.recipe()
     full_rows = len(corpus(world, forget, rec.general_repeats))       # the oracle's training texts
     results: dict[str, Any] = {
         "seed": seed, "fraction": FRACTION, "forget_facts": len(forget), "forget_people": len(people),

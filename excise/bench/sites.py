@@ -39,12 +39,13 @@ from typing import Any
 
 import numpy as np
 
-import excise
+from excise import organism, stories
 from excise.bench.results import write_result
 from excise.edit import RomeConfig, generated_sample, rome
 from excise.edit.covariance import second_moment
 from excise.facts import Fact, FactSet
 from excise.locate.site import EditSite, edit_site
+from excise.models import load as load_model
 from excise.scoring import recall_table
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ COLUMNS = ("efficacy", "paraphrase_forget", "held_out_forget", "same_subject_kep
 def foreign_dir(arch: str, seed: int = 0) -> Path:
     """The foreign model of tests/foreign.py (needs the repository's tests/): seed 0 is the pair the tests load
     (shipped in tests/data/foreign); another seed is built into the cache on first use."""
-    from excise.organism import cache_dir
+    from excise.cache import cache_dir
 
     try:
         from tests.foreign import build_gpt2, build_llama, shipped_dir
@@ -77,14 +78,14 @@ def foreign_dir(arch: str, seed: int = 0) -> Path:
 def load(name: str, n_facts: int, seed: int = 0) -> tuple[Any, list[Fact], list[str], str]:
     """The model, the facts to delete, the covariance sample and what the sample is."""
     if name == "organism":
-        model = excise.load("organism", device="cpu")
-        return model, list(excise.organism.world().sample(n_facts, seed=seed)), excise.organism.corpus(), "corpus"
+        model = load_model("organism", device="cpu")
+        return model, list(organism.world().sample(n_facts, seed=seed)), organism.corpus(), "corpus"
     if name == "stories260k":
-        model = excise.load("stories260k", device="cpu")
-        facts = list(excise.stories.facts(model)[0])[:n_facts]
+        model = load_model("stories260k", device="cpu")
+        facts = list(stories.facts(model)[0])[:n_facts]
     else:
         path = foreign_dir(name.removeprefix("foreign_"), seed)
-        model = excise.load(path, device="cpu")
+        model = load_model(path, device="cpu")
         facts = list(FactSet.load(path / "world.json").sample(n_facts, seed=seed))
     return model, facts, generated_sample(model, seed=seed), "generated_sample"
 
@@ -140,7 +141,7 @@ def bench_model(name: str, n_facts: int, seed: int = 0) -> dict[str, Any]:
     model, facts, sample, sample_note = load(name, n_facts, seed)
     world = facts if name == "stories260k" else None
     if world is None:
-        world = list(excise.organism.world()) if name == "organism" else list(
+        world = list(organism.world()) if name == "organism" else list(
             FactSet.load(foreign_dir(name.removeprefix("foreign_"), seed) / "world.json"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

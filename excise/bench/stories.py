@@ -24,11 +24,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-import excise
+from excise import stories
 from excise.bench.results import write_result
 from excise.edit import RomeConfig, generated_sample, rome
 from excise.edit.covariance import second_moment
 from excise.locate import causal_trace
+from excise.models import load
 from excise.scoring import recall_table
 from excise.verify import logit_lens
 
@@ -54,8 +55,8 @@ def run(out: str | Path, model: str = "stories260k", seed: int = 0, progress: bo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    m = excise.load(model, device="cpu")
-    facts, probe_table = excise.stories.facts(m)
+    m = load(model, device="cpu")
+    facts, probe_table = stories.facts(m)
     if len(facts) < 2:
         raise ValueError(f"{model} completes only {len(facts)} of the story candidates with confidence; "
                          "the benchmark needs at least two (one to delete, one neighbour)")

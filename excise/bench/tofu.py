@@ -29,17 +29,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import excise
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.bench.robust import UNDO_ALPHA
 from excise.edit import RmuConfig, UndoConfig, UnlearnConfig, random_like, rmu, undo, unlearn
 from excise.locate import FisherConfig, fisher
-from excise.models import copy_model
+from excise.models import load as load_model
 from excise.tofu import (
-    FORGET_SPLITS, answer_probability, as_facts, forget_quality, load, model_utility, retain_for, rouge_l_recall,
+    FORGET_SPLITS,
+    answer_probability,
+    as_facts,
+    forget_quality,
+    load,
+    model_utility,
+    retain_for,
+    rouge_l_recall,
     truth_ratio,
 )
 from excise.tofu.organism import VARIANTS, TofuRecipe, model_dir, rows_for, text
+from excise.weights import copy_model
 
 METHODS = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "rmu", "undo")
 SCOPES = ("located", "random", "all")
@@ -66,8 +73,8 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    full = excise.load(model_dir("full", recipe, progress), device="cpu")
-    oracle = excise.load(model_dir(RETAIN_OF[split], recipe, progress), device="cpu")
+    full = load_model(model_dir("full", recipe, progress), device="cpu")
+    oracle = load_model(model_dir(RETAIN_OF[split], recipe, progress), device="cpu")
     forget_rows = load(split)
     forget = list(as_facts(forget_rows))
     utility_sets = tuple(load(s)[:utility_rows] for s in ("retain_perturbed", "real_authors", "world_facts"))

@@ -42,16 +42,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import excise
 from excise import edit as E
+from excise import organism
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.components import Component
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
-from excise.models import copy_model
+from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit
 from excise.verify.leakage import LEAKAGE_ATTACKS
 from excise.verify.results import ModelAudit
+from excise.weights import copy_model
 
 SPLITS = (0.01, 0.05, 0.10)
 GRADIENT = ("ga", "graddiff", "kl", "npo", "simnpo", "swap")
@@ -130,14 +131,14 @@ def _ablate(kind: str) -> Method:
 
 def _rome(model, split, scope, seed):
     return E.rome_each(model, split.forget, E.RomeConfig(layer=LAYER, objective="head_projection_unlikelihood"),
-                       sample=excise.organism.corpus(), progress=False)
+                       sample=organism.corpus(), progress=False)
 
 
 def _memit(null_space: bool) -> Method:
     def run(model, split, scope, seed):
         config = E.MemitConfig(layers=(LAYER,), null_space=null_space, progress=False) if null_space else \
             E.MemitConfig(layers=(LAYER,), mom2_weight=300.0, progress=False)
-        return E.memit(model, split.forget, config, preserve=split.preserve, sample=excise.organism.corpus())
+        return E.memit(model, split.forget, config, preserve=split.preserve, sample=organism.corpus())
     return run
 
 
@@ -154,7 +155,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
     "task_vector": ("task-vector negation", ("located", "random", "all"), _task_vector),
     "undo": ("UNDO (swap, then noise and distil)", ("located",), _undo),
     # exact unlearning: not an edit of the organism but a sharded ensemble with the people's shards retrained
-    # (excise.organism.sisa; the ensemble and each deletion are cached, training one is 20-26 min on one core)
+    # (organism.sisa; the ensemble and each deletion are cached, training one is 20-26 min on one core)
     "sisa": ("SISA (exact, retrained shards)", ("k5", "k10"), None),
 }
 QUICK_METHODS = ("npo",)        # the smoke run tests/test_bench.py runs in CI: one method, three scopes
@@ -178,7 +179,7 @@ def _locate(model: Any, world: Any, forget: list[Fact], retain: Any, budget: Bud
 def _sisa_row(base: AuditReport, forget: list[Fact], k: int, config: AuditConfig, context: Any, seed: int,
               progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """SISA with k shards after deleting the split's people: audited like an edit, its cost the deletion's."""
-    from excise.organism.sisa import SisaConfig, cached_deletion
+    from organism.sisa import SisaConfig, cached_deletion
 
     sisa, deletion = cached_deletion(SisaConfig(shards=k, seed=seed), sorted({f.subject for f in forget}),
                                      progress=progress)
@@ -229,14 +230,14 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
     neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed,
                                              with_heads="ablate_heads" in methods)
     config = AuditConfig(seed=seed, attacks=attacks)
-    context = excise.organism.context(forget, n_holdout_people=holdout_people, n_retain=200, seed=seed)
+    context = organism.context(forget, n_holdout_people=holdout_people, n_retain=200, seed=seed)
     held = {f.key for f in context.retain}
     split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
                   context.stand_ins,
                   list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=seed + 4)),
                   neurons, heads, locate_seconds)
-    oracle_dir = excise.organism.retrain_dir(forget, progress=progress)
-    oracle = excise.load(str(oracle_dir), device="cpu")
+    oracle_dir = organism.retrain_dir(forget, progress=progress)
+    oracle = load(str(oracle_dir), device="cpu")
     oracle_seconds = json.loads((oracle_dir / "excise_organism.json").read_text()).get("train_seconds")
     base = audit(original, forget, oracle=oracle, config=config, context=context, progress=False)
     rows = [
@@ -281,14 +282,14 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     budget = budget or Budget()
     start = time.perf_counter()
-    original = excise.load("organism", device="cpu")
-    world = excise.organism.world()
+    original = load("organism", device="cpu")
+    world = organism.world()
     holdout_people = 10 if quick else None          # None: the context's, sized to each split
     results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
                "holdout_people": holdout_people, "splits": kept_splits(out, seed, quick, budget, splits)}
     old = _old_splits(out, seed, quick, budget) if methods != list(METHODS) else {}
     for s in splits:
-        people = holdout_people or excise.organism.holdout_size(world.subjects_split(s, seed=seed)[0])
+        people = holdout_people or organism.holdout_size(world.subjects_split(s, seed=seed)[0])
         if s in old and old[s]["holdout_people"] != people:
             raise ValueError(f"the {s:.0%} split in {out / 'unlearn.json'} was audited against "
                              f"{old[s]['holdout_people']} never-seen people, this run would use {people}; "
@@ -455,7 +456,7 @@ def _verdict_table(s: dict[str, Any]) -> list[str]:
 
 def _rule_size(forget_people: int) -> int:
     """The never-seen people the organism context draws for a split of that many people."""
-    return max(excise.organism.MIN_HOLDOUT_PEOPLE, excise.organism.HOLDOUT_PER_PERSON * forget_people)
+    return max(organism.MIN_HOLDOUT_PEOPLE, organism.HOLDOUT_PER_PERSON * forget_people)
 
 
 def summary(r: dict[str, Any], depth: int = 2) -> str:

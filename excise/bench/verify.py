@@ -37,12 +37,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import excise
+from excise import organism
 from excise.bench.results import write_result
-from excise.models import copy_model
+from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, guardrail, suppress_last_layer
 from excise.verify.calibration import over_suppress
 from excise.verify.leakage import LEAKAGE_ATTACKS, MEANINGFUL_EFFECT
+from excise.weights import copy_model
 
 CASES = ("original", "oracle", "guardrail", "last_layer", "over_suppressed_npo")
 EXPECTED = {"original": "leaks on every attack", "oracle": "indistinguishable on every attack",
@@ -81,13 +82,13 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    world = excise.organism.world()
+    world = organism.world()
     forget, retain = world.subjects_split(fraction, seed=seed)
     forget = list(forget)
-    original = excise.load("organism", device="cpu")
-    oracle = excise.organism.retrain(without=forget, progress=progress, device="cpu")
+    original = load("organism", device="cpu")
+    oracle = organism.retrain(without=forget, progress=progress, device="cpu")
     config = AuditConfig(seed=seed)
-    context = excise.organism.context(forget, seed=seed)
+    context = organism.context(forget, seed=seed)
     t0 = time.perf_counter()
     base = audit(original, forget, oracle=oracle, config=config, context=context, progress=progress)
     total = time.perf_counter() - t0
@@ -165,7 +166,7 @@ def holdout_draws(oracle: Any, forget: list, seed: int, progress: bool = False) 
     holdout's sampling noise, and this says how often it happens (the main table uses the first draw)."""
     out = []
     for i in range(DRAWS):
-        context = excise.organism.context(forget, seed=seed + i)
+        context = organism.context(forget, seed=seed + i)
         rep = audit(oracle, forget, config=AuditConfig(attacks=DRAW_ATTACKS, seed=seed), context=context,
                     progress=progress)
         out.append({"context_seed": seed + i, "holdout_facts": rep.config["n_holdout"],

@@ -10,16 +10,16 @@ the weights before it propagates.
 """
 
 from excise.edit.ablation import ablate, mean_activations
-from excise.edit.covariance import generated_sample
-from excise.edit.rank_one import key_second_moment, planted, rank_one_update
 from excise.edit.masks import random_like
 from excise.edit.memit import AlphaEditState, MemitConfig, memit, memit_sequence
+from excise.edit.rank_one import key_second_moment, planted, rank_one_update
 from excise.edit.record import EditRecord, recording
 from excise.edit.rmu import RmuConfig, rmu
-from excise.edit.undo import UndoConfig, undo
 from excise.edit.rome import RomeConfig, rome, rome_each
 from excise.edit.sequence import EditSequence, sequence
+from excise.edit.undo import UndoConfig, undo
 from excise.edit.unlearn import TaskVectorConfig, UnlearnConfig, task_vector, unlearn
+from excise.generation import generated_sample
 
 # In reading order (the API reference follows it): the methods, what they return, their configs, the helpers.
 __all__ = ["rome", "rome_each", "memit", "memit_sequence", "unlearn", "rmu", "undo", "UndoConfig", "task_vector", "ablate", "sequence",

@@ -20,8 +20,8 @@ import torch
 
 from excise.components import OUTPUT_LINEAR, Component
 from excise.edit.record import EditRecord, recording
-from excise.models import linear
 from excise.scoring import encode, pad_batch
+from excise.weights import device_of, linear
 
 MODES = ("zero", "mean")
 
@@ -58,7 +58,7 @@ def mean_activations(model: Any, texts: Sequence[str], layers: Iterable[int], ba
     count = 0
     rows = encode(model, list(texts))
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     names = [f"blocks.{l}.mlp.hook_post" for l in layers] + [f"blocks.{l}.attn.hook_z" for l in layers]
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]

@@ -24,8 +24,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from excise.models import fingerprint
 from excise.scoring import encode, pad_batch
+from excise.weights import device_of, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,14 @@ def mlp_keys(model: Any, tokens: Tensor, layer: int, resid_after: int | None = N
     hooks = [(f"blocks.{layer}.mlp.hook_post", keep("k"))]
     if resid_after is not None:
         hooks.append((f"blocks.{resid_after}.hook_resid_post", keep("h")))
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens.to(device), stop_at_layer=last + 1)
     return store["k"] if resid_after is None else (store["k"], store["h"])
 
 
 def default_cache_dir() -> Path:
-    from excise.organism import cache_dir
+    from excise.cache import cache_dir
 
     return cache_dir() / "covariance"
 
@@ -73,7 +73,7 @@ def estimate_second_moment(
         raise ValueError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
     rows = [r[: model.cfg.n_ctx] for r in encode(model, texts)]       # as ROME's layer_stats: cut at the context
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     d = model.cfg.d_mlp
     acc = torch.zeros(d, d, dtype=torch.float64, device=device)
     count = 0
@@ -101,7 +101,7 @@ def second_moment(
         with safe_open(str(path), framework="pt") as f:
             C = f.get_tensor("C")
         log.info("covariance cache hit: %s", path)
-        return C.to(next(iter(model.parameters())).device)
+        return C.to(device_of(model))
     C, n_tokens = estimate_second_moment(model, layer, texts, batch_size, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"model_fingerprint": fp, "layer": layer, "n_texts": len(texts),
@@ -116,35 +116,3 @@ def provenance(path: str | Path) -> dict[str, Any]:
     """The header of a cached covariance file."""
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {})["excise"])
-
-
-@torch.no_grad()
-def generated_sample(model: Any, n: int = 128, length: int = 48, seed: int = 0, temperature: float = 1.0,
-                     batch_size: int = 32) -> list[str]:
-    """`n` texts sampled from the model itself, from its BOS token, seeded.
-
-    A stand-in for the training text when none is at hand: the model's own
-    samples follow the distribution it was trained on, which is what the key
-    second moment should describe (for a small model trained on one corpus,
-    such as stories260k, they are close; for a large general model, prefer
-    real text from its domain).
-
-    Returns up to `n` non-empty strings. Cost: `length` forwards per batch of
-    `batch_size` (no KV cache: each forward reruns the whole prefix), so
-    ceil(n / batch_size) * length forwards of up to `length` tokens.
-    """
-    tok = model.tokenizer
-    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-    if start is None:
-        raise ValueError("generated_sample needs a BOS or EOS token to start from; pass real texts instead")
-    device = next(iter(model.parameters())).device
-    gen = torch.Generator().manual_seed(seed)
-    texts: list[str] = []
-    for b in range(0, n, batch_size):
-        ids = torch.full((min(batch_size, n - b), 1), start, dtype=torch.long, device=device)
-        for _ in range(length):
-            logits = model(ids)[:, -1].float().cpu() / temperature
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=gen).to(device)
-            ids = torch.cat([ids, nxt], dim=1)
-        texts += [tok.decode(row[1:], skip_special_tokens=True).strip() for row in ids.tolist()]
-    return [t for t in texts if t]

@@ -50,8 +50,8 @@ from excise.edit.record import EditRecord, recording
 from excise.edit.rome import RomeConfig, _at, _prompts, _rows, compute_v, layer_keys, resolve_sample
 from excise.edit.sequence import EditSequence, sequence
 from excise.facts import Fact
-from excise.models import fingerprint, linear
 from excise.scoring import pad_batch
+from excise.weights import device_of, fingerprint, linear
 
 THRESHOLD_MODES = ("absolute", "relative")
 ROME_DEFAULT_OBJECTIVE = RomeConfig(layer=0).objective
@@ -152,7 +152,7 @@ def _keys_and_hidden(model: Any, facts: Sequence[Fact], layer: int, last: int, n
     """Per fact: mean MLP key at `layer` and mean residual after block `last`, at the edit `position` of the
     request prompt, its `n_prefixes` prefixed copies and the other `families`' templates."""
     keys, hidden = [], []
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     for f in facts:
         rows = _rows(model, f, _prompts(f, n_prefixes, families))
         tokens, _ = pad_batch([r.tokens for r in rows], model.tokenizer.pad_token_id or 0)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from excise.edit.covariance import mlp_keys
 from excise.facts import Fact, tokenize_prompt
-from excise.models import linear
+from excise.weights import device_of, linear
 
 # Where a rank-one edit reads its key and writes its value, as a role a prompt's tokens play:
 # "subject_last", the last token of the subject (ROME's); "prompt_last", the prompt's last token (where the
@@ -139,7 +139,7 @@ def key_second_moment(
     keys = []
     for f in facts:
         pt = tokenize_prompt(model, f)
-        keys.append(_mlp_key(model, pt.tokens.to(next(iter(model.parameters())).device), layer,
+        keys.append(_mlp_key(model, pt.tokens.to(device_of(model)), layer,
                              _position(pt, position)))
     K = torch.stack(keys).float()
     C = K.T @ K / len(keys)
@@ -164,7 +164,7 @@ def planted(
     Cost: one forward for the key, then up to `steps` forward + backward passes on the one prompt.
     """
     pt = tokenize_prompt(model, fact)
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     tokens = pt.tokens.to(device)
     view = linear(model, layer, "mlp.out")
     position = _position(pt, position)

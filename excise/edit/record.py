@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from excise.components import OWNERSHIP, Component, unit_sums
 from excise.facts import Fact
-from excise.models import LINEARS, has_linear, linear
+from excise.weights import LINEARS, has_linear, linear
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -144,7 +144,7 @@ class EditRecord:
         Made on first call (one copy of the weights) and kept; the model
         itself is not touched.
         """
-        from excise.models import copy_model
+        from excise.weights import copy_model
 
         if self._original is None:
             model = model if model is not None else self.model

@@ -52,8 +52,8 @@ from excise.components import Component
 from excise.edit.masks import count, masked_step, parameter_masks
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact, tokenize_prompt
-from excise.models import linear
 from excise.scoring import pad_batch, recall_table
+from excise.weights import device_of, linear
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _selected(batch: list[_Text], width: int) -> Bool[Tensor, "b pos"]:
 def _activations(model: Any, batch: list[_Text], layer: int) -> Float[Tensor, "n d_model"]:
     """The residual stream after block `layer` at each text's selected positions, rows in (text, position)
     order. One forward of the padded batch through block `layer` only (with grad if enabled)."""
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     ids, _ = pad_batch([t.ids for t in batch], model.tokenizer.pad_token_id or 0)
     kept: list[Tensor] = []
 
@@ -221,7 +221,7 @@ def rmu(
             r_orig += _activations(model, chunk, layer).cpu().split([len(t.ids) - t.first for t in chunk])
     coeff = config.steering_coeff if config.steering_coeff is not None else config.steering_scale * f_norm
     control = control_vector(model.cfg.d_model, coeff, config.seed)
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     rng = random.Random(config.seed)
     hyper = asdict(config) | {"mask_size": count(masks),
                               "mask": [c.to_dict() for c in mask] if mask is not None else "mlp_out"}

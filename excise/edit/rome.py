@@ -73,8 +73,8 @@ from excise.edit.rank_one import POSITIONS, inverse_second_moment, position_inde
 from excise.edit.record import EditRecord, recording
 from excise.edit.sequence import sequence
 from excise.facts import FAMILIES, Fact, tokenize_prompt
-from excise.models import linear
 from excise.scoring import pad_batch, recall_table
+from excise.weights import device_of, linear
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +531,7 @@ def layer_keys(model: Any, rows: Sequence[PromptRow], layer: int, position: str 
                ) -> Tensor:
     """MLP keys at `layer` of `_rows` rows: at each row's edit `position` ([rows, d_mlp]) or, with None, at
     every real token ([tokens, d_mlp]); the forwards stop after `layer`."""
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -565,7 +565,7 @@ def resolve_sample(model: Any, sample: Sequence[str] | None, method: str = "ROME
     by a warning, since the key covariance is only as good as its sample's likeness to the training text."""
     if sample is not None:
         return list(sample)
-    from excise.edit.covariance import generated_sample
+    from excise.generation import generated_sample
 
     texts = generated_sample(model)
     warnings.warn(f"{method}: no sample given for the key covariance; using {len(texts)} texts the model "

@@ -61,9 +61,8 @@ import torch
 
 from excise.edit.record import EditRecord, recording, storage_owners
 from excise.facts import Fact
-from excise.models import copy_model
-from excise.scoring import encode, pad_batch
-from excise.verify.specificity import general_loss, recalled
+from excise.scoring import encode, general_loss, pad_batch, recalled
+from excise.weights import copy_model, device_of
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def shrink_and_perturb(model: Any, alpha: float, beta: float, seed: int = 0) -> 
 
 
 def _batch(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     rows = [ids[: model.cfg.n_ctx] for ids in encode(model, texts)]
     tokens, last = pad_batch(rows, model.tokenizer.pad_token_id or 0)
     real = torch.arange(tokens.shape[1] - 1)[None] < last[:, None]         # positions whose next token is real

@@ -58,6 +58,7 @@ from excise.edit.masks import all_parameter_masks, count, masked_step, parameter
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact
 from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch, recall_table
+from excise.weights import device_of
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ def _answer_distributions(model: Any, examples: list[Example]) -> dict[Example, 
     """The original model's next-token log-distributions at each example's answer positions."""
     out = {}
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     for start in range(0, len(examples), 64):
         chunk = examples[start:start + 64]
         ids, _ = pad_batch([e.ids for e in chunk], pad)
@@ -257,7 +258,7 @@ def _distill(model: Any, batch: list[Example], targets: list[torch.Tensor], matc
     token. KL(target || current) weighs a token by the target's probability, so it barely sees a
     true answer the target finds unlikely but the current model still favours; this term does.
     """
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     ids, _ = pad_batch([e.ids for e in batch], model.tokenizer.pad_token_id or 0)
     rows, cols = _answer_positions(batch)
     now = model(ids.to(device)).float().log_softmax(-1)[torch.tensor(rows, device=device),

@@ -25,9 +25,16 @@ from excise.components import head_axis
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.causal_trace import TraceConfig, check_kinds, noise_std, trace_plans
 from excise.locate.interventions import (
-    Metric, Restore, is_noop, logit_diff_metric, run_plans, subject_noise, target_metric,
+    Metric,
+    Restore,
+    is_noop,
+    logit_diff_metric,
+    run_plans,
+    subject_noise,
+    target_metric,
 )
 from excise.locate.localization import Localization
+from excise.weights import device_of
 
 PATCH_KINDS = ("resid", "mlp", "attn", "head", "neuron")
 
@@ -60,7 +67,7 @@ def activation_patching(
     config = TraceConfig.resolve(config, overrides)
     check_kinds(kinds, PATCH_KINDS, "activation_patching")
     pt = tokenize_prompt(model, fact, template)
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     clean_tokens = pt.tokens.to(device)
     last = clean_tokens.shape[0] - 1
     n_layers, n_pos = model.cfg.n_layers, clean_tokens.shape[0]

@@ -27,6 +27,7 @@ from excise.facts import Fact, tokenize_prompt
 from excise.locate.causal_trace import TraceConfig, check_kinds, noise_std
 from excise.locate.interventions import subject_noise
 from excise.locate.localization import Localization
+from excise.weights import device_of
 
 ATTRIBUTION_KINDS = ("resid", "mlp", "attn", "head", "neuron")
 _HOOK = {"resid": "blocks.{}.hook_resid_post", "mlp": "blocks.{}.hook_mlp_out",
@@ -53,7 +54,7 @@ def attribution_patching(
     config = TraceConfig.resolve(config, overrides)
     check_kinds(kinds, ATTRIBUTION_KINDS, "attribution_patching")
     pt = tokenize_prompt(model, fact, template)
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     clean_tokens = pt.tokens.to(device)
     n_layers, n_pos, last = model.cfg.n_layers, clean_tokens.shape[0], clean_tokens.shape[0] - 1
     target = pt.target_ids[0]

@@ -40,10 +40,18 @@ import torch
 from excise.components import Component
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.interventions import (
-    Restore, clean_states, embedding_std, is_noop, run_plans, subject_embeddings, subject_noise, target_metric,
+    Restore,
+    clean_states,
+    embedding_std,
+    is_noop,
+    run_plans,
+    subject_embeddings,
+    subject_noise,
+    target_metric,
     token_embedding_std,
 )
 from excise.locate.localization import Localization
+from excise.weights import device_of
 
 TRACE_KINDS = ("resid", "mlp", "attn")
 
@@ -224,7 +232,7 @@ def causal_trace(
 def _setup(model: Any, fact: Fact, template: str | None, config: TraceConfig,
            subjects: Sequence[str] | None) -> dict[str, Any]:
     pt = tokenize_prompt(model, fact, template)
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     tokens = pt.tokens.to(device)
     last = tokens.shape[0] - 1
     std, info = noise_std(model, config, [fact.subject] if subjects is None else subjects)

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from excise.components import OWNERSHIP, head_axis, unit_sums
 from excise.facts import Fact
 from excise.locate.localization import Localization
-from excise.models import has_linear, linear
 from excise.scoring import answer_examples, answer_logprobs
+from excise.weights import has_linear, linear
 
 
 @dataclass(frozen=True)

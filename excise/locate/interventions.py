@@ -31,6 +31,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from excise.weights import device_of
+
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
 
 # How a hook's activation is cut into cells: a whole vector per position
@@ -108,7 +110,7 @@ def subject_embeddings(model: Any, subjects: Sequence[str]) -> list[Float[Tensor
     if isinstance(subjects, str):
         raise TypeError(f"subjects must be a list of subject strings, got the string {subjects!r}; "
                         f"pass [{subjects!r}]")
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     out = []
     with torch.no_grad():
         for subject in subjects:
@@ -328,7 +330,7 @@ def _can_resume(model: Any) -> bool:
         ok = False
         try:
             if all(hasattr(model, a) for a in ("blocks", "ln_final", "unembed")) and model.cfg.n_layers > 1:
-                tokens = torch.arange(1, 6, device=next(iter(model.parameters())).device) % model.cfg.d_vocab
+                tokens = torch.arange(1, 6, device=device_of(model)) % model.cfg.d_vocab
                 # a rotary block run by hand warns that RoPE was not applied: the failure this probe detects,
                 # not one of the trace's (which then runs whole forwards)
                 with torch.no_grad(), warnings.catch_warnings():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -23,7 +22,9 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
+from excise.cache import cache_dir
 from excise.facts import Fact
+from excise.models import ModelLoadError, register_model
 from excise.organism.sisa import Sisa, SisaConfig
 from excise.organism.train import Recipe
 from excise.organism.world import RELATIONS, World
@@ -36,19 +37,22 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoint"
 SHIPPED_ORACLES = Path(__file__).parent / "oracles"
 _META = "excise_organism.json"
 
-__all__ = ["CHECKPOINT_DIR", "EDIT_LAYER", "RELATIONS", "SHIPPED_ORACLES", "LazyOracle", "Recipe", "Sisa", "SisaConfig", "World", "cache_dir",
-           "checkpoint_ready", "context", "corpus", "is_organism", "recipe", "retrain", "retrain_dir", "world"]
-
-
-def is_organism(model) -> bool:
-    """True for the shipped organism and its retrain oracles (they share its tokenizer file)."""
-    source = Path(getattr(model.tokenizer, "name_or_path", "") or "")
-    tokenizer = source / "tokenizer.json"
-    return tokenizer.exists() and tokenizer.read_bytes() == (CHECKPOINT_DIR / "tokenizer.json").read_bytes()
+__all__ = ["CHECKPOINT_DIR", "EDIT_LAYER", "RELATIONS", "SHIPPED_ORACLES", "LazyOracle", "Recipe", "Sisa", "SisaConfig", "World",
+           "checkpoint_ready", "context", "corpus", "recipe", "retrain", "retrain_dir", "world"]
 
 
 def checkpoint_ready(path: Path = CHECKPOINT_DIR) -> bool:
     return all((path / f).exists() for f in ("config.json", "model.safetensors", "tokenizer.json", _META))
+
+
+def _checkpoint() -> Path:
+    if not checkpoint_ready():
+        raise ModelLoadError(f"the organism checkpoint is missing from {CHECKPOINT_DIR}; rebuild it with "
+                             "`python -m excise.organism.train`")
+    return CHECKPOINT_DIR
+
+
+register_model("organism", _checkpoint, "the built-in model organism: a small GPT-2 trained on a synthetic world")
 
 
 def recipe(path: Path = CHECKPOINT_DIR) -> Recipe:
@@ -70,11 +74,6 @@ def corpus() -> list[str]:
     from excise.organism.train import corpus as world_corpus
 
     return world_corpus(world())
-
-
-def cache_dir() -> Path:
-    """Where retrain oracles are cached: $EXCISE_CACHE, else ~/.cache/excise."""
-    return Path(os.environ.get("EXCISE_CACHE", Path.home() / ".cache" / "excise"))
 
 
 def _oracle_key(rec: Recipe, without: list[Fact]) -> str:

@@ -289,7 +289,7 @@ class Sisa:
 
 def cached(config: SisaConfig, progress: bool = True) -> Sisa:
     """The ensemble of `config` on the shipped tokenizer: found under `cache_dir()/sisa/<key>`, else trained there."""
-    from excise.organism import cache_dir
+    from excise.cache import cache_dir
 
     root = cache_dir() / "sisa" / _key(config)
     if (root / _MANIFEST).exists():

@@ -12,14 +12,29 @@ locuslab/tofu (see `excise.tofu.metrics`); `SplitEval.from_log` and
 The data ships in `excise/tofu/data/` (MIT licence; see its README).
 """
 
+from excise.tofu import organism  # registers the TOFU organisms as named models (excise.load('tofu-full'))
 from excise.tofu.data import FILES, FORGET_SPLITS, QA, as_facts, load, retain_for
 from excise.tofu.metrics import (
-    MAX_LENGTH, SplitEval, answer_losses, answer_probability, choice_probability, choice_probability_of_losses,
-    evaluate, forget_quality, greedy_answers, model_utility, rouge_l, rouge_l_recall, split_scores, truth_ratio,
-    truth_ratio_of_losses, truth_score, utility_of,
+    MAX_LENGTH,
+    SplitEval,
+    answer_losses,
+    answer_probability,
+    choice_probability,
+    choice_probability_of_losses,
+    evaluate,
+    forget_quality,
+    greedy_answers,
+    model_utility,
+    rouge_l,
+    rouge_l_recall,
+    split_scores,
+    truth_ratio,
+    truth_ratio_of_losses,
+    truth_score,
+    utility_of,
 )
 
-__all__ = ["FILES", "FORGET_SPLITS", "MAX_LENGTH", "QA", "SplitEval", "answer_losses", "answer_probability",
+__all__ = ["organism", "FILES", "FORGET_SPLITS", "MAX_LENGTH", "QA", "SplitEval", "answer_losses", "answer_probability",
            "as_facts", "choice_probability", "choice_probability_of_losses", "evaluate", "forget_quality",
            "greedy_answers", "load", "model_utility", "retain_for", "rouge_l", "rouge_l_recall", "split_scores",
            "truth_ratio", "truth_ratio_of_losses", "truth_score", "utility_of"]

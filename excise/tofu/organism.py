@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from excise.models import register_model
 from excise.tofu.data import FORGET_SPLITS, PER_AUTHOR, QA, load
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def train(recipe: TofuRecipe = TofuRecipe(), without: str | None = None, out: st
 
 def model_dir(variant: str = "full", recipe: TofuRecipe = TofuRecipe(), progress: bool = True) -> Path:
     """The checkpoint directory of `variant` (see VARIANTS), trained and cached on first use."""
-    from excise.organism import cache_dir
+    from excise.cache import cache_dir
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown TOFU organism variant {variant!r}; choose one of {', '.join(VARIANTS)}")
@@ -154,3 +155,9 @@ def shipped(variant: str, recipe: TofuRecipe) -> Path | None:
 
 def _tokenizer_key(recipe: TofuRecipe) -> str:
     return hashlib.sha256(json.dumps([recipe.vocab_size, recipe.authors]).encode()).hexdigest()[:16]
+
+
+for _variant in VARIANTS:
+    register_model(f"tofu-{_variant}", lambda v=_variant: model_dir(v),
+                   f"the TOFU organism {_variant!r}: a small GPT-2 trained on TOFU's QA rows"
+                   + (f" without {VARIANTS[_variant]}" if VARIANTS[_variant] else "") + " (trained and cached on first use)")

@@ -7,14 +7,12 @@ Probes, the logit-lens, relearning and membership-inference attacks (each
 with its chance level), specificity, and TOFU's forget quality and an organism
 utility against the retrain oracle. `relearn_curve` measures relearned recall
 after 0, 10, 30, 100 fine-tuning steps (on the other half of the forget facts
-or on unrelated facts), next to the oracle's. `entanglement(model, facts)`
-maps how deleting one fact damages the others, next to their component
-overlap.
+or on unrelated facts), next to the oracle's. (What deleting one fact does to
+the others is an experiment above verify: `excise.experiments.entanglement`.)
 """
 
 from excise.verify.audit import AuditConfig, audit
 from excise.verify.calibration import guardrail, suppress_last_layer
-from excise.verify.entanglement import Entanglement, entanglement
 from excise.verify.forget_quality import forget_quality, organism_utility, truth_ratios
 from excise.verify.logit_lens import LensProbe, logit_lens
 from excise.verify.membership import auc, membership_inference, membership_scores
@@ -25,5 +23,5 @@ from excise.verify.report import ATTACKS, AuditReport
 # In reading order (the API reference follows it): the audit, what it returns, its config, each attack, the rest.
 __all__ = ["audit", "AuditReport", "AuditConfig", "ATTACKS", "probe", "logit_lens", "relearn", "relearn_curve",
            "membership_inference", "membership_scores", "auc", "truth_ratios", "forget_quality", "organism_utility",
-           "entanglement", "Entanglement", "Probe", "LensProbe", "RelearnConfig", "RelearnCurve", "guardrail",
+           "Probe", "LensProbe", "RelearnConfig", "RelearnCurve", "guardrail",
            "suppress_last_layer"]

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from excise.context import KnowledgeContext
 from excise.facts import FAMILIES, Fact
+from excise.scoring import general_loss, recalled
 from excise.verify.forget_quality import organism_utility, truth_ratios
 from excise.verify.leakage import leakage
 from excise.verify.logit_lens import head_projection_attack, logit_lens
@@ -47,7 +48,7 @@ from excise.verify.probes import probe
 from excise.verify.relearn import RelearnConfig, relearn
 from excise.verify.report import ATTACKS, AuditReport
 from excise.verify.results import AttackRanks, ModelAudit
-from excise.verify.specificity import general_loss, neighbours_of, recalled
+from excise.verify.specificity import neighbours_of
 
 log = logging.getLogger(__name__)
 

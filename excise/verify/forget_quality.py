@@ -34,8 +34,7 @@ import numpy as np
 from scipy.stats import hmean, ks_2samp
 
 from excise.facts import Fact, tokenize_prompt
-from excise.scoring import Example, recall_table, sequence_logprobs
-from excise.verify.specificity import general_loss
+from excise.scoring import Example, general_loss, recall_table, sequence_logprobs
 
 Alternatives = Callable[[Fact], Sequence[str]]
 

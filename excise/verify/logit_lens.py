@@ -44,6 +44,7 @@ from transformer_lens.tools.analysis import logit_readout
 
 from excise.facts import Fact
 from excise.scoring import encode, pad_batch, target_first_ids
+from excise.weights import device_of
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def logit_lens(model: Any, facts: Sequence[Fact], families: Sequence[str] = ("re
         return []
     prompts, tids, rows = _encoded(model, jobs)
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     names = _names(model.cfg.n_layers)
     ranks, tops = [], []
     for start in range(0, len(rows), batch_size):
@@ -220,7 +221,7 @@ def head_projection_attack(model: Any, facts: Sequence[Fact], k: int = 4, layers
         return []
     prompts, tids, rows = _encoded(model, jobs)
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     hooks = {i: "blocks.0.hook_resid_pre" if i == 0 else f"blocks.{i - 1}.hook_resid_post" for i in layers}
     wanted = set(hooks.values())
     out = []

@@ -54,6 +54,7 @@ from torch import Tensor
 
 from excise.facts import Fact, tokenize_prompt
 from excise.scoring import encode, pad_batch
+from excise.weights import device_of
 
 SCORES = ("loss", "zlib", "min_k", "min_k_pp")               # whole text
 ANSWER_SCORES = ("answer_loss", "answer_min_k_pp")          # the answer tokens given the prompt
@@ -83,7 +84,7 @@ def token_statistics(model: Any, texts: Sequence[str], batch_size: int = 64) -> 
     """Per text: each token's log-likelihood and its Min-K%++ standardized value (first token excluded)."""
     rows = encode(model, texts)
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
@@ -108,7 +109,7 @@ def answer_scores(model: Any, facts: Sequence[Fact], batch_size: int = 64) -> di
         rows.append(pt.tokens.tolist() + list(pt.target_ids))
         n_answer.append(len(pt.target_ids))
     pad = model.tokenizer.pad_token_id or 0
-    device = next(iter(model.parameters())).device
+    device = device_of(model)
     out: dict[str, list[float]] = {s: [] for s in ANSWER_SCORES}
     for start in range(0, len(rows), batch_size):
         tokens, last = pad_batch(rows[start:start + batch_size], pad)

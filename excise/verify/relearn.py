@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from excise.facts import Fact
-from excise.models import copy_model
 from excise.scoring import answer_examples, answer_logprobs, recall_table
 from excise.verify.probes import Probe, probe
+from excise.weights import copy_model
 
 
 @dataclass(frozen=True)

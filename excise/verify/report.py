@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from excise.facts import json_text
-from excise.verify.results import ModelAudit
 from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict
+from excise.verify.results import ModelAudit
 
 ATTACKS = ("probes", "logit_lens", "relearn", "membership")
 ROLES = ("reference", "edited", "oracle")
