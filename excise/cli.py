@@ -28,11 +28,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from excise.edit.rome import OBJECTIVES
+from excise.edit.rome import DELETION_OBJECTIVE, OBJECTIVES
 from excise.methods import DEFAULT as METHOD_DEFAULT
 from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
 from excise.methods import METHODS
-from excise.methods import ROME_OBJECTIVE as OBJECTIVE_DEFAULT
 from excise.models import ModelLoadError, load
 
 
@@ -101,13 +100,18 @@ def _load(args: argparse.Namespace):
         context = organism.context(facts, n_holdout_people=args.holdout_people, seed=args.seed)
         context = context.override(**given)
     else:
-        # text is sampled from the model (seconds) only for what reads it: the audit's general text, rome/memit's
-        # covariance sample; gradient methods, ablate and task_vector read neither
-        generate = args.command == "verify" or (args.command == "edit" and args.method in ("rome", "memit"))
+        # text is sampled from the model (seconds) only for what reads it: the audit's general text, a method's
+        # covariance or distillation sample (rome, memit, alphaedit, undo); the others read neither
+        generate = args.command == "verify" or (args.command == "edit" and "sample" in _reads(args.method))
         context = derive(model, facts, seed=args.seed, n_holdout_subjects=args.holdout_people or 30,
                          generate=generate, **given)
         print("knowledge context (what excise was given or derived):\n" + context.describe())
     return model, facts, context
+
+
+def _reads(method: str) -> set[str]:
+    m = METHODS.get(method)
+    return set(m.requires) | set(m.reads)
 
 
 def _locate(args: argparse.Namespace) -> int:
@@ -141,15 +145,19 @@ def _edit(args: argparse.Namespace) -> int:
 
     model, facts, context = _load(args)
     retain = context.retain
+    method = M.get(args.method)
+    options = dict(M.parse_option(method, o) for o in args.option)
     located = None
     if M.needs_located(args.method, args.neurons):
         if not retain:
             raise ValueError(f"{args.method} on located neurons scores Fisher forget/retain: pass --retain R.json "
-                             "(facts the model must keep), or --neurons 0")
+                             "(facts the model must keep)" + (", or --neurons 0" if method.mask == "optional" else ""))
         located = fisher(model, facts, retain=retain)
+    site = {k: v for k, v in {"layer": args.layer, "position": args.position, "objective": args.objective}.items()
+            if v is not None}
     record = M.delete(model, facts, args.method, retain=retain or [], located=located, neurons=args.neurons,
-                      layer=args.layer, seed=args.seed, context=context, position=args.position,
-                      objective=args.objective, stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
+                      seed=args.seed, context=context, **site, **options,
+                      stand_ins=[n.strip() for n in args.stand_ins.split(",")] if args.stand_ins else None)
     record.meta.update({"model": args.model, "facts_file": str(args.facts)})
     record.save(args.out)
     if "site" in record.meta:
@@ -159,6 +167,14 @@ def _edit(args: argparse.Namespace) -> int:
     print(record.summary())
     print(f"wrote {args.out} (excise verify {args.model} --facts {args.facts} --record {args.out} audits it)")
     return 0
+
+
+def _methods_help() -> str:
+    """The registered deletion methods, one line each (`excise edit --help`)."""
+    width = max(len(m.name) for m in METHODS)
+    return "deletion methods (--method; --option KEY=VALUE sets a field of its config):\n" + "\n".join(
+        f"  {m.name:<{width}}  {m.summary}" + (f" [needs {', '.join(m.requires)}]" if m.requires else "")
+        for m in METHODS)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -299,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--out", default="excise-report", help="report folder (default: ./excise-report)")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     demo.add_argument("--subject", default=None, help="a person of the organism's world (default: seeded choice)")
-    demo.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS, help=f"deletion method (default {METHOD_DEFAULT})")
+    demo.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS.names(),
+                      help=f"deletion method (default {METHOD_DEFAULT}; `excise edit --help` lists them)")
     demo.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
                       help=f"confine gradient methods to the top-N Fisher neurons; 0: all parameters (default {NEURONS_DEFAULT})")
     demo.add_argument("--seed", type=int, default=0)
@@ -330,17 +347,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     locate.add_argument("--method", default="trace", choices=["trace", "patching", "attribution", "fisher"])
     locate.add_argument("--out", default="excise-locate", help="folder for .json and .png per localization")
     edit = model_command("edit", "delete the facts; write an EditRecord", _edit)
-    edit.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS)
+    edit.description, edit.formatter_class = _methods_help(), argparse.RawDescriptionHelpFormatter
+    edit.add_argument("--method", default=METHOD_DEFAULT, choices=METHODS.names(), metavar="METHOD",
+                      help=f"one of the methods above (default {METHOD_DEFAULT})")
+    edit.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="set a field of the method's config, e.g. --option steps=50, --option teacher=npo (undo); "
+                           "repeatable")
     edit.add_argument("--neurons", type=int, default=NEURONS_DEFAULT,
-                      help="gradient methods / ablate: the top-N Fisher neurons; 0: all parameters")
+                      help="methods that take located neurons (gradient methods, ablate, task_vector, undo): the top-N "
+                           "Fisher neurons; 0: all parameters")
     edit.add_argument("--layer", type=int, default=None,
                       help="rome/memit layer (default: organism 0; else the site the causal trace points to, one "
                            "MLP trace per fact: the layer and the position, printed and kept in the record)")
     edit.add_argument("--position", default=None, choices=["subject_last", "prompt_last"],
                       help="rome/memit edit position with --layer (default subject_last, ROME's); without --layer "
                            "the trace picks it")
-    edit.add_argument("--objective", default=OBJECTIVE_DEFAULT, choices=OBJECTIVES,
-                      help=f"rome/memit: the deletion objective (default {OBJECTIVE_DEFAULT})")
+    edit.add_argument("--objective", default=None, choices=OBJECTIVES,
+                      help=f"rome/memit/alphaedit: the deletion objective (default {DELETION_OBJECTIVE})")
     edit.add_argument("--out", default="edit.safetensors", help="where the EditRecord goes")
     edit.add_argument("--stand-ins", default=None,
                       help="swap: comma-separated names the model never saw (the organism draws its own)")

@@ -52,7 +52,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     from excise.verify import AuditConfig, audit
     from excise.weights import copy_model
 
-    M.check_method(method)
+    M.METHODS.check(method)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -102,7 +102,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     lap("fisher")
 
     reference = copy_model(model)
-    log(f"deleting with {method}" + (f" on the top {neurons} Fisher neurons" if method in M.GRADIENT and neurons
+    log(f"deleting with {method}" + (f" on the top {neurons} Fisher neurons" if M.needs_located(method, neurons)
                                      else "") + " ...")
     record = M.delete(model, facts, method, retain=retain, located=fisher, neurons=neurons, seed=seed,
                       progress=progress, context=context)
@@ -133,7 +133,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
                                                                           "membership")}
     result = {
         "seed": seed, "subject": subject, "method": method,
-        "neurons": neurons if method in M.GRADIENT or method == "ablate" else None,
+        "neurons": neurons if M.METHODS.get(method).mask != "none" else None,
         "facts": [{"relation": f.relation, "prompt": f.fill(f.prompt), "target": f.target,
                    "p_before": b[1], "rank_before": b[0], "p_after": a[1], "rank_after": a[0]}
                   for f, b, a in zip(facts, before, after, strict=True)],

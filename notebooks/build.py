@@ -221,8 +221,7 @@ for subject in SUBJECTS:
     masks = {"located": fish.to_components(BUDGET, kind="neuron"),
              "random": random_neurons(BUDGET, seed=1), "all parameters": None}
     for name, mask in masks.items():
-        cfg = excise.edit.UnlearnConfig(method="npo", seed=0, progress=False)
-        record = excise.edit.unlearn(model, forget, retain, mask=mask, config=cfg)
+        record = excise.methods.unlearn(model, forget, retain, "npo", mask=mask, seed=0, progress=False)
         report = audit(model, forget, reference=reference, config=config, progress=False,
                        context=excise.organism.context(forget, n_holdout_people=5, n_retain=100))
         rows.append({"subject": subject, "mask": name, "weights changed": record.n_changed,

@@ -11,7 +11,8 @@ import torch
 import excise
 from excise import Component
 from excise.components import kv_head
-from excise.edit import EditRecord, MemitConfig, RomeConfig, UnlearnConfig, ablate, memit, rome, unlearn
+from excise.edit import EditRecord, MemitConfig, RomeConfig, ablate, memit, rome
+from excise.methods import unlearn
 from excise.edit.record import storage_owners
 from excise.locate import FisherConfig, TraceConfig, activation_patching, attribution_patching, causal_trace, fisher
 from excise.locate.causal_trace import trace_one_at_a_time
@@ -179,7 +180,7 @@ def test_memit_spreads_over_its_layers_only(arch):
     examples = answer_examples(m, facts)
     logp = answer_logprobs(m, examples)
     before = weights(m)
-    record = memit(m, facts, MemitConfig(layers=layers, mom2_weight=300.0, progress=False), sample=arch.sample)
+    record = memit(m, facts, MemitConfig(layers=layers, mom2_weight=300.0, objective="erase_unlikelihood", progress=False), sample=arch.sample)
     try:
         outs = {id(linear(m, l, "mlp.out").weight) for l in layers}
         assert changed(before, m) and all(id(storage_owners(m)[n]) in outs for n in changed(before, m))
@@ -227,8 +228,8 @@ def test_masked_unlearning_moves_only_the_mask_and_undoes(arch):
     m = arch.model
     mask = [Component(arch.layer, "neuron", i) for i in range(8)] + [Component(2, "head", 1)]
     before = weights(m)
-    record = unlearn(m, arch.facts[:1], arch.facts[1:], mask=mask,
-                     config=UnlearnConfig(method="npo", steps=4, eval_every=4, progress=False, lr=1e-2))
+    record = unlearn(m, arch.facts[:1], arch.facts[1:], "npo", mask=mask, steps=4, eval_every=4, progress=False,
+                     lr=1e-2)
     try:
         assert changed(before, m) <= set(record.parameters_touched())
         touched = set(record.touched())

@@ -13,7 +13,8 @@ from excise.edit.memit import _keys_and_hidden
 from excise.edit.record import storage_owners
 from excise.weights import linear
 
-CFG = MemitConfig(layers=(0,), null_space=True, v=RomeConfig(layer=0, v_steps=5), progress=False)
+CFG = MemitConfig(layers=(0,), null_space=True, objective="erase_unlikelihood", v=RomeConfig(layer=0, v_steps=5),
+                  progress=False)
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +99,8 @@ def test_memit_sequence_with_and_without_the_null_space_undoes_all(organism_mode
     assert len(seq.state) == 0
     assert all(torch.equal(before[n], v) for n, v in weights(model).items())
 
-    plain = MemitConfig(layers=(0,), mom2_weight=300.0, v=RomeConfig(layer=0, v_steps=5), progress=False)
+    plain = MemitConfig(layers=(0,), mom2_weight=300.0, objective="erase_unlikelihood", v=RomeConfig(layer=0, v_steps=5),
+                        progress=False)
     seq = memit_sequence(model, [f1, f2], plain, progress=False, sample=excise.organism.corpus()[::8])
     assert seq.state is None and len(seq) == 2
     seq.undo()

@@ -19,7 +19,8 @@ import excise
 from excise import Component
 from excise.edit.record import storage_owners
 from excise.edit.rmu import RmuConfig, control_vector, rmu, rmu_loss
-from excise.edit.unlearn import UnlearnConfig, _forget_loss, simnpo_loss, unlearn
+from excise.methods import get, unlearn
+from excise.methods.simnpo import simnpo_loss
 from excise.scoring import answer_examples, recalled
 from excise.verify.relearn import RelearnConfig, relearn, relearn_curve
 
@@ -39,9 +40,9 @@ def request_recall(model, facts) -> float:
 # -- SimNPO ---------------------------------------------------------------------------------------------
 
 def test_simnpo_defaults_are_open_unlearnings():
-    cfg = UnlearnConfig.for_method("simnpo")
+    cfg = get("simnpo").configure()
     assert (cfg.beta, cfg.margin, cfg.forget_weight, cfg.retain_weight) == (4.5, 0.0, 0.125, 1.0)
-    assert UnlearnConfig.for_method("npo").forget_weight == 1.0
+    assert get("npo").configure().forget_weight == 1.0
 
 
 def test_simnpo_loss_golden():
@@ -58,7 +59,8 @@ def test_simnpo_forget_loss_on_a_hand_made_batch(organism_model, world):
     facts = [world.of_subject(world.people[2])[0], world.of_subject(world.people[4])[3]]
     batch = answer_examples(organism_model, facts, ("request", "paraphrase"))
     assert len({len(e.ids) for e in batch}) > 1                 # rows of several lengths: padding is exercised
-    cfg = UnlearnConfig.for_method("simnpo", margin=0.2)
+    simnpo = get("simnpo")
+    cfg = simnpo.configure(margin=0.2)
     expect = 0.0
     with torch.no_grad():
         for e in batch:
@@ -66,7 +68,7 @@ def test_simnpo_forget_loss_on_a_hand_made_batch(organism_model, world):
             nll = -sum(float(logits[e.start - 1 + i, t]) for i, t in enumerate(e.answer))
             z = cfg.beta * (nll / len(e.answer) - cfg.margin)
             expect += (2 / cfg.beta) * math.log1p(math.exp(-z)) / len(batch)     # -(2/beta) log sigmoid(z)
-        got = _forget_loss(organism_model, cfg, batch, torch.zeros(len(batch)), [], None, list(range(len(batch))))
+        got = simnpo.forget_loss(organism_model, batch, list(range(len(batch))), torch.zeros(len(batch)), None, cfg)
     assert abs(float(got) - expect) < 1e-4 * max(1.0, abs(expect)), (float(got), expect)
 
 
@@ -75,7 +77,7 @@ def test_simnpo_forgets_keeps_undoes_and_relearn_curve_reads_it(organism_model, 
     retain = world.retain_set(forget, n=100, seed=0)
     check = world.retain_set(forget, n=200, seed=1)
     before = weights(organism_model)
-    record = unlearn(organism_model, forget, retain, config=UnlearnConfig.for_method("simnpo", progress=False))
+    record = unlearn(organism_model, forget, retain, "simnpo", progress=False)
     try:
         forgotten, kept = request_recall(organism_model, forget), request_recall(organism_model, check)
         assert forgotten <= 1 / 6 and kept >= 0.9, (forgotten, kept)

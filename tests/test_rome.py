@@ -71,7 +71,7 @@ def test_failure_mid_edit_restores(tiny, monkeypatch):
 
 def test_deleting_a_fact_the_model_does_not_know_warns(tiny):
     with pytest.warns(UserWarning, match="not recalled by the model in the first place"):
-        record = rome(tiny, FACT, RomeConfig(layer=0, v_steps=2), sample=TEXTS)
+        record = rome(tiny, FACT, RomeConfig(layer=0, objective="erase_unlikelihood", v_steps=2), sample=TEXTS)
     assert record.meta["recalled_before"] is False
 
 
@@ -206,7 +206,7 @@ def test_protect_keeps_the_facts_whose_keys_the_write_moves_most(organism_model,
 def test_protect_needs_facts_to_choose_from_off_the_organism(tiny):
     before = weights(tiny)
     with pytest.raises(ValueError, match="protect=3 needs the facts to choose from"):
-        rome(tiny, FACT, RomeConfig(layer=0, protect=3, v_steps=2), sample=TEXTS)
+        rome(tiny, FACT, RomeConfig(layer=0, objective="erase_unlikelihood", protect=3, v_steps=2), sample=TEXTS)
     assert all(torch.equal(before[n], v) for n, v in weights(tiny).items())
 
 
@@ -216,7 +216,7 @@ def test_memit_scope_undo_and_null_space(organism_model, world):
     facts = list(world.sample(4, seed=5))
     preserve = list(world.filter(lambda f: f.subject not in {g.subject for g in facts}).sample(60, seed=6))
     before = weights(organism_model)
-    cfg = MemitConfig(layers=(0, 1), null_space=True, v=RomeConfig(layer=1, v_steps=5), progress=False)
+    cfg = MemitConfig(layers=(0, 1), null_space=True, objective="erase_unlikelihood", v=RomeConfig(layer=1, v_steps=5), progress=False)
     K0_before = _token_keys(organism_model, preserve, 0)
     out0 = linear(organism_model, 0, "mlp.out").W.detach().clone()
     record = memit(organism_model, facts, cfg, preserve=preserve, sample=corpus())
@@ -257,7 +257,7 @@ def test_sequence_applies_in_order_and_undoes_all(organism_model, world):
         seen.append(i)
         return {"recall_of_this_fact": excise.recall_table(organism_model, [facts[i]], ("request",)).rate("request")}
 
-    seq = sequence(organism_model, facts, lambda m, f: rome(m, f, RomeConfig(layer=0), sample=corpus()), after_each=measure,
+    seq = sequence(organism_model, facts, lambda m, f: rome(m, f, RomeConfig(layer=0, objective="erase_unlikelihood"), sample=corpus()), after_each=measure,
                    progress=False)
     assert len(seq) == 3 and seen == [0, 1, 2]
     assert [m["after"] for m in seq.measurements] == [1, 2, 3]
@@ -268,7 +268,7 @@ def test_sequence_applies_in_order_and_undoes_all(organism_model, world):
     def flaky(model, fact):
         if fact is facts[1]:
             raise RuntimeError("request rejected")
-        return rome(model, fact, RomeConfig(layer=0), sample=corpus())
+        return rome(model, fact, RomeConfig(layer=0, objective="erase_unlikelihood"), sample=corpus())
 
     with pytest.raises(RuntimeError, match="request rejected") as info:
         sequence(organism_model, facts, flaky, progress=False)

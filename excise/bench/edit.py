@@ -38,27 +38,19 @@ from tqdm.auto import tqdm
 
 from excise import organism
 from excise.bench.results import write_result
-from excise.edit import (
-    MemitConfig,
-    RomeConfig,
-    TaskVectorConfig,
-    UnlearnConfig,
-    ablate,
-    memit,
-    rome,
-    sequence,
-    task_vector,
-    unlearn,
-)
+from excise.edit import MemitConfig, RomeConfig, TaskVectorConfig, ablate, memit, rome, sequence, task_vector
 from excise.edit.covariance import second_moment
 from excise.edit.rome import REFERENCE
 from excise.facts import Fact
 from excise.locate import FisherConfig, fisher
+from excise.methods import METHODS, GradientMethod, unlearn
 from excise.models import load
 from excise.organism.train import corpus
 from excise.scoring import recall_table
 from excise.verify.logit_lens import head_projection_attack, logit_lens
 
+# every registered gradient method that needs only retain facts (swap needs stand-ins), at its defaults
+GRADIENT = tuple(m.name for m in METHODS if isinstance(m, GradientMethod) and set(m.requires) <= {"retain"})
 LAYER = 0   # on the organism, the layer where subject-position edits reach the answer (see README)
 DELETIONS = ("erase", "erase_unlikelihood", "max_entropy", "max_entropy_unlikelihood", "empty", "empty_unlikelihood",
              "head_projection", "head_projection_unlikelihood")
@@ -140,9 +132,9 @@ def bench_memit(model, world, n: int, retain_eval) -> dict[str, Any]:
     subjects = {f.subject for f in facts}
     preserve = list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=4))
     out = {}
-    configs = [(f"memit_lambda{w:g}", MemitConfig(layers=(LAYER,), mom2_weight=w, progress=False))
+    configs = [(f"memit_lambda{w:g}", MemitConfig(layers=(LAYER,), mom2_weight=w, objective="erase_unlikelihood", progress=False))
                for w in (30.0, 300.0, 3000.0)]
-    configs += [(f"memit_null_space_{t:g}", MemitConfig(layers=(LAYER,), null_space=True, null_threshold=t,
+    configs += [(f"memit_null_space_{t:g}", MemitConfig(layers=(LAYER,), null_space=True, null_threshold=t, objective="erase_unlikelihood",
                                                          progress=False)) for t in (1e-2, 1e-4)]
     for name, cfg in configs:
         start = time.perf_counter()
@@ -167,7 +159,7 @@ def bench_sequential(model, world, n: int, retain_eval) -> dict[str, Any]:
         return None
 
     start = time.perf_counter()
-    seq = sequence(model, facts, lambda m, f: rome(m, f, RomeConfig(layer=LAYER), C=C), after_each=measure)
+    seq = sequence(model, facts, lambda m, f: rome(m, f, RomeConfig(layer=LAYER, objective="erase_unlikelihood"), C=C), after_each=measure)
     seconds = time.perf_counter() - start
     seq.undo()
     return {"rome_sequential": {"requests": n, "seconds": seconds, "curve": seq.measurements}}
@@ -196,10 +188,9 @@ def bench_split(model, world, fraction: float, k_neurons: int) -> dict[str, Any]
     sample = list(world.general)
     run("ablate_zero_located", lambda: ablate(model, neurons, "zero"))
     run("ablate_mean_located", lambda: ablate(model, neurons, "mean", sample=sample))
-    for method in ("ga", "graddiff", "kl", "npo", "dpo"):
-        cfg = UnlearnConfig(method=method, progress=False)
-        run(f"{method}_all", lambda cfg=cfg: unlearn(model, forget, retain_train, config=cfg))
-        run(f"{method}_located", lambda cfg=cfg: unlearn(model, forget, retain_train, mask=neurons, config=cfg))
+    for method in GRADIENT:
+        run(f"{method}_all", lambda m=method: unlearn(model, forget, retain_train, m, progress=False))
+        run(f"{method}_located", lambda m=method: unlearn(model, forget, retain_train, m, mask=neurons, progress=False))
     run("task_vector_all", lambda: task_vector(model, forget, config=TaskVectorConfig(progress=False)))
     return out
 

@@ -149,9 +149,30 @@ def _tests() -> str:
     return f"`python -m pytest` runs everything: {tests} tests and the {notebooks} notebooks (nbmake).\n"
 
 
+def _methods() -> str:
+    """The deletion methods' table, from the registry (`excise.methods.METHODS`)."""
+    from excise.methods import METHODS
+
+    confined = {"none": "its own (a layer, or every parameter)", "optional": "the located neurons, or every parameter",
+                "required": "the located neurons"}
+    rows = ["| method | what it does | changes | needs | after |", "|---|---|---|---|---|"]
+    rows += [f"| `{m.name}` | {m.summary} | {confined[m.mask]} | {', '.join(m.requires) or '-'} | {m.source or '-'} |"
+             for m in METHODS]
+    return "\n".join(rows) + "\n"
+
+
+def _attacks() -> str:
+    """The audit's attacks' table, from the registry (`excise.verify.ATTACKS`)."""
+    from excise.verify import ATTACKS
+
+    rows = ["| attack | succeeds on a fact when | per-fact statistic (leaks when) |", "|---|---|---|"]
+    rows += [f"| `{a.name}` | {a.succeeds} | {a.statistic} ({a.leaks}) |" for a in ATTACKS]
+    return "\n".join(rows) + "\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
-                                        "sites": _sites}
+                                        "sites": _sites, "methods": _methods}
 
 
 def render(text: str, only: set[str] | None = None) -> str:

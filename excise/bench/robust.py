@@ -127,8 +127,8 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
         n_layers_masked: int = 1, fraction: float = FRACTION, log: Callable[[str], None] = lambda m: None,
         ) -> dict[str, Any]:
     from excise.bench.unlearn import Budget
-    from excise.edit import UnlearnConfig, unlearn
     from excise.locate import FisherConfig, fisher
+    from excise.methods import unlearn
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,9 +165,8 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
             mask = scope_components(scope, curves, original.cfg.n_layers, n_layers_masked, seed, neurons)
             model = copy_model(original)
             start = time.perf_counter()
-            record = unlearn(model, forget, retain_train, mask=mask, stand_ins=context.stand_ins,
-                             config=UnlearnConfig.for_method(UNDO_TEACHER if method == "undo" else method, seed=seed,
-                                                             progress=False))
+            record = unlearn(model, forget, retain_train, UNDO_TEACHER if method == "undo" else method, mask=mask,
+                             stand_ins=context.stand_ins, seed=seed, progress=False)
             extra: dict[str, Any] = {}
             if method == "undo":
                 record = undo_after_unlearning(model, retain_train, seed)

@@ -42,6 +42,7 @@ FACT_SEED, RETAIN_SEED, PRESERVE_SEED = 11, 21, 4     # excise/bench/edit.py: be
 # s = k^T C^-1 k / lambda (median k^T C^-1 k 370 on these facts): 0.97 at lambda 10, 0.79 at 100. Measured
 # (100 steps): lambda 10 efficacy 0.85, retain 0.46; lambda 100 efficacy 0.88, retain 0.58.
 MEMIT_WEIGHT = 100.0
+ROME = RomeConfig(layer=LAYER, objective="erase_unlikelihood")     # the objective these runs were measured with
 RIDGES = (10.0, 1.0)    # AlphaEdit's L2, and 1 (0.1 measured once: efficacy 0.85, retain 0.29 after 100)
 GOAL = {"efficacy": 0.95, "retain_recall": 0.9}       # after 100 (the issue)
 
@@ -123,12 +124,12 @@ def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
 
     t0 = time.perf_counter()
     C = second_moment(model, LAYER, corpus(world))           # the unedited C, as bench_sequential
-    seq = sequence(model, facts, lambda m, f: rome(m, f, RomeConfig(layer=LAYER), C=C), after_each=measurer(None))
-    results["rome_sequential"] = {"config": {"rome": asdict(RomeConfig(layer=LAYER))},
+    seq = sequence(model, facts, lambda m, f: rome(m, f, ROME, C=C), after_each=measurer(None))
+    results["rome_sequential"] = {"config": {"rome": asdict(ROME)},
                                   "seconds": time.perf_counter() - t0, "curve": seq.measurements}
     seq.undo()
-    runs = [("memit_sequential", MemitConfig(layers=(LAYER,), mom2_weight=MEMIT_WEIGHT, progress=False))]
-    runs += [(f"alphaedit_l2_{r:g}", MemitConfig(layers=(LAYER,), null_space=True, null_ridge=r, progress=False))
+    runs = [("memit_sequential", MemitConfig(layers=(LAYER,), mom2_weight=MEMIT_WEIGHT, objective="erase_unlikelihood", progress=False))]
+    runs += [(f"alphaedit_l2_{r:g}", MemitConfig(layers=(LAYER,), null_space=True, null_ridge=r, objective="erase_unlikelihood", progress=False))
              for r in ridges]
     for name, cfg in runs:
         t0 = time.perf_counter()

@@ -31,8 +31,10 @@ from typing import Any
 
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.bench.robust import UNDO_ALPHA
-from excise.edit import RmuConfig, UndoConfig, UnlearnConfig, random_like, rmu, undo, unlearn
+from excise.edit import RmuConfig, UndoConfig, random_like, rmu, undo
 from excise.locate import FisherConfig, fisher
+from excise.methods import METHODS as REGISTRY
+from excise.methods import GradientMethod, unlearn
 from excise.models import load as load_model
 from excise.tofu import (
     FORGET_SPLITS,
@@ -48,7 +50,9 @@ from excise.tofu import (
 from excise.tofu.organism import VARIANTS, TofuRecipe, model_dir, rows_for, text
 from excise.weights import copy_model
 
-METHODS = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "rmu", "undo")
+# every registered gradient method that needs nothing TOFU lacks (swap needs never-seen stand-in authors), then
+# rmu and undo (distilling rmu's result)
+METHODS = (*(m.name for m in REGISTRY if isinstance(m, GradientMethod) and set(m.requires) <= {"retain"}), "rmu", "undo")
 SCOPES = ("located", "random", "all")
 RMU_SCOPES = ("layer", "located", "random")     # RMU's own layer (WMDP's), or the same masks as the others
 # UNDO's teacher: RMU at the located neurons, forget05's highest forget quality at utility >= 0.85 (6.5e-4 at
@@ -108,9 +112,8 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
                 record = rmu(model, forget, retain, mask=masks.get(scope),
                              config=RmuConfig(families=("request",), seed=seed, progress=False))
             else:
-                config = UnlearnConfig.for_method(method, steps=steps, stop_forget_recall=-1.0, families=("request",),
-                                                  progress=False, seed=seed)
-                record = unlearn(model, forget, retain, mask=masks[scope], config=config)
+                record = unlearn(model, forget, retain, method, mask=masks[scope], steps=steps, stop_forget_recall=-1.0,
+                                 families=("request",), progress=False, seed=seed)
             if method == "undo":
                 record = undo(model, [text(q) for q in rows_for(recipe, without=split)],
                               [text(q) for q in retain_qas[:200]],

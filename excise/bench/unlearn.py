@@ -35,6 +35,7 @@ relearning attack (for CI). The oracle row's seconds are its training time
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -46,8 +47,11 @@ from excise import edit as E
 from excise import organism
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.components import Component
+from excise.context import KnowledgeContext
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
+from excise.methods import METHODS
+from excise.methods import get as get_method
 from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit
 from excise.verify.leakage import LEAKAGE_ATTACKS
@@ -55,9 +59,7 @@ from excise.verify.results import ModelAudit
 from excise.weights import copy_model
 
 SPLITS = (0.01, 0.05, 0.10)
-GRADIENT = ("ga", "graddiff", "kl", "npo", "simnpo", "swap")
 LAYER = 0                 # ROME/MEMIT layer on the organism (see the edit benchmark)
-UNDO_TEACHER = "swap"     # UNDO distils this method's result at the scope (the table's best row before UNDO)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Split:
     locate_seconds: dict[str, float]
 
 
-Method = Callable[[Any, Split, str, int], E.EditRecord]
+Run = Callable[[Any, Split, str, int], E.EditRecord]
 
 
 def _scoped(model: Any, split: Split, scope: str, seed: int, kind: str = "neuron") -> list[Component] | None:
@@ -93,71 +95,59 @@ def _scoped(model: Any, split: Split, scope: str, seed: int, kind: str = "neuron
         return located
     if scope == "random":
         return E.random_like(model, located, seed=seed + 1)
-    if scope == "all":
+    if scope in ("all", "layer"):
         return None
     raise ValueError(f"unknown scope {scope!r}")
 
 
-def _gradient(method: str) -> Method:
+def _registered(name: str, kind: str = "neuron", **settings: Any) -> Run:
+    """The registered method `name` on the split: its context the split's (retain_train, stand-ins, the
+    organism's corpus as sample; alphaedit keeps the split's preserve facts), `settings` over its defaults."""
+    method = get_method(name)
+
     def run(model, split, scope, seed):
-        config = E.UnlearnConfig.for_method(method, seed=seed, progress=False)
-        return E.unlearn(model, split.forget, split.retain_train, mask=_scoped(model, split, scope, seed),
-                         config=config, stand_ins=split.stand_ins)
+        retain = split.preserve if name == "alphaedit" else split.retain_train
+        context = KnowledgeContext(retain=retain, stand_ins=split.stand_ins, sample=organism.corpus())
+        fields = {f.name for f in dataclasses.fields(method.Config)}
+        config = method.configure(**{k: v for k, v in {"seed": seed, "progress": False}.items() if k in fields},
+                                  **settings)
+        return method.run(model, split.forget, context, config, _scoped(model, split, scope, seed, kind))
     return run
 
 
-def _undo(model, split, scope, seed):
-    from excise.bench.robust import undo_after_unlearning
-
-    _gradient(UNDO_TEACHER)(model, split, scope, seed)
-    return undo_after_unlearning(model, split.retain_train, seed)
-
-
-def _rmu(model, split, scope, seed):
-    mask = None if scope == "layer" else _scoped(model, split, scope, seed)
-    return E.rmu(model, split.forget, split.retain_train, mask=mask, config=E.RmuConfig(seed=seed, progress=False))
-
-
-def _task_vector(model, split, scope, seed):
-    return E.task_vector(model, split.forget, mask=_scoped(model, split, scope, seed),
-                         config=E.TaskVectorConfig(seed=seed, progress=False))
-
-
-def _ablate(kind: str) -> Method:
-    def run(model, split, scope, seed):
-        return E.ablate(model, _scoped(model, split, scope, seed, kind), mode="zero")
-    return run
-
-
-def _rome(model, split, scope, seed):
-    return E.rome_each(model, split.forget, E.RomeConfig(layer=LAYER, objective="head_projection_unlikelihood"),
-                       sample=organism.corpus(), progress=False)
-
-
-def _memit(null_space: bool) -> Method:
-    def run(model, split, scope, seed):
-        config = E.MemitConfig(layers=(LAYER,), null_space=null_space, progress=False) if null_space else \
-            E.MemitConfig(layers=(LAYER,), mom2_weight=300.0, progress=False)
-        return E.memit(model, split.forget, config, preserve=split.preserve, sample=organism.corpus())
-    return run
-
-
-# name -> (label, scopes, run)
-METHODS: dict[str, tuple[str, tuple[str, ...], Method]] = {
-    "rome": ("ROME delete (head_projection_unlikelihood)", ("layer",), _rome),
-    "memit": ("MEMIT delete", ("layer",), _memit(False)),
-    "memit_null_space": ("MEMIT + null space (AlphaEdit)", ("layer",), _memit(True)),
-    "ablate_neurons": ("neuron ablation (Fisher)", ("located", "random"), _ablate("neuron")),
-    "ablate_heads": ("head ablation (attribution)", ("located", "random"), _ablate("head")),
-    "rmu": ("RMU (WMDP)", ("layer", "located", "random"), _rmu),
-    **{m: ({"graddiff": "GradDiff", "swap": "subject-swap distillation", "simnpo": "SimNPO"}.get(m, m.upper()),
-           ("located", "random", "all"), _gradient(m)) for m in GRADIENT},
-    "task_vector": ("task-vector negation", ("located", "random", "all"), _task_vector),
-    "undo": ("UNDO (swap, then noise and distil)", ("located",), _undo),
-    # exact unlearning: not an edit of the organism but a sharded ensemble with the people's shards retrained
-    # (organism.sisa; the ensemble and each deletion are cached, training one is 20-26 min on one core)
-    "sisa": ("SISA (exact, retrained shards)", ("k5", "k10"), None),
+# How this table runs a method, where not at its defaults at the scopes its mask allows (SCOPES_OF): the rank-one
+# methods at LAYER with the objective they were measured with (rome: the methods' default; memit at the
+# fixed lambda 300 and alphaedit with erase_unlikelihood, as before the registry), rmu also at located scopes,
+# undo at the located neurons only (its teacher's scope; the distillation changes every parameter).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "rome": {"layer": LAYER},
+    "memit": {"layer": LAYER, "mom2_weight": 300.0, "through_edit": False, "objective": "erase_unlikelihood"},
+    "alphaedit": {"layer": LAYER, "objective": "erase_unlikelihood"},
 }
+SCOPES_OF = {"none": ("layer",), "optional": ("located", "random", "all"), "required": ("located", "random")}
+SCOPES = {"rmu": ("layer", "located", "random"), "undo": ("located",)}
+# the row names the committed results use for two registered methods
+ROW_NAMES = {"alphaedit": "memit_null_space", "ablate": "ablate_neurons"}
+LABELS = {"rome": "ROME delete (head_projection_unlikelihood)", "memit": "MEMIT delete",
+          "alphaedit": "MEMIT + null space (AlphaEdit)", "ablate": "neuron ablation (Fisher)",
+          "undo": "UNDO (swap, then noise and distil)"}
+
+
+def table_rows() -> dict[str, tuple[str, tuple[str, ...], Run | None]]:
+    """row name -> (label, scopes, run): every registered method, then the rows that are not one."""
+    rows: dict[str, tuple[str, tuple[str, ...], Run | None]] = {}
+    for m in METHODS:
+        rows[ROW_NAMES.get(m.name, m.name)] = (LABELS.get(m.name, m.label), SCOPES.get(m.name, SCOPES_OF[m.mask]),
+                                               _registered(m.name, **SETTINGS.get(m.name, {})))
+        if m.name == "ablate":
+            rows["ablate_heads"] = ("head ablation (attribution)", ("located", "random"),
+                                    _registered("ablate", kind="head"))
+    # exact unlearning: not an edit of the organism but a sharded ensemble with the people's shards retrained
+    # (excise.organism.sisa; the ensemble and each deletion are cached, training one is 20-26 min on one core)
+    rows["sisa"] = ("SISA (exact, retrained shards)", ("k5", "k10"), None)
+    return rows
+
+
 QUICK_METHODS = ("npo",)        # the smoke run tests/test_bench.py runs in CI: one method, three scopes
 QUICK_ATTACKS = tuple(a for a in ATTACKS if a != "relearn")     # relearning is most of an audit's time
 
@@ -184,7 +174,7 @@ def _sisa_row(base: AuditReport, forget: list[Fact], k: int, config: AuditConfig
     sisa, deletion = cached_deletion(SisaConfig(shards=k, seed=seed), sorted({f.subject for f in forget}),
                                      progress=progress)
     edited = audit(sisa.aggregate(), forget, config=config, context=context, progress=False).models["edited"]
-    row = {"method": "sisa", "label": METHODS["sisa"][0], "scope": f"k{k}", "seconds": deletion.total_seconds,
+    row = {"method": "sisa", "label": table_rows()["sisa"][0], "scope": f"k{k}", "seconds": deletion.total_seconds,
            "parameters_touched": None, "sisa_steps": deletion.steps,
            "full_retrain_steps": deletion.full_retrain_steps, **row_metrics(_combined(base, edited))}
     log(f"  sisa              k{k:<7} eff {row['efficacy']:.2f} fq {row['forget_quality']:.2g} "
@@ -246,8 +236,9 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
         {"method": "oracle", "label": "retrain oracle (gold)", "scope": "retrain", "seconds": oracle_seconds,
          "parameters_touched": None, **row_metrics(_combined(base, base.models["oracle"]))},
     ]
+    table = table_rows()
     for name in methods:
-        label, scopes, fn = METHODS[name]
+        label, scopes, fn = table[name]
         for scope in scopes:
             if fn is None:
                 rows.append(_sisa_row(base, forget, int(scope[1:]), config, context, seed, progress, log))
@@ -276,10 +267,11 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = splits or ((0.01,) if quick else SPLITS)
-    methods = list(methods or (QUICK_METHODS if quick else METHODS))
-    unknown = [m for m in methods if m not in METHODS]
+    every = list(table_rows())
+    methods = list(methods or (QUICK_METHODS if quick else every))
+    unknown = [m for m in methods if m not in every]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(every)}")
     budget = budget or Budget()
     start = time.perf_counter()
     original = load("organism", device="cpu")
@@ -287,14 +279,14 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     holdout_people = 10 if quick else None          # None: the context's, sized to each split
     results = {"seed": seed, "quick": quick, "budget": budget.__dict__, "top_b": AuditConfig().top_b,
                "holdout_people": holdout_people, "splits": kept_splits(out, seed, quick, budget, splits)}
-    old = _old_splits(out, seed, quick, budget) if methods != list(METHODS) else {}
+    old = _old_splits(out, seed, quick, budget) if methods != every else {}
     for s in splits:
         people = holdout_people or organism.holdout_size(world.subjects_split(s, seed=seed)[0])
         if s in old and old[s]["holdout_people"] != people:
             raise ValueError(f"the {s:.0%} split in {out / 'unlearn.json'} was audited against "
                              f"{old[s]['holdout_people']} never-seen people, this run would use {people}; "
                              f"re-run every method on it (omit --methods) so its rows share one baseline")
-    results["reruns"] = _old_reruns(out, splits if methods == list(METHODS) else ())
+    results["reruns"] = _old_reruns(out, splits if methods == every else ())
     # read before the first write: the rows kept (other splits, or a split's other methods) came from its runs
     kept_from = read_result(out / "unlearn.json") if results["splits"] or any(s in old for s in splits) else None
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
@@ -333,7 +325,7 @@ def merge_rows(old: dict[str, Any], new: dict[str, Any], methods: list[str]) -> 
     anchors = ("original", "oracle")
     rows = [r for r in new["rows"] if r["method"] in anchors]
     rows += rerun_rows([r for r in old["rows"] if r["method"] not in anchors],
-                       [r for r in new["rows"] if r["method"] in methods], methods, list(METHODS))
+                       [r for r in new["rows"] if r["method"] in methods], methods, list(table_rows()))
     return {**new, "rows": rows, "wall_seconds": old.get("wall_seconds", 0.0) + new.get("wall_seconds", 0.0),
             "located_heads": new["located_heads"] or old.get("located_heads", []),
             "locate_seconds": {**old.get("locate_seconds", {}), **new["locate_seconds"]}}
@@ -510,7 +502,7 @@ def plot(r: dict[str, Any]):
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     markers = {"located": "o", "random": "x", "all": "s", "layer": "^", "-": "D", "retrain": "*", "k5": "P",
                "k10": "P"}
-    names = [m for m in METHODS] + ["original"]
+    names = list(table_rows()) + ["original"]
     order = [*range(0, 20, 2), *range(1, 20, 2)]           # tab20's strong colours first
     colours = {m: plt.cm.tab20(order[i % 20]) for i, m in enumerate(names)}
     colours["oracle"] = "gold"

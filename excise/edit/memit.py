@@ -47,20 +47,19 @@ from tqdm.auto import tqdm
 from excise.edit.covariance import mlp_keys, second_moment
 from excise.edit.rank_one import POSITIONS, inverse_second_moment
 from excise.edit.record import EditRecord, recording
-from excise.edit.rome import RomeConfig, _at, _prompts, _rows, compute_v, layer_keys, resolve_sample
+from excise.edit.rome import DELETION_OBJECTIVE, RomeConfig, _at, _prompts, _rows, compute_v, layer_keys, resolve_sample
 from excise.edit.sequence import EditSequence, sequence
 from excise.facts import Fact
 from excise.scoring import pad_batch
 from excise.weights import device_of, fingerprint, linear
 
 THRESHOLD_MODES = ("absolute", "relative")
-ROME_DEFAULT_OBJECTIVE = RomeConfig(layer=0).objective
 
 
 @dataclass(frozen=True)
 class MemitConfig:
     layers: tuple[int, ...]
-    objective: str = ROME_DEFAULT_OBJECTIVE   # compute_v's objective; the default is ROME's default deletion
+    objective: str = DELETION_OBJECTIVE       # compute_v's objective (RomeConfig's default)
     # the edit position's role (rank_one.POSITIONS): "subject_last" is MEMIT's; "prompt_last" the prompt's last
     # token (excise.locate.edit_site picks it where the trace says the model retrieves there)
     position: str = "subject_last"

@@ -82,6 +82,10 @@ REFERENCE = ("erase", "max_entropy", "empty", "head_projection")      # Patil et
 UNLIKELIHOOD = ("erase_unlikelihood", "max_entropy_unlikelihood", "empty_unlikelihood",
                 "head_projection_unlikelihood")                        # excise's variants (module docstring)
 OBJECTIVES = ("rewrite", *REFERENCE, *UNLIKELIHOOD)
+# The deletion objective of RomeConfig, MemitConfig and the rome/memit/alphaedit methods. Against
+# erase_unlikelihood on four models (benchmarks/results/sites.md) it deletes as much and keeps other
+# subjects at least as well; it also pushes the answer out of the logit lens, which the audit attacks.
+DELETION_OBJECTIVE = "head_projection_unlikelihood"
 REGULARIZERS = ("excise", "rome")
 PREFIXES = ("Here is a fact.", "I read this somewhere.", "Note:", "As everyone knows,",
             "The following is true.", "Listen.", "In short,", "Today we learn that")
@@ -107,7 +111,7 @@ class RomeConfig:
     """
 
     layer: int
-    objective: str = "erase_unlikelihood"   # see OBJECTIVES_MEASURED below
+    objective: str = DELETION_OBJECTIVE     # one of OBJECTIVES (module docstring)
     # the edit position's role (rank_one.POSITIONS): "subject_last" is ROME's; "prompt_last" the prompt's last
     # token, where a model whose trace peaks there retrieves (excise.locate.edit_site picks between them)
     position: str = "subject_last"
@@ -144,7 +148,7 @@ class RomeConfig:
     # through ln_f once more and wraps indices above n_layers; excise reads the output there and rejects them
     lens_layers: tuple[int, ...] | None = None
     regularizer: str = "excise"  # or "rome": ROME's KL and weight decay (module docstring)
-    ridge: float = 1e-2          # C + ridge * mean(diag C) * I; ROME: 0 (see RIDGE_MEASURED below)
+    ridge: float = 1e-2          # C + ridge * mean(diag C) * I; ROME: 0
     # optimize the value through the rank-one write itself (see compute_v). On the organism's 50 bench facts
     # (layer 0), against the delta at the mean key: erase efficacy 0.98 -> 1.00, max_entropy 0.92 -> 0.96,
     # empty 0.86 -> 0.98, rewrite 0.86 -> 0.94 (with clamp 10; 0.88 with clamp 4)

@@ -1,42 +1,22 @@
-"""Gradient unlearning restricted to a mask, and task-vector negation.
+"""The loop every gradient unlearning method shares, restricted to a mask; and task-vector negation.
 
-Methods (forget set F, retain set R; log p = the answer's sequence log-prob):
-- `ga` (gradient ascent): maximize the NLL of F;
-- `graddiff`: GA on F plus the NLL of R (weight `retain_weight`);
-- `kl`: GA on F plus KL(original || current) of the next-token distributions
-  at R's answer positions;
-- `npo` (Zhang et al. 2024): (2 / beta) * log(1 + (p(y|x) / p_ref(y|x))^beta)
-  on F, plus the NLL of R;
-- `simnpo` (Fan et al. 2024, as open-unlearning computes it): reference-free,
-  length-normalized NPO: -(2 / beta) * log sigmoid(beta * (NLL(y|x) / |y| - margin))
-  on F, NLL(y|x) the answer's summed negative log-prob and |y| its token
-  count, times `forget_weight`, plus the NLL of R. open-unlearning's `delta`
-  is `margin` here (inside beta, so the paper's gamma = beta * margin) and
-  its `gamma` (the forget term's weight) is `forget_weight`;
-  `UnlearnConfig.for_method("simnpo")` gives open-unlearning's SimNPO
-  defaults (beta 4.5, margin 0, forget_weight 0.125, retain weight 1);
-- `dpo`: prefer `preferred` answers (default the refusal "I don't know", or a
-  wrong alternative per fact) over the true one: -log sigmoid(beta * margin),
-  plus the NLL of R;
-- `swap` (subject-swap distillation, after Eldan & Russinovich's generic
-  predictions in "Who's Harry Potter?"): on F's prompts, match the original
-  model's next-token distributions on the *same prompts with the subject
-  replaced by a stand-in the model never saw* (KL(teacher || current) at
-  the answer positions), plus the NLL of R. The target is what the model
-  says about a stranger, which is what a model never trained on the subject
-  says about them: not suppression below the prior, as GA/NPO push, but the
-  prior itself. The loss adds the squared gap between the current and the
-  teacher's log-prob of each true answer token (KL alone barely weighs an
-  answer the teacher finds unlikely). Needs `stand_ins` (never-seen names;
-  one per forget subject, reused cyclically). No early stop on recall: the
-  aim is the chance level, not zero, so it runs its `steps`.
-  `UnlearnConfig.for_method("swap")` gives its defaults (200 steps, retain
-  weight 3), chosen on the organism's 5% split (see benchmarks/RESULTS.md).
+A gradient method (`excise.methods`: ga, graddiff, kl, npo, simnpo, dpo, swap)
+is a `ForgetLoss`: its forget term, what it precomputes, and which retain
+term it adds. `unlearn_with(model, loss, forget, retain, config)` runs it:
+
+    loss = forget_weight * loss.forget_loss(batch)  +  retain_weight * retain term
+
+the retain term the NLL of the retain answers (`retain_term="nll"`), or
+KL(original || current) of the next-token distributions at their answer
+positions (`"kl"`), or none (`"none"`, gradient ascent). As open-unlearning's
+NPO builds on GradDiff, a method changes only its forget term.
+
 Only the entries of the mask (from Components, a Localization, or all
 parameters) move: gradients are masked and Adam (no weight decay) leaves an
 entry whose gradient is always zero exactly where it was. Early stopping:
 every `eval_every` steps the forget recall (request prompts) is measured; the
-run stops once it is <= `stop_forget_recall`.
+run stops once it is <= `stop_forget_recall` (unless the loss sets
+`early_stop = False`).
 `task_vector`: fine-tune on F, then subtract `alpha` times the difference.
 """
 
@@ -49,8 +29,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from excise.components import Component
@@ -62,42 +40,45 @@ from excise.weights import device_of
 
 log = logging.getLogger(__name__)
 
-METHODS = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "swap")
-# where a method's good settings differ from UnlearnConfig's (measured on the organism's 5% split)
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "swap": {"steps": 200, "retain_weight": 3.0},
-    # open-unlearning's configs/trainer/SimNPO.yaml (from Unlearn-Simple's TOFU config)
-    "simnpo": {"beta": 4.5, "margin": 0.0, "forget_weight": 0.125},
-}
+RETAIN_TERMS = ("nll", "kl", "none")
 
 
 @dataclass(frozen=True)
 class UnlearnConfig:
-    method: str = "npo"
+    """The shared loop's settings; each gradient method's config extends it with its own (`excise.methods`)."""
+
     steps: int = 100                  # at most; early stopping usually ends sooner
     lr: float = 1e-3                  # Adam; the organism was trained at 3e-3
     batch_size: int = 32
     retain_weight: float = 1.0
-    beta: float = 0.1                 # NPO / DPO temperature (NPO paper: 0.1); SimNPO's is 4.5 (for_method)
-    margin: float = 0.0               # SimNPO's margin (open-unlearning's delta; its default 0)
-    forget_weight: float = 1.0        # weight of the forget term (open-unlearning's gamma; SimNPO: 0.125)
-    refusal: str = "I don't know"
+    forget_weight: float = 1.0        # weight of the forget term (open-unlearning's gamma)
     families: tuple[str, ...] = ("request", "paraphrase")   # prompts trained on
     eval_every: int = 5
     stop_forget_recall: float = 0.0   # stop once request recall of F is at most this
     seed: int = 0
     progress: bool = True
 
-    @classmethod
-    def for_method(cls, method: str, **overrides: Any) -> UnlearnConfig:
-        """The config with `method`'s own defaults (see METHOD_DEFAULTS), then `overrides`."""
-        return cls(**{"method": method, **METHOD_DEFAULTS.get(method, {}), **overrides})
-
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("steps, batch_size and eval_every must be >= 1")
+
+
+class ForgetLoss:
+    """A gradient method's part of the loop: subclass, set the attributes, implement `forget_loss`."""
+
+    name: str = "forget_loss"
+    retain_term: str = "nll"          # one of RETAIN_TERMS
+    early_stop: bool = True           # stop once forget recall <= config.stop_forget_recall
+
+    def prepare(self, model: Any, forget: list[Fact], examples: list[Example], config: Any,
+                stand_ins: Sequence[str] | None) -> Any:
+        """What the forget term needs from the original model, computed once before training (no gradients)."""
+        return None
+
+    def forget_loss(self, model: Any, batch: list[Example], idx: list[int], ref: torch.Tensor, extra: Any,
+                    config: Any) -> torch.Tensor:
+        """The forget term on `batch` (the forget examples at `idx`); `ref` their original answer log-probs."""
+        raise NotImplementedError
 
 
 def _masks(model: Any, mask: Any) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
@@ -129,68 +110,57 @@ def swapped(forget: Sequence[Fact], stand_ins: Sequence[str]) -> list[Fact]:
                  f.held_out) for f in forget]
 
 
-def unlearn(
-    model: Any, forget: Iterable[Fact], retain: Iterable[Fact] = (), mask: Sequence[Component] | None = None,
-    config: UnlearnConfig | None = None, preferred: dict[tuple[str, str], str] | None = None,
+def unlearn_with(
+    model: Any, loss: ForgetLoss, forget: Iterable[Fact], retain: Iterable[Fact] = (),
+    config: UnlearnConfig | None = None, mask: Sequence[Component] | None = None,
     stand_ins: Sequence[str] | None = None,
 ) -> EditRecord:
-    """Unlearn `forget` with `config.method`, changing only `mask` (None: all parameters).
-
-    stand_ins: for `swap`, names of subjects the model never saw (see the module docstring).
+    """Unlearn `forget` with `loss`, changing only `mask` (None: all parameters); see the module docstring.
 
     Returns the EditRecord. Cost: at most `config.steps` Adam steps, each a
-    forward + backward on a forget batch and on a retain batch (npo/dpo/kl:
-    plus the original model's log-probs, computed once before training),
-    and a recall check every `eval_every` steps; memory: Adam's two moments
-    and the gradients of the masked parameters (all of them with mask=None).
+    forward + backward on a forget batch and on a retain batch (plus what
+    `loss.prepare` computes once before training), and a recall check every
+    `eval_every` steps; memory: Adam's two moments and the gradients of the
+    masked parameters (all of them with mask=None).
     """
     config = config or UnlearnConfig()
     forget, retain = list(forget), list(retain)
+    if loss.retain_term not in RETAIN_TERMS:
+        raise ValueError(f"{loss.name}: retain_term must be one of {RETAIN_TERMS}, got {loss.retain_term!r}")
     if not forget:
         raise ValueError("unlearn needs at least one fact to forget")
-    if config.method != "ga" and not retain:
-        raise ValueError(f"{config.method} needs a retain set (facts to keep)")
-    teacher = swapped(forget, stand_ins or ()) if config.method == "swap" else None
+    if loss.retain_term != "none" and not retain:
+        raise ValueError(f"{loss.name} needs a retain set (facts to keep)")
     masks = _masks(model, mask)
     params = [p for p, _ in masks]
     rng = random.Random(config.seed)
     f_ex = answer_examples(model, forget, config.families)
-    r_ex = answer_examples(model, retain, config.families) if retain else []
-    pref_ex = []
-    if config.method == "dpo":
-        answers = preferred or {f.key: config.refusal for f in forget}
-        pref_ex = answer_examples(model, forget, config.families, answers)
+    r_ex = answer_examples(model, retain, config.families) if retain and loss.retain_term != "none" else []
     with torch.no_grad():      # reference log-probs of the original model
         ref_f = torch.cat([answer_logprobs(model, f_ex[i:i + 64]) for i in range(0, len(f_ex), 64)])
-        ref_p = torch.cat([answer_logprobs(model, pref_ex[i:i + 64]) for i in range(0, len(pref_ex), 64)]) \
-            if pref_ex else None
-    kl_ref = _answer_distributions(model, r_ex) if config.method == "kl" else None
-    stop = config.stop_forget_recall if teacher is None else float("-inf")
-    if teacher is not None:
-        swap_ex = answer_examples(model, teacher, config.families)
-        swap_ref = _answer_distributions(model, swap_ex)
-        assert len(swap_ex) == len(f_ex), "stand-in prompts must align with the forget prompts"
-        pref_ex, ref_p = [], [swap_ref[e] for e in swap_ex]     # per forget example: the teacher's rows
-    hyper = asdict(config) | {"mask_size": count(masks),
-                              "mask": [c.to_dict() for c in mask] if mask is not None else "all"}
+        extra = loss.prepare(model, forget, f_ex, config, stand_ins)
+    kl_ref = answer_distributions(model, r_ex) if loss.retain_term == "kl" else None
+    stop = config.stop_forget_recall if loss.early_stop else float("-inf")
+    hyper = {"method": loss.name} | asdict(config) | {
+        "mask_size": count(masks), "mask": [c.to_dict() for c in mask] if mask is not None else "all"}
     history: list[dict[str, float]] = []
-    with recording(model, f"unlearn_{config.method}", hyper, facts=forget, scope=params) as box:
+    with recording(model, f"unlearn_{loss.name}", hyper, facts=forget, scope=params) as box:
         opt = torch.optim.Adam(params, lr=config.lr)
         f_batches = _batches(list(range(len(f_ex))), config.batch_size, rng)
         r_batches = _batches(r_ex, config.batch_size, rng) if r_ex else None
-        bar = tqdm(range(config.steps), desc=f"unlearn {config.method}", disable=not config.progress)
+        bar = tqdm(range(config.steps), desc=f"unlearn {loss.name}", disable=not config.progress)
         for step in bar:
             idx = next(f_batches)
             batch = [f_ex[i] for i in idx]
             with torch.enable_grad():
-                loss = config.forget_weight * _forget_loss(model, config, batch, ref_f[idx], pref_ex, ref_p, idx)
-                if r_batches is not None and config.method != "ga":
-                    loss = loss + config.retain_weight * _retain_loss(model, next(r_batches), kl_ref)
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                total = config.forget_weight * loss.forget_loss(model, batch, idx, ref_f[idx], extra, config)
+                if r_batches is not None:
+                    total = total + config.retain_weight * _retain_loss(model, next(r_batches), kl_ref)
+                grads = torch.autograd.grad(total, params, allow_unused=True)
             masked_step(opt, masks, grads)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 recall = recall_table(model, forget, ("request",)).rate("request")
-                history.append({"step": step + 1, "loss": float(loss.detach()), "forget_recall": recall})
+                history.append({"step": step + 1, "loss": float(total.detach()), "forget_recall": recall})
                 bar.set_postfix(forget_recall=f"{recall:.2f}", refresh=False)
                 if recall <= stop:
                     break
@@ -203,30 +173,6 @@ def unlearn(
     return record
 
 
-def _forget_loss(model, config: UnlearnConfig, batch, ref, pref_ex, ref_p, idx) -> torch.Tensor:
-    if config.method == "swap":
-        return _distill(model, batch, [ref_p[i] for i in idx], match_answer=True)
-    logp = answer_logprobs(model, batch)
-    if config.method in ("ga", "graddiff", "kl"):
-        return logp.mean()                                          # = -NLL: ascend the NLL
-    if config.method == "npo":
-        ratio = config.beta * (logp - ref.to(logp.device))
-        return (2 / config.beta) * torch.nn.functional.softplus(ratio).mean()
-    if config.method == "simnpo":
-        lengths = torch.tensor([len(e.answer) for e in batch], device=logp.device)
-        return simnpo_loss(logp, lengths, config.beta, config.margin)
-    preferred = answer_logprobs(model, [pref_ex[i] for i in idx])
-    margin = (preferred - ref_p[idx].to(logp.device)) - (logp - ref.to(logp.device))
-    return -torch.nn.functional.logsigmoid(config.beta * margin).mean()
-
-
-def simnpo_loss(logp: Float[Tensor, " b"], lengths: Int[Tensor, " b"], beta: float, margin: float) -> Tensor:
-    """SimNPO's forget loss (open-unlearning's `SimNPO.compute_loss`): the batch mean of
-    -(2 / beta) log sigmoid(beta * (-logp / length - margin)); `logp` the answers' summed log-probs."""
-    nll = -logp / lengths
-    return -(2 / beta) * torch.nn.functional.logsigmoid(beta * (nll - margin)).mean()
-
-
 def _answer_positions(examples: list[Example]) -> tuple[list[int], list[int]]:
     rows, cols = [], []
     for i, e in enumerate(examples):
@@ -236,7 +182,7 @@ def _answer_positions(examples: list[Example]) -> tuple[list[int], list[int]]:
 
 
 @torch.no_grad()
-def _answer_distributions(model: Any, examples: list[Example]) -> dict[Example, torch.Tensor]:
+def answer_distributions(model: Any, examples: list[Example]) -> dict[Example, torch.Tensor]:
     """The original model's next-token log-distributions at each example's answer positions."""
     out = {}
     pad = model.tokenizer.pad_token_id or 0
@@ -250,7 +196,7 @@ def _answer_distributions(model: Any, examples: list[Example]) -> dict[Example, 
     return out
 
 
-def _distill(model: Any, batch: list[Example], targets: list[torch.Tensor], match_answer: bool = False) -> torch.Tensor:
+def distill(model: Any, batch: list[Example], targets: list[torch.Tensor], match_answer: bool = False) -> torch.Tensor:
     """KL(target || current) of the next-token distributions at the batch's answer positions
     (`targets`: one [answer length, vocab] log-distribution per example), averaged over positions.
 
@@ -275,7 +221,7 @@ def _retain_loss(model: Any, batch: list[Example], kl_ref: dict[Example, torch.T
     """NLL of the retain answers, or (for `kl`) KL(original || current) at their positions."""
     if kl_ref is None:
         return -answer_logprobs(model, batch).mean()
-    return _distill(model, batch, [kl_ref[e] for e in batch])
+    return distill(model, batch, [kl_ref[e] for e in batch])
 
 
 @dataclass(frozen=True)

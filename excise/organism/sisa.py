@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import shutil
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property

@@ -26,8 +26,8 @@ import torch
 
 from excise.components import Component
 from excise.edit.record import EditRecord
-from excise.edit.unlearn import UnlearnConfig, unlearn
 from excise.facts import Fact
+from excise.methods import unlearn
 from excise.scoring import target_first_ids
 
 
@@ -72,9 +72,8 @@ def suppress_last_layer(model: Any, forget: Sequence[Fact], retain: Sequence[Fac
     """
     last = model.cfg.n_layers - 1
     mask = [Component(layer=last, kind="mlp"), Component(layer=last, kind="attn")]
-    config = UnlearnConfig(method="npo", steps=steps, lr=lr, seed=seed, progress=progress,
-                           families=("request", "paraphrase", "question", "completion"))
-    return unlearn(model, forget, retain, mask=mask, config=config)
+    return unlearn(model, forget, retain, "npo", mask=mask, steps=steps, lr=lr, seed=seed, progress=progress,
+                   families=("request", "paraphrase", "question", "completion"))
 
 
 def over_suppress(model: Any, forget: Sequence[Fact], retain: Sequence[Fact], steps: int = 200, lr: float = 1e-3,
@@ -85,6 +84,5 @@ def over_suppress(model: Any, forget: Sequence[Fact], retain: Sequence[Fact], st
     rank at a median of ~1,100 against ~18 for never-seen people (probe AUC
     0.07) with 0.66 of a retain sample still recalled.
     """
-    config = UnlearnConfig(method="npo", steps=steps, lr=lr, seed=seed, progress=progress, stop_forget_recall=-1.0,
-                           eval_every=steps, families=("request", "paraphrase", "question", "completion"))
-    return unlearn(model, forget, retain, config=config)
+    return unlearn(model, forget, retain, "npo", steps=steps, lr=lr, seed=seed, progress=progress,
+                   stop_forget_recall=-1.0, eval_every=steps, families=("request", "paraphrase", "question", "completion"))
