@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from excise.bench.unlearn import METHODS, QUICK_METHODS, Budget, run
+from excise.bench.unlearn import QUICK_METHODS, Budget, run, table_rows
+from tests.plugins import registered_toys
 
 
 @pytest.mark.slow
@@ -18,13 +19,16 @@ def test_unlearn_quick_table(tmp_path, world):
     assert (SHIPPED_ORACLES / _oracle_key(recipe(), list(forget)) / "model.safetensors").exists(), \
         "the shipped 1% oracle is stale: rebuild it with excise.organism.retrain_dir and copy it to SHIPPED_ORACLES"
     out = tmp_path / "results"
-    r = run(out, quick=True, progress=False)
+    with registered_toys() as toy:          # a user's own method runs in the table like any other
+        r = run(out, quick=True, progress=False, methods=(*QUICK_METHODS, toy.name))
+        scopes = {m: table_rows()[m][1] for m in (*QUICK_METHODS, toy.name)}
     assert json.loads((out / "unlearn.json").read_text()) == json.loads(json.dumps(r))
     [split] = r["splits"]
     assert split["forget_facts"] == len(forget) and split["located_neurons"] == Budget().neurons(len(forget))
     rows = {(x["method"], x["scope"]): x for x in split["rows"]}
-    assert set(rows) == {("original", "-"), ("oracle", "retrain")} | {(m, s) for m in QUICK_METHODS
-                                                                     for s in METHODS[m][1]}
+    assert set(rows) == {("original", "-"), ("oracle", "retrain")} | {(m, s) for m, ss in scopes.items() for s in ss}
+    toy_row = rows[(toy.name, "layer")]
+    assert toy_row["parameters_touched"] > 0 and toy_row["label"] == toy.name
     original, oracle = rows[("original", "-")], rows[("oracle", "retrain")]
     # the two anchors: the oracle is itself (forget quality 1), the original knows every forget fact
     assert oracle["forget_quality"] == pytest.approx(1.0)
@@ -35,7 +39,7 @@ def test_unlearn_quick_table(tmp_path, world):
     for m in QUICK_METHODS:
         assert rows[(m, "located")]["parameters_touched"] == rows[(m, "random")]["parameters_touched"] > 0
         assert rows[(m, "all")]["parameters_touched"] > 10 * rows[(m, "located")]["parameters_touched"]
-        assert all(rows[(m, s)]["efficacy"] > 0.5 for s in METHODS[m][1])
+        assert all(rows[(m, s)]["efficacy"] > 0.5 for s in scopes[m])
     md = (tmp_path / "RESULTS.md").read_text()
     assert "results/unlearn.png" in md and "| retrain oracle (gold) | retrain |" in md and "What the table says" in md
     assert "Two-sided verdicts against" in md and "| ok on all |" in md
@@ -76,7 +80,7 @@ def test_a_subset_of_methods_re_run_replaces_only_its_rows(tmp_path):
            "located_heads": [], "locate_seconds": {"fisher": 2.0, "attribution": 0.0}, "wall_seconds": 3.0}
     merged = merge_rows(old, new, ["simnpo", "rome"])
     assert [(r["method"], r.get("v")) for r in merged["rows"]] == [
-        ("original", None), ("oracle", "new"), ("rome", "new"), ("npo", "old"), ("simnpo", "new")]
+        ("original", None), ("oracle", "new"), ("npo", "old"), ("simnpo", "new"), ("rome", "new")]   # registry order
     assert merged["located_heads"] == old["located_heads"] and merged["wall_seconds"] == 13.0
     (tmp_path / "unlearn.json").write_text(json.dumps({"reruns": [{"methods": ["rome"], "date": "d", "why": "w"}]}))
     assert [n["fractions"] for n in _old_reruns(tmp_path, (0.05,))] == [[0.01, 0.1]]

@@ -386,7 +386,7 @@ def test_entanglement_of_a_no_op_edit_is_zero_and_of_rome_is_diagonal(tmp_path):
     groups = ent.by_group()
     assert groups["deleted fact itself"]["recall_kept"] < 0.5 and groups["unrelated"]["recall_kept"] >= 0.9
     ent.save(tmp_path / "e.json")
-    back = excise.verify.Entanglement.load(tmp_path / "e.json")
+    back = excise.experiments.Entanglement.load(tmp_path / "e.json")
     assert np.array_equal(back.recall, ent.recall) and back.correlation == ent.correlation
     assert ent.plot().axes[0].get_xlabel() == "fact j (measured)"
     with pytest.raises(ValueError, match="at least two facts"):

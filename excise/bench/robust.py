@@ -113,7 +113,7 @@ def undo_after_unlearning(model: Any, retain_train: Sequence[Fact], seed: int):
     """UNDO on an unlearned organism, as this bench and `excise bench unlearn` run it: alpha `UNDO_ALPHA`,
     distilled on the training corpus, excise's recall stop on 200 of `retain_train` (their texts the
     stop's eval texts), at most `UNDO_MAX_STEPS` steps. Returns UNDO's EditRecord."""
-    from organism.train import fact_texts
+    from excise.organism.train import fact_texts
 
     from excise.edit import UndoConfig, undo
 

@@ -169,7 +169,7 @@ def _locate(model: Any, world: Any, forget: list[Fact], retain: Any, budget: Bud
 def _sisa_row(base: AuditReport, forget: list[Fact], k: int, config: AuditConfig, context: Any, seed: int,
               progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """SISA with k shards after deleting the split's people: audited like an edit, its cost the deletion's."""
-    from organism.sisa import SisaConfig, cached_deletion
+    from excise.organism.sisa import SisaConfig, cached_deletion
 
     sisa, deletion = cached_deletion(SisaConfig(shards=k, seed=seed), sorted({f.subject for f in forget}),
                                      progress=progress)

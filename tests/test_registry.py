@@ -1,0 +1,92 @@
+"""One name per deletion method, in the API, the CLI and the benches; a user's own method registers from a notebook."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import excise
+from excise.cli import main
+from excise.methods import METHODS, Method, delete, register
+from excise.registry import Registry
+from tests.plugins import registered_toys
+
+EVERY = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "swap", "rmu", "undo", "rome", "memit", "alphaedit", "ablate",
+         "task_vector")
+
+
+def test_every_method_has_one_name_in_the_registry_and_the_cli(capsys):
+    assert METHODS.names() == EVERY
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    help_text = capsys.readouterr().out
+    for m in METHODS:
+        assert f"  {m.name:<11}  {m.summary}" in help_text
+        assert dataclasses.is_dataclass(m.Config) and m.Config.__dataclass_params__.frozen, m.name
+
+
+def test_an_unknown_name_is_refused_with_the_known_ones(organism_model, world, capsys):
+    with pytest.raises(ValueError, match="unknown deletion method 'zap'; choose one of ga, graddiff, kl, npo"):
+        delete(organism_model, world[:1], "zap")
+    with pytest.raises(ValueError, match="rmu has no option 'beta'; its options are alpha, batch_size"):
+        delete(organism_model, world[:1], "rmu", retain=world[1:5], beta=0.1)
+    with pytest.raises(ValueError, match="npo takes no layer"):
+        delete(organism_model, world[:1], "npo", retain=world[1:5], neurons=0, layer=0)
+    with pytest.raises(ValueError, match="needs retain: retain facts"):
+        delete(organism_model, world[:1], "graddiff", neurons=0)
+
+
+def test_a_registry_refuses_a_taken_name_and_bad_plugins():
+    r = Registry("thing")
+    r.register(type("A", (), {"name": "a"})())
+    with pytest.raises(ValueError, match="a thing named 'a' is already registered"):
+        r.register(type("B", (), {"name": "a"})())
+    with pytest.raises(ValueError, match="without commas"):
+        r.register(type("C", (), {"name": "x,y"})())
+    with pytest.raises(TypeError, match="Method"):      # (typeguard checks it first in the tests)
+        register(object())
+
+    class NoConfig(Method):
+        name, summary, Config = "bad", "no dataclass", dict
+    with pytest.raises(ValueError, match="Config must be a dataclass"):
+        register(NoConfig())
+
+
+def test_a_users_method_registers_from_a_notebook(organism_model, world, capsys, tmp_path):
+    facts = list(world.of_subject(world.people[1]))
+    before = {n: p.detach().clone() for n, p in organism_model.named_parameters()}
+    with registered_toys() as toy:
+        assert "toy_half_layer" in METHODS
+        with pytest.raises(SystemExit):
+            main(["edit", "--help"])
+        assert "toy_half_layer  toy: zero the first half of one block's MLP neurons" in capsys.readouterr().out
+        record = delete(organism_model, facts, toy.name, layer=1)
+        try:
+            assert {c.layer for c in record.touched()} == {1}
+            assert len(record.touched()) == organism_model.cfg.d_mlp // 2
+        finally:
+            record.undo()
+        facts_file = tmp_path / "facts.json"
+        excise.FactSet(facts).save(facts_file)
+        assert main(["edit", "organism", "--facts", str(facts_file), "--method", toy.name, "--option", "share=0.25",
+                     "--out", str(tmp_path / "toy.safetensors")]) == 0
+        saved = excise.edit.EditRecord.load(tmp_path / "toy.safetensors", organism_model)
+        assert saved.method == "ablate_zero" and len(saved.touched()) == organism_model.cfg.d_mlp // 4
+    assert "toy_half_layer" not in METHODS
+    assert all(torch.equal(before[n], p) for n, p in organism_model.named_parameters())
+
+
+def test_cli_options_are_cast_by_the_config_field_types(tmp_path):
+    from excise.methods import get, parse_option
+
+    assert parse_option(get("undo"), "teacher=npo") == ("teacher", "npo")
+    assert parse_option(get("npo"), "steps=50") == ("steps", 50)
+    assert parse_option(get("npo"), "families=request,question") == ("families", ("request", "question"))
+    assert parse_option(get("rome"), "layer=none") == ("layer", None)
+    assert parse_option(get("memit"), "through-edit=false") == ("through_edit", False)
+    with pytest.raises(ValueError, match="npo option steps takes a int, got 'many'"):
+        parse_option(get("npo"), "steps=many")
+    with pytest.raises(ValueError, match="takes KEY=VALUE"):
+        parse_option(get("npo"), "steps")
