@@ -14,4 +14,4 @@ from excise.weights import fingerprint
 
 __version__ = "0.1.0"
 __all__ = ["Component", "Fact", "FactSet", "ModelLoadError", "edit", "experiments", "fingerprint", "load", "locate", "methods",
-           "organism", "recall_table", "stories", "tofu", "tokenize_prompt", "verify"]
+           "organism", "recall_table", "stories", "tofu", "tokenize_prompt", "verify", "zoo"]

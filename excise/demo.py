@@ -49,7 +49,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     from excise import locate, organism
     from excise.models import load
     from excise.scoring import rank_prompts, target_first_ids
-    from excise.verify import AuditConfig, audit
+    from excise.verify import AuditConfig, audit, audited
     from excise.weights import copy_model
 
     M.METHODS.check(method)
@@ -129,8 +129,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
 
     attacks = {a: {"success": report.success("edited", a), "chance": report.chance("edited", a),
                    "p_above_chance": report.above_chance("edited", a),
-                   "original": report.success("reference", a)} for a in ("probes", "logit_lens", "relearn",
-                                                                          "membership")}
+                   "original": report.success("reference", a)} for a in audited()}
     result = {
         "seed": seed, "subject": subject, "method": method,
         "neurons": neurons if M.METHODS.get(method).mask != "none" else None,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from excise.components import Component
 from excise.edit import ablate
 from excise.methods import METHODS, Method, register
+from excise.verify import ATTACKS, Attack, probe, register_attack
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,27 @@ class HalfLayer(Method):
         return ablate(model, [Component(config.layer, "neuron", i) for i in range(n)], mode="zero")
 
 
+class RequestOnly(Attack):
+    """The target's rank under the request prompt alone: a weaker `probes`, but a real rank attack."""
+
+    name = "toy_request_only"
+    succeeds = "toy: the target is in the top-B after the request prompt"
+    statistic = "-(rank after the request prompt)"
+
+    def run(self, model, facts, config, relearn_n=None):
+        ranks = {f.key: None for f in facts}
+        for r in probe(model, facts, ("request",), config.top_b):
+            k = (r.subject, r.relation)
+            ranks[k] = r.rank if ranks[k] is None else min(ranks[k], r.rank)
+        return {self.name: [ranks[f.key] for f in facts]}
+
+
 @contextlib.contextmanager
 def registered_toys():
-    """The toy method registered for the block's duration (the registry is left as it was)."""
-    method = register(HalfLayer())
+    """The toy method and attack registered for the block's duration (the registries are left as they were)."""
+    method, attack = register(HalfLayer()), register_attack(RequestOnly())
     try:
         yield method
     finally:
         METHODS.unregister(method.name)
+        ATTACKS.unregister(attack.name)

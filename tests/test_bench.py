@@ -29,6 +29,9 @@ def test_unlearn_quick_table(tmp_path, world):
     assert set(rows) == {("original", "-"), ("oracle", "retrain")} | {(m, s) for m, ss in scopes.items() for s in ss}
     toy_row = rows[(toy.name, "layer")]
     assert toy_row["parameters_touched"] > 0 and toy_row["label"] == toy.name
+    # ... and a user's own attack is a verdict column like any other: the original leaks on it, the oracle not
+    assert rows[("original", "-")]["leakage"]["toy_request_only"]["verdict"] == "leaks"
+    assert rows[("oracle", "retrain")]["leakage"]["toy_request_only"]["verdict"] != "leaks"
     original, oracle = rows[("original", "-")], rows[("oracle", "retrain")]
     # the two anchors: the oracle is itself (forget quality 1), the original knows every forget fact
     assert oracle["forget_quality"] == pytest.approx(1.0)

@@ -46,7 +46,7 @@ from excise.context import derive
 from excise.edit import EditRecord
 from excise.facts import FactSet, tokenize_prompt
 from excise.verify import AuditReport
-from excise.verify.report import ATTACKS
+from excise.verify import audited
 
 TRAINED = ("request", "paraphrase", "question", "completion")
 SPREAD = Path(__file__).parent / "data" / "foreign" / "spread.json"
@@ -294,10 +294,10 @@ def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
     if foreign.arch == "gpt2":           # two-word names: never-seen subjects recombined from their parts
         assert report.config["n_holdout"] > 0 and "chance levels" not in missing
         for role in ("reference", "edited"):
-            assert all(report.chance(role, attack) is not None for attack in ATTACKS), role
+            assert all(report.chance(role, attack) is not None for attack in audited()), role
     else:                                # one-token subjects have no parts to recombine: said, with the fix
         assert report.config["n_holdout"] == 0
-        assert all(report.chance("edited", attack) is None for attack in ATTACKS)
+        assert all(report.chance("edited", attack) is None for attack in audited())
         assert "chance levels" in missing and "pass holdout=" in missing
 
 

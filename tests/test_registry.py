@@ -90,3 +90,24 @@ def test_cli_options_are_cast_by_the_config_field_types(tmp_path):
         parse_option(get("npo"), "steps=many")
     with pytest.raises(ValueError, match="takes KEY=VALUE"):
         parse_option(get("npo"), "steps")
+
+
+def test_every_attack_has_one_name_and_a_users_attack_joins_the_audit(organism_model, world):
+    from excise.verify import ATTACKS, AuditConfig, audit, audited
+
+    assert ATTACKS.names() == ("probes", "logit_lens", "head_projection", "relearn", "membership", "truth_ratio")
+    assert audited() == ("probes", "logit_lens", "relearn", "membership")
+    forget = list(world.of_subject(world.people[2]))
+    holdout = list(world.holdout(6, seed=3))
+    with registered_toys():
+        assert audited()[-1] == "toy_request_only" and AuditConfig().attacks == audited()
+        report = audit(organism_model, forget, config=AuditConfig(attacks=("probes", "toy_request_only")),
+                       holdout=holdout, progress=False)
+        assert report.success("edited", "toy_request_only") == 1.0          # the original recalls every fact
+        assert report.leakage()["toy_request_only"].verdict == "leaks"
+        assert "attack success: toy_request_only (top-20)" in report.to_markdown()
+        assert "leakage: toy_request_only" in report.to_markdown()
+        back = type(report).from_json(report.to_json())
+        assert back.success("edited", "toy_request_only") == 1.0
+    with pytest.raises(ValueError, match="unknown attacks"):
+        AuditConfig(attacks=("toy_request_only",))

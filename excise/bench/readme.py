@@ -166,13 +166,14 @@ def _attacks() -> str:
     from excise.verify import ATTACKS
 
     rows = ["| attack | succeeds on a fact when | per-fact statistic (leaks when) |", "|---|---|---|"]
-    rows += [f"| `{a.name}` | {a.succeeds} | {a.statistic} ({a.leaks}) |" for a in ATTACKS]
+    rows += [f"| `{a.name}` | {a.succeeds} | " + (f"{a.statistic} ({a.leaks})" if a.two_sided else
+                                                  "- (no two-sided verdict)") + " |" for a in ATTACKS]
     return "\n".join(rows) + "\n"
 
 
 BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
-                                        "sites": _sites, "methods": _methods}
+                                        "sites": _sites, "methods": _methods, "attacks": _attacks}
 
 
 def render(text: str, only: set[str] | None = None) -> str:

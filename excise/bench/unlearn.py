@@ -53,8 +53,7 @@ from excise.locate import FisherConfig, Localization, attribution_patching, fish
 from excise.methods import METHODS
 from excise.methods import get as get_method
 from excise.models import load
-from excise.verify import ATTACKS, AuditConfig, AuditReport, audit
-from excise.verify.leakage import LEAKAGE_ATTACKS
+from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited
 from excise.verify.results import ModelAudit
 from excise.weights import copy_model
 
@@ -149,7 +148,11 @@ def table_rows() -> dict[str, tuple[str, tuple[str, ...], Run | None]]:
 
 
 QUICK_METHODS = ("npo",)        # the smoke run tests/test_bench.py runs in CI: one method, three scopes
-QUICK_ATTACKS = tuple(a for a in ATTACKS if a != "relearn")     # relearning is most of an audit's time
+
+
+def quick_attacks() -> tuple[str, ...]:
+    """The audited attacks but relearning (most of an audit's time): the quick run's."""
+    return tuple(a for a in audited() if a != "relearn")
 
 
 def _locate(model: Any, world: Any, forget: list[Fact], retain: Any, budget: Budget, seed: int,
@@ -212,14 +215,14 @@ def row_metrics(report: AuditReport) -> dict[str, Any]:
 
 def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
                 progress: bool, log: Callable[[str], None], holdout_people: int | None = None,
-                attacks: tuple[str, ...] = ATTACKS) -> dict[str, Any]:
+                attacks: tuple[str, ...] | None = None) -> dict[str, Any]:
     forget_set, retain = world.subjects_split(fraction, seed=seed)
     forget = list(forget_set)
     log(f"split {fraction:.0%}: {len(forget)} facts of {len({f.subject for f in forget})} people")
     subjects = {f.subject for f in forget}
     neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed,
                                              with_heads="ablate_heads" in methods)
-    config = AuditConfig(seed=seed, attacks=attacks)
+    config = AuditConfig(seed=seed, attacks=attacks or audited())
     context = organism.context(forget, n_holdout_people=holdout_people, n_retain=200, seed=seed)
     held = {f.key for f in context.retain}
     split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
@@ -292,7 +295,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
         t0 = time.perf_counter()
         split = bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people,
-                            QUICK_ATTACKS if quick else ATTACKS)
+                            quick_attacks() if quick else audited())
         split["wall_seconds"] = time.perf_counter() - t0
         if s in old:                  # a subset of methods re-run: the split's other rows are kept
             split = merge_rows(old[s], split, methods)
@@ -429,7 +432,7 @@ def _verdict_table(s: dict[str, Any]) -> list[str]:
     rows = [r for r in s["rows"] if r.get("leakage")]
     if not rows:
         return ["(no two-sided verdicts: this split was measured before they existed)"]
-    attacks = [a for a in LEAKAGE_ATTACKS if any(a in r["leakage"] for r in rows)]
+    attacks = [a for a in ATTACKS.names() if any(a in r["leakage"] for r in rows)]
     people, rule = s.get("holdout_people"), _rule_size(s["forget_people"])
     stale = f" (measured before the baseline was sized to the split: {rule} people now)" \
         if people is not None and people < rule else ""
@@ -471,7 +474,7 @@ def summary(r: dict[str, Any], depth: int = 2) -> str:
                        + (": " + ", ".join(f"{x['label']} ({x['scope']}, utility {_f(x['utility'])})"
                                            for x in clean) if clean else "") + ".")
             rejected = {a: sum(x.get("leakage", {}).get(a, {}).get("verdict") not in (None, "indistinguishable")
-                               for x in edits) for a in LEAKAGE_ATTACKS}
+                               for x in edits) for a in ATTACKS.names()}
             out.append("  Rows each attack tells apart from never-seen facts: "
                        + ", ".join(f"{a.replace('_', ' ')} {n}" for a, n in rejected.items()) + ".")
         oracle = next((x for x in s["rows"] if x["method"] == "oracle" and x.get("leakage")), None)

@@ -40,9 +40,9 @@ from typing import Any
 from excise import organism
 from excise.bench.results import write_result
 from excise.models import load
-from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, guardrail, suppress_last_layer
+from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited, guardrail, suppress_last_layer
 from excise.verify.calibration import over_suppress
-from excise.verify.leakage import LEAKAGE_ATTACKS, MEANINGFUL_EFFECT
+from excise.verify.leakage import MEANINGFUL_EFFECT
 from excise.weights import copy_model
 
 CASES = ("original", "oracle", "guardrail", "last_layer", "over_suppressed_npo")
@@ -75,7 +75,7 @@ def _holds(case: str, verdicts: dict[str, str]) -> bool:
 def _attack_table(report: AuditReport, role: str, b: int) -> dict[str, Any]:
     return {a: {"success": report.success(role, a, b), "chance": report.chance(role, a, b),
                 "p_above_chance": report.above_chance(role, a, b)}
-            for a in ATTACKS if report.success(role, a, b) is not None}
+            for a in audited() if report.success(role, a, b) is not None}
 
 
 def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool = True) -> dict[str, Any]:
@@ -127,10 +127,10 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
         "oracle_holdout_draws": draws,
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
         "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
-        "original_attack_success": {a: base.success("edited", a) for a in ATTACKS},
-        "oracle_attack_success": {a: base.success("oracle", a) for a in ATTACKS},
-        "oracle_chance": {a: base.chance("oracle", a) for a in ATTACKS},
-        "oracle_p_above_chance": {a: base.above_chance("oracle", a) for a in ATTACKS},
+        "original_attack_success": {a: base.success("edited", a) for a in audited()},
+        "oracle_attack_success": {a: base.success("oracle", a) for a in audited()},
+        "oracle_chance": {a: base.chance("oracle", a) for a in audited()},
+        "oracle_p_above_chance": {a: base.above_chance("oracle", a) for a in audited()},
         "original_attacks_top1": _attack_table(base, "edited", 1),
         "oracle_attacks_top1": _attack_table(base, "oracle", 1),
         "oracle_forget_quality_vs_itself": base.forget_quality("oracle"),
@@ -178,7 +178,7 @@ def _draws_table(r: dict[str, Any]) -> list[str]:
     draws = r.get("oracle_holdout_draws")
     if not draws:
         return []
-    attacks = [a for a in LEAKAGE_ATTACKS if any(a in d["leakage"] for d in draws)]
+    attacks = [a for a in ATTACKS.names() if any(a in d["leakage"] for d in draws)]
     clean = sum(all(v["verdict"] == "indistinguishable" for v in d["leakage"].values()) for d in draws)
     lines = ["## The oracle across holdout draws", "",
              f"The retrain oracle judged against {len(draws)} independent draws of never-seen people "
@@ -200,7 +200,7 @@ def _f(v: Any) -> str:
 
 
 def _verdict_table(r: dict[str, Any]) -> list[str]:
-    attacks = [a for a in LEAKAGE_ATTACKS if any(a in per for per in r["leakage"].values())]
+    attacks = [a for a in ATTACKS.names() if any(a in per for per in r["leakage"].values())]
     lines = ["| case | expected | " + " | ".join(a.replace("_", " ") for a in attacks) + " | holds |",
              "|---" * (len(attacks) + 3) + "|"]
     for case in CASES:

@@ -28,7 +28,6 @@ The models given are never changed: relearning fine-tunes copies.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,15 +37,12 @@ import torch
 from tqdm.auto import tqdm
 
 from excise.context import KnowledgeContext
-from excise.facts import FAMILIES, Fact
+from excise.facts import Fact
 from excise.scoring import general_loss, recalled
 from excise.verify.forget_quality import organism_utility, truth_ratios
-from excise.verify.leakage import leakage
-from excise.verify.logit_lens import head_projection_attack, logit_lens
-from excise.verify.membership import membership_inference
-from excise.verify.probes import probe
-from excise.verify.relearn import RelearnConfig, relearn
-from excise.verify.report import ATTACKS, AuditReport
+from excise.verify.attacks import audited, leakage, to_run
+from excise.verify.relearn import RelearnConfig
+from excise.verify.report import AuditReport
 from excise.verify.results import AttackRanks, ModelAudit
 from excise.verify.specificity import neighbours_of
 
@@ -56,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AuditConfig:
     top_b: int = 20                       # an attack succeeds when the target is in the top-B (Patil et al.: 20)
-    attacks: tuple[str, ...] = ATTACKS
+    attacks: tuple[str, ...] = field(default_factory=audited)   # the registered audited attacks (excise.verify.ATTACKS)
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     mia_fpr: float = 0.05                 # membership verdicts: the chance level
     seed: int = 0
@@ -67,9 +63,10 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.top_b < 1:
             raise ValueError(f"top_b (B, the candidates an attack may name) must be >= 1, got {self.top_b}")
-        unknown = set(self.attacks) - set(ATTACKS)
+        unknown = set(self.attacks) - set(audited())
         if unknown:
-            raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {ATTACKS}")
+            raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {audited()} (excise.verify.ATTACKS: "
+                             "an attack that is not audited rides along with one that is)")
 
 
 # what each context field makes computable, for the report's "not computed" line
@@ -88,66 +85,31 @@ def _check_vocabulary(model: Any, other: Any, role: str) -> None:
                          f"{model.cfg.d_vocab}); compare models that share the edited model's tokenizer")
 
 
-def _best_ranks(rows: list, facts: list[Fact], rank: Callable[[Any], int]) -> list[int]:
-    best = {f.key: None for f in facts}
-    for r in rows:
-        k = (r.subject, r.relation)
-        best[k] = rank(r) if best[k] is None else min(best[k], rank(r))
-    return [best[f.key] if best[f.key] is not None else 10**9 for f in facts]
-
-
-def _lens_layers(rows: list, facts: list[Fact]) -> list[list[int]]:
-    """Per fact, per layer: the best logit-lens rank over the fact's prompts."""
-    best: dict[tuple[str, str], list[int]] = {}
-    for r in rows:
-        k = (r.subject, r.relation)
-        best[k] = list(r.ranks) if k not in best else [min(a, b) for a, b in zip(best[k], r.ranks, strict=True)]
-    return [best[f.key] for f in facts if f.key in best]
-
-
-def _attack_ranks(model: Any, facts: list[Fact], config: AuditConfig, bar, relearn_n: int | None = None) -> dict[str, Any]:
-    """Per fact, the best rank each rank-based attack reaches, and its evidence.
-
-    `relearn_n`: relearn on a seeded sample of that many facts (holdout chance
-    levels use as many facts as the audit's, so both fine-tunes see as much data).
-    """
+def _run(attacks: list, model: Any, facts: list[Fact], config: AuditConfig, bar, relearn_n: int | None = None
+         ) -> dict[str, Any]:
+    """Every selected attack's per-fact ranks and evidence on `facts` (`Attack.run`)."""
     out: dict[str, Any] = {}
-    if "probes" in config.attacks:
-        rows = probe(model, facts, FAMILIES, config.top_b)
-        out["probes"] = _best_ranks(rows, facts, lambda r: r.rank)
-        out["probe_rows"] = [r.to_dict() for r in rows]
-        bar.update()
-    if "logit_lens" in config.attacks:
-        rows = logit_lens(model, facts, ("request",), config.top_b)
-        out["logit_lens"] = _best_ranks(rows, facts, lambda r: r.best_rank)
-        out["lens_rows"] = [r.to_dict() for r in rows]
-        out["lens_layers"] = _lens_layers(rows, facts)
-        extraction = head_projection_attack(model, facts, layers=config.lens_layers)
-        out["head_projection"] = _best_ranks(extraction, facts, lambda r: r.rank)
-        out["head_projection_rows"] = [r.to_dict() for r in extraction]
-        bar.update()
-    if "relearn" in config.attacks and len(facts) >= 2:
-        sample = facts if relearn_n is None or relearn_n >= len(facts) else \
-            random.Random(config.seed).sample(facts, max(2, relearn_n))
-        result = relearn(model, sample, config.relearn, config.top_b)
-        out["relearn"] = _best_ranks(result.probes, sample, lambda r: r.rank)
-        out["relearn_rows"] = [r.to_dict() for r in result.probes]
-        bar.update()
+    for attack in attacks:
+        found = attack.run(model, facts, config, relearn_n=relearn_n)
+        if found:
+            out |= found
+            bar.update()
     return out
 
 
 def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: AuditConfig, name: str,
                progress: bool) -> ModelAudit:
+    attacks = to_run(config.attacks)
     steps = 3 * len(config.attacks) + 4
     with tqdm(total=steps, desc=f"audit {name}", disable=not progress, leave=False) as bar:
         t0 = time.perf_counter()
-        res = ModelAudit(attacks=AttackRanks(**_attack_ranks(model, facts, config, bar)), neighbours=[], retain=[],
+        res = ModelAudit(attacks=AttackRanks.of(_run(attacks, model, facts, config, bar)), neighbours=[], retain=[],
                          seconds=0.0)
         if ctx.holdout:
-            chance = _attack_ranks(model, ctx.holdout, config, bar, relearn_n=len(facts))
-            res.chance = AttackRanks(**{k: v for k, v in chance.items() if not k.endswith("_rows")})
-            if "membership" in config.attacks:
-                res.membership = membership_inference(model, facts, ctx.holdout, config.mia_fpr)
+            chance = _run(attacks, model, ctx.holdout, config, bar, relearn_n=len(facts))
+            res.chance = AttackRanks.of({k: v for k, v in chance.items() if not k.endswith("_rows")})
+            for attack in attacks:
+                attack.measure(model, facts, ctx, config, res)
             if ctx.alternatives is not None:
                 res.chance.truth_ratios = truth_ratios(model, ctx.holdout, ctx.alternatives)[0].tolist()
         bar.update()
@@ -165,7 +127,7 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
     return res
 
 
-def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Sequence[str] = ATTACKS,
+def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Sequence[str] | None = None,
           seed: int = 0, *, oracle: Any = None, context: KnowledgeContext | None = None,
           holdout: Sequence[Fact] | None = None, retain: Sequence[Fact] | None = None,
           general: Sequence[str] | None = None, alternatives: Callable[[Fact], Sequence[str]] | None = None,
@@ -189,7 +151,7 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
     facts = list(facts)
     if not facts:
         raise ValueError("audit needs at least one fact (the facts that should be gone)")
-    config = config or AuditConfig(attacks=tuple(attacks), seed=seed)
+    config = config or AuditConfig(attacks=tuple(attacks) if attacks is not None else audited(), seed=seed)
     if config.relearn.seed != config.seed:
         config = AuditConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__},
                                 "relearn": RelearnConfig(**{**asdict(config.relearn), "seed": config.seed})})

@@ -75,31 +75,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy.stats import mannwhitneyu, norm
 
-if TYPE_CHECKING:
-    from excise.verify.results import ModelAudit
 
 VERDICTS = ("leaks", "over_suppressed", "indistinguishable", "underpowered")
-LEAKAGE_ATTACKS = ("probes", "logit_lens", "relearn", "membership", "truth_ratio")
 ALPHA = 0.05                 # the test's level
 POWER = 0.8                  # the power a detectable effect is computed at
-MEMBERSHIP_SCORE = "answer_loss"   # excise.verify.membership.ATTACK_SCORE (not imported: no model code here)
 MEANINGFUL_EFFECT = 0.25     # |AUC - 0.5| the test must be able to see to call a model indistinguishable
 
 Values = Sequence[int | float] | np.ndarray
-
-STATISTICS = {
-    "probes": "-(best probe rank over families)",
-    "logit_lens": "-(logit-lens rank after each layer, and the best)",
-    "relearn": "-(rank after relearning the other half)",
-    "membership": "answer-token log-likelihood given the prompt",
-    "truth_ratio": "log truth ratio",
-}
-
 
 def detectable_effect(n1: int, n2: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The smallest |AUC - 0.5| a two-sided Mann-Whitney test at `alpha` finds with `power` (Noether 1987).
@@ -175,19 +162,19 @@ def _verdict(auc: float, p: float, detectable: float, alpha: float) -> tuple[str
 
 
 
-def compare(attack: str, facts: Values, holdout: Values, *, negate: bool = False, alpha: float = ALPHA,
-            power: float = POWER) -> AttackVerdict:
+def compare(attack: str, facts: Values, holdout: Values, *, statistic: str = "", negate: bool = False,
+            alpha: float = ALPHA, power: float = POWER) -> AttackVerdict:
     """Two-sided Mann-Whitney verdict of one attack; `negate` for ranks (lower = knows more)."""
     sign = -1.0 if negate else 1.0
     a, p = mann_whitney(sign * np.asarray(facts, float), sign * np.asarray(holdout, float))
     d = detectable_effect(len(facts), len(holdout), alpha, power)
     direction, verdict = _verdict(a, p, d, alpha)
-    return AttackVerdict(attack, STATISTICS.get(attack, attack), a, direction, p, d, verdict, len(facts),
+    return AttackVerdict(attack, statistic or attack, a, direction, p, d, verdict, len(facts),
                          len(holdout), float(np.median(facts)), float(np.median(holdout)), alpha, power)
 
 
-def compare_layers(facts: np.ndarray, holdout: np.ndarray, attack: str = "logit_lens", alpha: float = ALPHA,
-                   power: float = POWER) -> AttackVerdict:
+def compare_layers(facts: np.ndarray, holdout: np.ndarray, attack: str = "logit_lens", statistic: str = "",
+                   alpha: float = ALPHA, power: float = POWER) -> AttackVerdict:
     """The logit lens: ranks [facts, layers] against [holdout, layers], every layer and the best over layers.
 
     Bonferroni over the n_layers + 1 tests; the verdict is the most significant one's.
@@ -207,31 +194,6 @@ def compare_layers(facts: np.ndarray, holdout: np.ndarray, attack: str = "logit_
                        "median_holdout": float(np.median(h))})
     top = min(layers, key=lambda r: (r["p_value"], -abs(r["auc"] - 0.5)))
     direction, verdict = _verdict(top["auc"], top["p_value"], d, alpha)
-    return AttackVerdict(attack, STATISTICS["logit_lens"], top["auc"], direction, top["p_value"], d, verdict,
+    return AttackVerdict(attack, statistic or attack, top["auc"], direction, top["p_value"], d, verdict,
                          len(facts), len(holdout), top["median_facts"], top["median_holdout"], alpha, power,
                          top["layer"], layers)
-
-
-def leakage(result: ModelAudit, alpha: float = ALPHA, power: float = POWER) -> dict[str, AttackVerdict]:
-    """Every attack's verdict from one model's audit result (`AuditReport.models[role]`).
-
-    Attacks whose forget or holdout statistic the result lacks are left out.
-    """
-    attacks, chance = result.attacks, result.chance
-    out: dict[str, AttackVerdict] = {}
-    if chance is None:
-        return out
-    for a in ("probes", "relearn"):
-        if attacks.ranks(a) and chance.ranks(a):
-            out[a] = compare(a, attacks.ranks(a), chance.ranks(a), negate=True, alpha=alpha, power=power)
-    if attacks.lens_layers and chance.lens_layers:
-        out["logit_lens"] = compare_layers(np.array(attacks.lens_layers), np.array(chance.lens_layers),
-                                           alpha=alpha, power=power)
-    mia = result.membership
-    if mia is not None and mia.scores.get(MEMBERSHIP_SCORE) and mia.holdout_scores.get(MEMBERSHIP_SCORE):
-        out["membership"] = compare("membership", mia.scores[MEMBERSHIP_SCORE], mia.holdout_scores[MEMBERSHIP_SCORE],
-                                    alpha=alpha, power=power)
-    if result.truth_ratios and chance.truth_ratios:
-        out["truth_ratio"] = compare("truth_ratio", np.log(result.truth_ratios), np.log(chance.truth_ratios),
-                                     alpha=alpha, power=power)
-    return out

@@ -26,7 +26,7 @@ def plot_report(report: AuditReport):
     quality vs utility. Cost: no model call, only the report's numbers."""
     from matplotlib.figure import Figure
 
-    from excise.verify.report import ATTACKS
+    from excise.verify.attacks import audited
 
     roles = report.roles()
     tradeoff = [r for r in roles if report.forget_quality(r) is not None and report.utility(r) is not None]
@@ -62,7 +62,7 @@ def plot_report(report: AuditReport):
     ax.legend(fontsize=8)
 
     ax = axes[1]
-    attacks = [a for a in (*ATTACKS, "any") if any(report.success(r, a) is not None for r in roles)]
+    attacks = [a for a in (*audited(), "any") if any(report.success(r, a) is not None for r in roles)]
     width = 0.8 / max(1, len(roles))
     for i, role in enumerate(roles):
         vals = [report.success(role, a) or 0.0 for a in attacks]

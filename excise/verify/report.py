@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from excise.facts import json_text
-from excise.verify.leakage import LEAKAGE_ATTACKS, AttackVerdict
+from excise.verify.attacks import ATTACKS, audited
+from excise.verify.leakage import AttackVerdict
 from excise.verify.results import ModelAudit
 
-ATTACKS = ("probes", "logit_lens", "relearn", "membership")
 ROLES = ("reference", "edited", "oracle")
 # the rows a notebook shows before "all metrics"
 _HEADLINE = ("recall: request", "recall: paraphrase", "recall: question", "attack success: any",
@@ -53,19 +53,15 @@ class AuditReport:
         return [r for r in ROLES if r in self.models]
 
     def verdicts(self, role: str = "edited", attack: str = "any", b: int | None = None) -> list[bool]:
-        """Per fact: did `attack` find the target (top-B) on `role`'s model? `any`: did one of them?"""
+        """Per fact: did `attack` find the target (top-B) on `role`'s model? `any`: did one of the audited ones?"""
         b = b or self.top_b
-        res = self.models[role]
         if attack == "any":
-            per = [self.verdicts(role, a, b) for a in ATTACKS if self._has(role, a)]
+            per = [self.verdicts(role, a, b) for a in audited() if self._has(role, a)]
             return [any(v) for v in zip(*per, strict=True)] if per else []
-        if attack == "membership":
-            return list(res.membership.flagged) if res.membership is not None else []
-        return [r < b for r in res.attacks.ranks(attack) or []]
+        return ATTACKS.get(attack).per_fact(self.models[role], b)
 
     def _has(self, role: str, attack: str) -> bool:
-        res = self.models[role]
-        return res.membership is not None if attack == "membership" else res.attacks.ranks(attack) is not None
+        return ATTACKS.get(attack).ran(self.models[role])
 
     def leakage(self, role: str = "edited") -> dict[str, AttackVerdict]:
         """Per attack: the two-sided verdict of `role`'s forget facts against never-seen facts.
@@ -83,7 +79,7 @@ class AuditReport:
             verdicts = self.leakage(role)
             if verdicts:
                 lines.append(f"{role} vs never-seen facts (two-sided Mann-Whitney): "
-                             + "; ".join(verdicts[a].line() for a in LEAKAGE_ATTACKS if a in verdicts))
+                             + "; ".join(verdicts[a].line() for a in ATTACKS.names() if a in verdicts))
         return lines
 
     def success(self, role: str = "edited", attack: str = "any", b: int | None = None) -> float | None:
@@ -92,36 +88,19 @@ class AuditReport:
 
     def chance(self, role: str = "edited", attack: str = "probes", b: int | None = None) -> float | None:
         """The same attack's success on never-seen holdout facts (membership: its false-positive rate)."""
-        res = self.models[role]
-        if attack == "membership":
-            return res.membership.fpr if res.membership is not None else None
-        ranks = res.chance.ranks(attack) if res.chance is not None else None
-        return _rate([r < (b or self.top_b) for r in ranks]) if ranks else None
+        return ATTACKS.get(attack).chance(self.models[role], b or self.top_b)
 
     def above_chance(self, role: str = "edited", attack: str = "probes", b: int | None = None) -> float | None:
         """One-sided p-value that the attack succeeds more often on the facts than by chance.
 
         Rank attacks: Fisher's exact test of forget-fact against holdout-fact
         success (the chance level is itself estimated); membership: a
-        binomial test against its fixed false-positive rate. Small (< 0.05)
-        means the attack finds more than guessing would: the facts leak.
-        Facts of one subject are not independent: read it as a screen.
+        binomial test against its fixed false-positive rate (each attack's
+        `above_chance`). Small (< 0.05) means the attack finds more than
+        guessing would: the facts leak. Facts of one subject are not
+        independent: read it as a screen.
         """
-        from scipy.stats import binomtest, fisher_exact
-
-        verdicts = self.verdicts(role, attack, b)
-        if not verdicts:
-            return None
-        k, n = sum(verdicts), len(verdicts)
-        if attack == "membership":
-            c = self.chance(role, attack)
-            return None if c is None else float(binomtest(k, n, c, alternative="greater").pvalue)
-        chance = self.models[role].chance
-        ranks = chance.ranks(attack) if chance is not None else None
-        if not ranks:
-            return None
-        kh = sum(r < (b or self.top_b) for r in ranks)
-        return float(fisher_exact([[k, n - k], [kh, len(ranks) - kh]], alternative="greater").pvalue)
+        return ATTACKS.get(attack).above_chance(self.models[role], b or self.top_b)
 
     def recall(self, role: str = "edited", family: str = "request") -> float | None:
         rows = [r for r in self.models[role].attacks.probe_rows or [] if r["family"] == family]
@@ -184,14 +163,14 @@ class AuditReport:
 
         for fam in ("request", "paraphrase", "question", "completion", "held_out"):
             add(f"recall: {fam}", lambda r, fam=fam: self.recall(r, fam))
-        for a in ATTACKS:
-            label = f"{a} (top-{b})" if a != "membership" else "membership (answer loss)"
+        for a in audited():
+            label = ATTACKS.get(a).success_label(b)
             add(f"attack success: {label}", lambda r, a=a: self.success(r, a) if self._has(r, a) else None)
             add(f"chance: {a}", lambda r, a=a: self.chance(r, a))
             add(f"p(above chance): {a}", lambda r, a=a: self.above_chance(r, a))
         add("attack success: any", lambda r: self.success(r, "any"))
         add("relearned recall (top-1)", self.relearn_recall)
-        for a in LEAKAGE_ATTACKS:
+        for a in ATTACKS.names():
             add(f"leakage: {a}", lambda r, a=a: self.leakage(r)[a].verdict if a in self.leakage(r) else None)
             add(f"leakage AUC: {a}", lambda r, a=a: self.leakage(r)[a].auc if a in self.leakage(r) else None)
         for score in ("loss", "zlib", "min_k", "min_k_pp", "answer_loss", "answer_min_k_pp"):
@@ -244,7 +223,7 @@ class AuditReport:
         verdicts = self.leakage(role)
         if verdicts:
             by: dict[str, list[str]] = {}
-            for a in LEAKAGE_ATTACKS:
+            for a in ATTACKS.names():
                 if a in verdicts:
                     by.setdefault(verdicts[a].verdict, []).append(a)
             head = [d.heading(f"verdict ({role} vs never-seen facts): "
@@ -252,7 +231,7 @@ class AuditReport:
             others = [r for r in self.roles() if r != role and self.leakage(r)]
             rows = [[v.attack, v.verdict, v.auc, v.p_value, v.detectable_effect, f"{v.n_facts} / {v.n_holdout}",
                      *(self.leakage(r)[a].verdict if a in self.leakage(r) else None for r in others)]
-                    for a in LEAKAGE_ATTACKS if (v := verdicts.get(a)) is not None]
+                    for a in ATTACKS.names() if (v := verdicts.get(a)) is not None]
             head.append(d.table(["attack", "verdict", "AUC", "p (two-sided)", "detectable |AUC-0.5|",
                                  "facts / never-seen", *(f"{r}: verdict" for r in others)], rows,
                                 caption="two-sided Mann-Whitney against never-seen facts, per attack"))

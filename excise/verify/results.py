@@ -15,9 +15,6 @@ from typing import Any
 from excise.verify.leakage import AttackVerdict
 from excise.verify.membership import MembershipResult
 
-RANK_ATTACKS = ("probes", "logit_lens", "head_projection", "relearn")
-
-
 @dataclass
 class AttackRanks:
     """Per fact, the best rank each rank-based attack reached, and the evidence behind it."""
@@ -32,15 +29,25 @@ class AttackRanks:
     relearn: list[int] | None = None                 # rank after fine-tuning on the other half (two folds)
     relearn_rows: list[dict[str, Any]] | None = None
     truth_ratios: list[float] | None = None          # holdout only: TOFU's truth ratio of each never-seen fact
+    extra: dict[str, Any] = field(default_factory=dict)   # a registered plugin attack's ranks and evidence, by key
+
+    @classmethod
+    def of(cls, evidence: dict[str, Any]) -> AttackRanks:
+        """From what the attacks' `run` returned: the built-in fields, the rest kept in `extra`."""
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in evidence.items() if k in known},
+                   extra={k: v for k, v in evidence.items() if k not in known})
 
     def ranks(self, attack: str) -> list[int] | None:
-        """The per-fact ranks of a rank attack (one of RANK_ATTACKS); None if it was not run."""
-        if attack not in RANK_ATTACKS:
-            raise ValueError(f"{attack!r} is not a rank attack; rank attacks are {RANK_ATTACKS}")
-        return getattr(self, attack)
+        """The per-fact ranks of the rank attack `attack`; None if it was not run."""
+        from excise.verify.attacks import ATTACKS
+
+        ATTACKS.check(attack)
+        return getattr(self, attack) if attack in self.__dataclass_fields__ else self.extra.get(attack)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra" and getattr(self, f.name) is not None}
+        return out | ({"extra": self.extra} if self.extra else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AttackRanks:
@@ -82,7 +89,7 @@ class ModelAudit:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelAudit:
         """From `to_dict`'s form; a report written before the verdicts were stored gets them recomputed."""
-        from excise.verify.leakage import leakage
+        from excise.verify.attacks import leakage
 
         m = d.get("membership")
         audit = cls(attacks=AttackRanks.from_dict(d.get("attacks", {})), neighbours=list(d.get("neighbours", [])),
