@@ -27,6 +27,7 @@ from typing import Any
 
 from excise import methods as M
 from excise.provenance import provenance, provenance_line
+from excise.verify.attacks import ordered
 
 TRACE_RELATION = "birthplace"
 WORLD = "a person of the organism's world"
@@ -211,16 +212,17 @@ def _markdown(r: dict[str, Any], report: Any, seconds: dict[str, float]) -> str:
               "smallest |AUC - 0.5| this many facts could show at p < 0.05 with power 0.8):", "",
               "| attack | verdict | AUC | p | detectable |", "|---|---|---|---|---|",
               *[f"| {n} | **{v['verdict']}** | {v['auc']:.2f} | {_fmt(v['p_value'])} | {v['detectable_effect']:.2f} |"
-                for n, v in a["leakage"].items()], "",
+                for n, v in ordered(a["leakage"])], "",
               f"Beside it, Patil et al.'s top-B success: each attack succeeds on a fact when the target is among the top {a['top_b']} candidates. Chance: "
               f"the same attack on {a['n_holdout']} facts of people the model never saw.", "",
               "| attack | original | edited | chance | p(edited above chance) |", "|---|---|---|---|---|"]
-    for name, v in a["attacks"].items():
+    for name, v in ordered(a["attacks"]):
         lines.append(f"| {name} | {_fmt(v['original'])} | {_fmt(v['success'])} | {_fmt(v['chance'])} | "
                      f"{_fmt(v['p_above_chance'])} |")
-    caught = [f"{n} {v['verdict']}" for n, v in a["leakage"].items() if v["verdict"] in ("leaks", "over_suppressed")]
-    weak = [n for n, v in a["leakage"].items() if v["verdict"] == "underpowered"]
-    same = [n for n, v in a["leakage"].items() if v["verdict"] == "indistinguishable"]
+    verdicts = ordered(a["leakage"])
+    caught = [f"{n} {v['verdict']}" for n, v in verdicts if v["verdict"] in ("leaks", "over_suppressed")]
+    weak = [n for n, v in verdicts if v["verdict"] == "underpowered"]
+    same = [n for n, v in verdicts if v["verdict"] == "indistinguishable"]
     lines += ["", "Verdict: " + " ".join(part for part in (
                   f"distinguishable from never-seen facts: {', '.join(caught)}." if caught else "",
                   f"indistinguishable: {', '.join(same)}." if same else "",

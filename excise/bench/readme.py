@@ -45,11 +45,12 @@ def _demo(r: dict | None = None) -> str:
     a, e = r["audit"], r["edit"]
     att = a["attacks"]
     before = sum(f["rank_before"] == 0 for f in r["facts"]) / len(r["facts"])
-    rows = ", ".join(f"{name} {att[key]['original']:.2f} / {att[key]['success']:.2f} / {att[key]['chance']:.2f}"
-                     for key, name in (("probes", "probes"), ("logit_lens", "logit lens"), ("relearn", "relearning"),
-                                       ("membership", "membership inference")))
+    from excise.verify.attacks import ATTACKS, ordered
+
+    rows = ", ".join(f"{ATTACKS.get(key).label} {v['original']:.2f} / {v['success']:.2f} / {v['chance']:.2f}"
+                     for key, v in ordered(att))
     verdicts = "; ".join(f"{key} {v['verdict']} (AUC {v['auc']:.2f}, p = {v['p_value']:.2g}, detectable "
-                         f"|AUC - 0.5| {v['detectable_effect']:.2f})" for key, v in a.get("leakage", {}).items())
+                         f"|AUC - 0.5| {v['detectable_effect']:.2f})" for key, v in ordered(a.get("leakage", {})))
     return (f"What the default run measured (seed {r['seed']}, subject {r['subject']}, {len(r['facts'])} facts):\n"
             f"request recall {before:.2f} -> {a['recall_after']:.2f}, {e['parameters_changed']:,} of "
             f"{e['parameters_total']:,} weights changed ({e['parameters_changed'] / e['parameters_total']:.1%}),\n"

@@ -54,6 +54,7 @@ from excise.methods import METHODS
 from excise.methods import get as get_method
 from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited
+from excise.verify.attacks import two_sided
 from excise.verify.results import ModelAudit
 from excise.weights import copy_model
 
@@ -474,7 +475,7 @@ def summary(r: dict[str, Any], depth: int = 2) -> str:
                        + (": " + ", ".join(f"{x['label']} ({x['scope']}, utility {_f(x['utility'])})"
                                            for x in clean) if clean else "") + ".")
             rejected = {a: sum(x.get("leakage", {}).get(a, {}).get("verdict") not in (None, "indistinguishable")
-                               for x in edits) for a in ATTACKS.names()}
+                               for x in edits) for a in two_sided()}
             out.append("  Rows each attack tells apart from never-seen facts: "
                        + ", ".join(f"{a.replace('_', ' ')} {n}" for a, n in rejected.items()) + ".")
         oracle = next((x for x in s["rows"] if x["method"] == "oracle" and x.get("leakage")), None)

@@ -53,7 +53,8 @@ __all__ = ["delete", "METHODS", "Method", "GradientMethod", "register", "get", "
 
 
 def needs_located(method: str, neurons: int) -> bool:
-    """Whether `method` (with `neurons` top neurons) is confined to located neurons, and so needs a Localization."""
+    """Returns whether `method` (with `neurons` top neurons) is confined to located neurons, and so needs a
+    Localization. Cost: none."""
     m = METHODS.get(method)
     return m.mask == "required" or (m.mask == "optional" and neurons > 0)
 
@@ -99,6 +100,9 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     layer, position, objective: rome/memit/alphaedit's (see `excise.methods.rank_one.SiteConfig`).
     options: any other field of the method's config (e.g. `steps=50`, undo's `teacher="npo"`); an unknown one
         is refused with the method's options.
+
+    Returns the EditRecord. Cost: the method's (see its module); a derived context costs nothing here
+    (no text is generated; rome/memit/alphaedit sample text only when the context has none).
     """
     m = METHODS.get(method)
     facts = list(facts)

@@ -74,7 +74,8 @@ METHODS: Registry[Method] = Registry("deletion method")
 
 
 def register(method: Method, replace: bool = False) -> Method:
-    """Make `method` reachable by its name (`delete`, `excise edit --method`, the benches)."""
+    """Make `method` reachable by its name (`delete`, `excise edit --method`, the benches); returns it.
+    Cost: none."""
     if not isinstance(method, Method):
         raise TypeError(f"register takes a Method instance (a subclass of excise.methods.Method), got {method!r}")
     for attr in ("name", "summary", "Config"):
@@ -88,11 +89,13 @@ def register(method: Method, replace: bool = False) -> Method:
 
 
 def get(name: str) -> Method:
+    """Returns the method registered as `name` (an unknown name: a ValueError listing the known ones). Cost: none."""
     return METHODS.get(name)
 
 
 def parse_option(method: Method, text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` as the method's config field KEY, the value cast to the field's type (CLI --option)."""
+    """Returns (KEY, value) for `KEY=VALUE`: the method's config field KEY, the value cast to the field's type
+    (CLI --option). Cost: none."""
     key, sep, value = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep:

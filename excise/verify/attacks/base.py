@@ -29,6 +29,7 @@ class Attack:
     """An audit attack. Subclass it, set the class attributes, implement `run` (or `measure`), register it."""
 
     name: ClassVar[str]
+    label: ClassVar[str] = ""                # its name in prose (default: the name, underscores as spaces)
     succeeds: ClassVar[str]                  # "the target is in the top-B after ...": README, docs
     statistic: ClassVar[str]                 # the per-fact statistic of the verdict (higher = knows more)
     leaks: ClassVar[str] = "forget facts rank higher than never-seen ones"
@@ -87,6 +88,10 @@ class Attack:
     def success_label(self, b: int) -> str:
         return f"{self.name} (top-{b})"
 
+    def __init__(self) -> None:
+        if not type(self).label:
+            self.label = self.name.replace("_", " ")
+
     def __repr__(self) -> str:
         return f"<audit attack {self.name!r}: succeeds when {self.succeeds}>"
 
@@ -95,7 +100,8 @@ ATTACKS: Registry[Attack] = Registry("audit attack")
 
 
 def register_attack(attack: Attack, replace: bool = False) -> Attack:
-    """Make `attack` part of every audit (if `audited`), its report, plot and the benches' columns."""
+    """Make `attack` part of every audit (if `audited`), its report, plot and the benches' columns; returns it.
+    Cost: none (the audit runs it)."""
     if not isinstance(attack, Attack):
         raise TypeError(f"register_attack takes an Attack instance (a subclass of excise.verify.Attack), got {attack!r}")
     for attr in ("name", "succeeds", "statistic"):
@@ -107,8 +113,21 @@ def register_attack(attack: Attack, replace: bool = False) -> Attack:
 
 
 def audited() -> tuple[str, ...]:
-    """The attacks an audit runs by default, and counts in its "any" success (AuditConfig.attacks)."""
+    """Returns the names of the attacks an audit runs by default and counts in its "any" success
+    (AuditConfig.attacks), in registry order. Cost: none (reads the registry)."""
     return tuple(a.name for a in ATTACKS if a.audited)
+
+
+def two_sided() -> tuple[str, ...]:
+    """Returns the names of the attacks that give a two-sided verdict against never-seen facts. Cost: none."""
+    return tuple(a.name for a in ATTACKS if a.two_sided)
+
+
+def ordered(by_attack: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Returns the (attack, value) pairs of `by_attack` in registry order (names it does not know last, as
+    given): tables and prose list attacks in one order whatever order a result file stored. Cost: none."""
+    place = {name: i for i, name in enumerate(ATTACKS.names())}
+    return sorted(by_attack.items(), key=lambda kv: place.get(kv[0], len(place)))
 
 
 def to_run(names: Sequence[str]) -> list[Attack]:

@@ -11,6 +11,7 @@ from excise.verify.membership import ATTACK_SCORE, membership_inference
 
 class Membership(Attack):
     name = "membership"
+    label = "membership inference"
     succeeds = "the answer's log-likelihood given the prompt is above the never-seen facts' 95th percentile " \
                "(its chance level, the false-positive rate, is fixed at 0.05)"
     statistic = "answer-token log-likelihood given the prompt"
