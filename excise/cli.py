@@ -307,10 +307,7 @@ def _tofu(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="excise", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="run the main job on the built-in organism")
     demo.add_argument("--out", default="excise-report", help="report folder (default: ./excise-report)")
     demo.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -324,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="never-seen people whose facts set the chance levels (default 20; fewer: faster, noisier)")
     demo.add_argument("--oracle", action="store_true", help="also audit the retrain oracle (about 3 minutes the first time)")
     demo.set_defaults(func=_demo)
+
+
+def _model_parsers(sub) -> None:
+    """locate, edit and verify: a model and facts, and what each command adds."""
     def model_command(name: str, help: str, func) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)
         p.add_argument("model", help="'organism', a TransformerLens model name, or a local Hugging Face directory")
@@ -373,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also audit the retrain oracle (organism: retrained without the facts, then cached)")
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
     verify.add_argument("--out", default="excise-audit")
+
+
+def _bench_parser(sub) -> None:
     bench = sub.add_parser("bench", help="run a benchmark and write its tables")
     bench.add_argument("suite", choices=list(BENCH_SUITES), help="which benchmark")
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
@@ -386,12 +390,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],
                        help="tofu: which TOFU forget split (default forget01)")
     bench.set_defaults(func=_bench)
+
+
+def _tofu_parser(sub) -> None:
     tofu = sub.add_parser("tofu", help="TOFU organism: train (or find cached) the model and its retain models")
     tofu.add_argument("action", choices=["build"], help="build: train every variant not yet cached")
     tofu.add_argument("--variants", default="full,retain99,retain95,retain90",
                       help="comma-separated: full, retain99 (minus forget01), retain95, retain90")
     tofu.add_argument("--seed", type=int, default=0)
     tofu.set_defaults(func=_tofu)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the command line's parser, its method choices and help read from the registries at call time
+    (a method registered after import is listed). Cost: none."""
+    parser = argparse.ArgumentParser(prog="excise", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_demo_parser, _model_parsers, _bench_parser, _tofu_parser):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -14,14 +14,29 @@ from typing import Any
 KINDS = ("resid", "mlp", "attn", "head", "neuron")
 INDEXED_KINDS = ("head", "neuron")
 
-# The activation each kind reads or patches, as a TransformerLens hook name.
-_HOOKS = {
+# The activation each kind reads or patches, as a TransformerLens hook name (plus "resid_pre", the residual
+# stream entering the block, which no Component addresses). Every hook name excise builds comes from here.
+HOOKS = {
+    "resid_pre": "blocks.{layer}.hook_resid_pre",  # the residual stream entering the block
     "resid": "blocks.{layer}.hook_resid_post",   # the residual stream after the block
     "mlp": "blocks.{layer}.hook_mlp_out",        # the MLP's output (before the residual add)
     "attn": "blocks.{layer}.hook_attn_out",      # the attention output (all heads summed)
     "head": "blocks.{layer}.attn.hook_z",        # [batch, pos, head, d_head] before W_O
     "neuron": "blocks.{layer}.mlp.hook_post",    # [batch, pos, d_mlp] after the nonlinearity
 }
+
+
+def hook_name(kind: str, layer: int | str) -> str:
+    """Returns the TransformerLens hook name of `kind`'s activation in block `layer` (see HOOKS). Cost: none."""
+    if kind not in HOOKS:
+        raise ValueError(f"no hook for kind {kind!r}; kinds with a hook: {', '.join(HOOKS)}")
+    return HOOKS[kind].format(layer=layer)
+
+
+def stream_hook(index: int) -> str:
+    """Returns the hook holding Hugging Face's hidden_states[index]: 0 the embeddings entering block 0, i the
+    residual stream after block i-1. Cost: none."""
+    return hook_name("resid_pre", 0) if index == 0 else hook_name("resid", index - 1)
 
 
 @dataclass(frozen=True, order=True)
@@ -54,7 +69,7 @@ class Component:
 
     @property
     def hook_name(self) -> str:
-        return _HOOKS[self.kind].format(layer=self.layer)
+        return hook_name(self.kind, self.layer)
 
     def check(self, model: Any) -> Component:
         """Raise a clear ValueError if this component does not exist in `model`."""

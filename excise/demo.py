@@ -20,14 +20,16 @@ apart under "seconds", and the machine, versions and commit under
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from pathlib import Path
 from typing import Any
 
 from excise import methods as M
+from excise.display import fmt
 from excise.provenance import provenance, provenance_line
-from excise.verify.attacks import ordered
+from excise.verify.attacks import audited, ordered
 
 TRACE_RELATION = "birthplace"
 WORLD = "a person of the organism's world"
@@ -39,8 +41,8 @@ def pick_subject(world: Any, subject: str | None, seed: int) -> str:
     return world.check_subject(subject, where=WORLD)
 
 
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
+def _fmt(x: float | None) -> str:
+    return fmt(x, none="n/a", large=math.inf)
 
 
 def run(out: str | Path = "excise-report", subject: str | None = None, method: str = M.DEFAULT,
@@ -50,7 +52,7 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     from excise import locate, organism
     from excise.models import load
     from excise.scoring import rank_prompts, target_first_ids
-    from excise.verify import AuditConfig, audit, audited
+    from excise.verify import AuditConfig, audit
     from excise.weights import copy_model
 
     M.METHODS.check(method)
@@ -86,12 +88,8 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     traced = next((f for f in facts if f.relation == TRACE_RELATION), facts[0])
     log(f"causal trace of {traced.fill(traced.prompt)!r} -> {traced.target!r} ...")
     trace = locate.causal_trace(model, traced, seed=seed)
-    trace_meta = locate.TraceMeta.of(trace)
     trace.plot().savefig(out / "trace.png", dpi=110)
     trace.save(out / "trace.json")
-    last_subject = trace.subject[1] - 1
-    mlp_at_subject = trace.scores["mlp"][:, last_subject]
-    trace_peak = {kind: trace.peak(kind) for kind in trace.kinds}
     lap("trace")
 
     log(f"Fisher scores: {len(facts)} facts against {len(retain)} retain facts ...")
@@ -99,7 +97,6 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
                                   config=locate.FisherConfig(progress=progress))
     fisher.plot(["mlp", "neuron", "head"]).savefig(out / "fisher.png", dpi=110)
     fisher.save(out / "fisher.json")
-    top_neurons = fisher.top(10, kind="neuron")
     lap("fisher")
 
     reference = copy_model(model)
@@ -109,10 +106,6 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
                       progress=progress, context=context)
     record.meta.update({"subject": subject, "demo_seed": seed})
     record.save(out / "edit.safetensors")
-    touched: dict[str, int] = {}
-    for c in record.touched():
-        name = f"L{c.layer} {c.kind}s" if c.kind in ("neuron", "head") else f"L{c.layer} {c.kind}"
-        touched[name] = touched.get(name, 0) + 1
     after = first_token()
     lap("edit")
 
@@ -128,38 +121,20 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     report.plot().savefig(out / "audit.png", dpi=110, bbox_inches="tight")
     lap("audit")
 
-    attacks = {a: {"success": report.success("edited", a), "chance": report.chance("edited", a),
-                   "p_above_chance": report.above_chance("edited", a),
-                   "original": report.success("reference", a)} for a in audited()}
     result = {
         "seed": seed, "subject": subject, "method": method,
         "neurons": neurons if M.METHODS.get(method).mask != "none" else None,
         "facts": [{"relation": f.relation, "prompt": f.fill(f.prompt), "target": f.target,
                    "p_before": b[1], "rank_before": b[0], "p_after": a[1], "rank_after": a[0]}
                   for f, b, a in zip(facts, before, after, strict=True)],
-        "trace": {"fact": traced.relation, "prompt": trace_meta.prompt, "p_clean": trace_meta.p_clean,
-                  "p_corrupt": trace_meta.p_corrupt, "last_subject_token": trace.tokens[last_subject],
-                  "mlp_at_last_subject_token": [round(float(x), 6) for x in mlp_at_subject],
-                  "peaks": {k: {"layer": c.layer, "position": c.position, "token": trace.tokens[c.position]
-                                if c.position is not None else None,
-                                "restored_p": float(trace.scores[k][c.layer, c.position])}
-                            for k, c in trace_peak.items()}},
+        "trace": _trace_part(trace, traced),
         "fisher": {"top_neurons": [{"layer": s.component.layer, "index": s.component.index,
-                                    "ratio": s.score} for s in top_neurons],
+                                    "ratio": s.score} for s in fisher.top(10, kind="neuron")],
                    "mlp_layer_ratio": [float(x) for x in fisher.scores["mlp"]]},
-        "edit": {"parameters_changed": record.n_changed, "components_touched": touched,
+        "edit": {"parameters_changed": record.n_changed, "components_touched": _touched(record),
                  "parameters_total": sum(p.numel() for p in model.parameters()),
                  "record": "edit.safetensors"},
-        "audit": {"attacks": attacks,
-                  "leakage": {a: {k: v.to_dict()[k] for k in ("verdict", "auc", "p_value", "detectable_effect")}
-                              for a, v in report.leakage("edited").items()},
-                  "recall_after": report.recall("edited", "request"),
-                  "relearned_recall": report.relearn_recall("edited"),
-                  "relearned_recall_original": report.relearn_recall("reference"),
-                  "neighbours_kept": report.kept("neighbours"), "retain_kept": report.kept("retain"),
-                  "utility_vs_original": report.utility("edited"),
-                  "forget_quality": report.forget_quality("edited") if oracle_model is not None else None,
-                  "n_holdout": report.config["n_holdout"], "top_b": report.top_b},
+        "audit": _audit_part(report, with_oracle=oracle_model is not None),
     }
     seconds["total"] = round(time.perf_counter() - t_start, 2)
     full = {**result, "seconds": seconds, "provenance": provenance(seed, seconds["total"])}
@@ -167,6 +142,47 @@ def run(out: str | Path = "excise-report", subject: str | None = None, method: s
     (out / "report.md").write_text(_markdown(result, report, seconds) + "\n" + provenance_line(full["provenance"])
                                    + "\n")
     return full
+
+
+def _trace_part(trace: Any, traced: Any) -> dict[str, Any]:
+    """report.json's trace: the traced fact, its clean and noised p, the MLP's restoration at the last subject
+    token per layer, and each kind's peak."""
+    from excise.locate import TraceMeta
+
+    meta, last_subject = TraceMeta.of(trace), trace.subject[1] - 1
+    peaks = {kind: trace.peak(kind) for kind in trace.kinds}
+    return {"fact": traced.relation, "prompt": meta.prompt, "p_clean": meta.p_clean, "p_corrupt": meta.p_corrupt,
+            "last_subject_token": trace.tokens[last_subject],
+            "mlp_at_last_subject_token": [round(float(x), 6) for x in trace.scores["mlp"][:, last_subject]],
+            "peaks": {k: {"layer": c.layer, "position": c.position,
+                          "token": trace.tokens[c.position] if c.position is not None else None,
+                          "restored_p": float(trace.scores[k][c.layer, c.position])} for k, c in peaks.items()}}
+
+
+def _touched(record: Any) -> dict[str, int]:
+    """How many components of each kind, per layer, the edit changed ("L0 neurons": 64)."""
+    touched: dict[str, int] = {}
+    for c in record.touched():
+        name = f"L{c.layer} {c.kind}s" if c.kind in ("neuron", "head") else f"L{c.layer} {c.kind}"
+        touched[name] = touched.get(name, 0) + 1
+    return touched
+
+
+def _audit_part(report: Any, with_oracle: bool) -> dict[str, Any]:
+    """report.json's audit: each audited attack's success, chance and p, the two-sided verdicts, what was kept."""
+    attacks = {a: {"success": report.success("edited", a), "chance": report.chance("edited", a),
+                   "p_above_chance": report.above_chance("edited", a),
+                   "original": report.success("reference", a)} for a in audited()}
+    return {"attacks": attacks,
+            "leakage": {a: {k: v.to_dict()[k] for k in ("verdict", "auc", "p_value", "detectable_effect")}
+                        for a, v in report.leakage("edited").items()},
+            "recall_after": report.recall("edited", "request"),
+            "relearned_recall": report.relearn_recall("edited"),
+            "relearned_recall_original": report.relearn_recall("reference"),
+            "neighbours_kept": report.kept("neighbours"), "retain_kept": report.kept("retain"),
+            "utility_vs_original": report.utility("edited"),
+            "forget_quality": report.forget_quality("edited") if with_oracle else None,
+            "n_holdout": report.config["n_holdout"], "top_b": report.top_b}
 
 
 def _markdown(r: dict[str, Any], report: Any, seconds: dict[str, float]) -> str:

@@ -29,13 +29,26 @@ def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def fmt(value: Any) -> str:
-    """A table cell: floats to 3 decimals (small or huge ones in g), None as '-'."""
+def fmt(value: Any, digits: int = 3, *, none: str = "-", significant: bool = False, small: float = 1e-3,
+        large: float = 1e5, outside: str | None = None, whole: float | None = None, commas: bool = False) -> str:
+    """Returns a number as text, the one formatter of every table and report (cost: none).
+
+    None is `none`; a float whose magnitude is 0 or in [small, large) gets `digits` decimals (`significant`:
+    significant digits; at or above `whole`, none), any other float the format `outside` (default
+    `digits` significant digits); ints as they are (`commas`: with thousands separators); the rest str().
+    The defaults are a table cell's: 3 decimals, small or huge values in g.
+    """
     if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if (abs(value) < 1e-3 and value != 0) or abs(value) >= 1e5 else f"{value:.3f}"
-    return str(value)
+        return none
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, float):
+        return f"{value:,}" if commas else str(value)
+    if value != 0 and not small <= abs(value) < large:
+        return format(value, outside or f".{digits}g")
+    if whole is not None and abs(value) >= whole:
+        return f"{value:.0f}"
+    return f"{value:.{digits}{'g' if significant else 'f'}}"
 
 
 def value(v: Any, limit: int = 48) -> Any:

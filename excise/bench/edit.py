@@ -29,6 +29,7 @@ Writes DIR/edit.json and DIR/edit.md:
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from excise import organism
 from excise.bench.results import write_result
+from excise.display import fmt
 from excise.edit import MemitConfig, RomeConfig, TaskVectorConfig, ablate, memit, rome, sequence, task_vector
 from excise.edit.covariance import second_moment
 from excise.edit.rome import REFERENCE
@@ -218,7 +220,7 @@ def run(out: str | Path, n_facts: int = 50, n_memit: int = 100, n_sequential: in
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return fmt(v, none="None", significant=True, small=0, large=math.inf)
 
 
 def to_markdown(r: dict[str, Any]) -> str:

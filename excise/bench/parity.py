@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from excise.bench.results import write_result
+from excise.display import fmt
 
 FILES = ("edit.json", "locate.json", "stories.json", "verify.json", "tofu.json", "unlearn.json", "demo.json")
 
@@ -115,7 +116,7 @@ def moved(before: Path, after: Path, rel: float = 1e-9) -> dict[str, list[dict[s
 
 
 def _f(v: float) -> str:
-    return f"{v:.3g}" if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e4) else f"{v:.3f}"
+    return fmt(v, large=1e4)
 
 
 def to_markdown(changes: dict[str, list[dict[str, Any]]], before_label: str, stale: Sequence[str] = ()) -> str:

@@ -6,7 +6,7 @@ the components output tracing finds (about 20% relearned vs 47-63%); LACUNA (202
 with precise localization plain gradient unlearning erases robustly. The organism has the ground
 truth to check both. On its 5% split (`world.subjects_split(0.05, seed)`, as `excise bench
 unlearn`), each gradient method runs with the same loss and schedule
-(`UnlearnConfig.for_method`), masked to one of these scopes:
+(its registered defaults, `excise.methods.unlearn`), masked to one of these scopes:
 
 - `fact_lookup`: the `n_layers_masked` MLP layers (every weight of each) whose restoration at the
   subject's tokens restores p(target) most (`causal_trace`, subject noised, ROME's noise unit over
@@ -18,7 +18,7 @@ unlearn`), each gradient method runs with the same loss and schedule
 - `fisher`: the neurons `excise bench unlearn` locates (diagonal Fisher, forget vs retain);
 - `all`: every parameter.
 
-Method `swap` is subject-swap distillation (`UnlearnConfig.for_method("swap")`, never-seen stand-in
+Method `swap` is subject-swap distillation (`excise.methods.swap`, never-seen stand-in
 names from the audit context); `undo` is swap at the scope, then UNDO (`excise.edit.undo`, Lee et al. 2025): the unlearned
 model noised (alpha `UNDO_ALPHA`) and distilled from its pre-noise self on the training corpus,
 stopped by excise's recall stop (retained facts' top-1 recall within 5% of the teacher's; the
@@ -34,6 +34,7 @@ the floor. Writes DIR/robust.json, robust.md and robust.png.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +46,7 @@ import numpy as np
 from excise import organism
 from excise.bench.results import read_result, write_result
 from excise.components import Component
+from excise.display import fmt
 from excise.facts import Fact
 from excise.models import load
 from excise.scoring import recall_table
@@ -113,9 +115,8 @@ def undo_after_unlearning(model: Any, retain_train: Sequence[Fact], seed: int):
     """UNDO on an unlearned organism, as this bench and `excise bench unlearn` run it: alpha `UNDO_ALPHA`,
     distilled on the training corpus, excise's recall stop on 200 of `retain_train` (their texts the
     stop's eval texts), at most `UNDO_MAX_STEPS` steps. Returns UNDO's EditRecord."""
-    from excise.organism.train import fact_texts
-
     from excise.edit import UndoConfig, undo
+    from excise.organism.train import fact_texts
 
     kept = list(retain_train[:200])
     return undo(model, organism.corpus(), fact_texts(kept),
@@ -211,7 +212,7 @@ def merged(results: dict[str, Any], old: dict[str, Any] | None, methods: Sequenc
 
 
 def _c(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}"
+    return fmt(v, 2, small=0, large=math.inf)
 
 
 def to_markdown(r: dict[str, Any], figure: str = "robust.png") -> str:

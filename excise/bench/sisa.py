@@ -37,7 +37,6 @@ from excise.organism.train import corpus, fact_texts
 from excise.scoring import recall_table
 from excise.verify import AuditConfig, AuditReport, audit
 
-SHARDS = (5, 10)
 FRACTION = 0.05
 RECALL_FAMILIES = tuple(f for f in FAMILIES if f != "held_out")
 OLD_HOLDOUT_PEOPLE = 30         # what sisa.json files from before the baseline was recorded were audited against

@@ -23,6 +23,7 @@ recall, the organism's early-stopping signal, says nothing about them.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from typing import Any
 
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.bench.robust import UNDO_ALPHA
+from excise.display import fmt
 from excise.edit import RmuConfig, UndoConfig, random_like, rmu, undo
 from excise.locate import FisherConfig, fisher
 from excise.methods import METHODS as REGISTRY
@@ -165,7 +167,7 @@ def write(results: dict[str, Any], out: Path, seed: int, wall_seconds: float) ->
 
 
 def _f(v: float) -> str:
-    return f"{v:.3g}" if v == 0 or v >= 1e-3 else f"{v:.1e}"
+    return fmt(v, significant=True, large=math.inf, outside=".1e")
 
 
 def to_markdown(every: dict[str, Any], figures: str, depth: int = 1) -> str:

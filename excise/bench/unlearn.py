@@ -48,6 +48,7 @@ from excise import organism
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.components import Component
 from excise.context import KnowledgeContext
+from excise.display import fmt
 from excise.facts import Fact
 from excise.locate import FisherConfig, Localization, attribution_patching, fisher
 from excise.methods import METHODS
@@ -373,13 +374,7 @@ COLUMNS = [("efficacy", "efficacy"), ("paraphrase_forget", "para."), ("question_
 
 
 def _f(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float) and (v == 0 or 1e-3 <= abs(v) < 1e4):
-        return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
-    return f"{v:.1e}"
+    return fmt(v, commas=True, large=1e4, whole=10, outside=".1e")
 
 
 def _good(row: dict[str, Any]) -> bool:

@@ -32,6 +32,7 @@ relation's object set achieves, and top-1 is the sharper test.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 
 from excise import organism
 from excise.bench.results import write_result
+from excise.display import fmt
 from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited, guardrail, suppress_last_layer
 from excise.verify.calibration import over_suppress
@@ -194,9 +196,7 @@ def _draws_table(r: dict[str, Any]) -> list[str]:
 
 
 def _f(v: Any) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return fmt(v, significant=True, small=0, large=math.inf)
 
 
 def _verdict_table(r: dict[str, Any]) -> list[str]:

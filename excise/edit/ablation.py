@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from excise.components import OUTPUT_LINEAR, Component
+from excise.components import OUTPUT_LINEAR, Component, hook_name
 from excise.edit.record import EditRecord, recording
 from excise.scoring import encode, pad_batch
 from excise.weights import device_of, linear
@@ -59,7 +59,7 @@ def mean_activations(model: Any, texts: Sequence[str], layers: Iterable[int], ba
     rows = encode(model, list(texts))
     pad = model.tokenizer.pad_token_id or 0
     device = device_of(model)
-    names = [f"blocks.{l}.mlp.hook_post" for l in layers] + [f"blocks.{l}.attn.hook_z" for l in layers]
+    names = [hook_name("neuron", l) for l in layers] + [hook_name("head", l) for l in layers]
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
         tokens, last = pad_batch(batch, pad)
@@ -125,7 +125,7 @@ def ablate(
             idx_t = torch.tensor(sorted(set(idx)), device=v.weight.device)
             W = v.W                                                    # [d_mlp, d_model]
             if mode == "mean":
-                m = means[f"blocks.{l}.mlp.hook_post"][idx_t.cpu()].to(W.device, W.dtype)
+                m = means[hook_name("neuron", l)][idx_t.cpu()].to(W.device, W.dtype)
                 v.bias.add_(m @ W[idx_t])
             W[idx_t] = 0
         for l, hs in heads.items():
@@ -133,7 +133,7 @@ def ablate(
             W = v.W.view(cfg.n_heads, cfg.d_head, -1)                  # [head, d_head, d_model]
             hs_t = torch.tensor(sorted(set(hs)), device=W.device)
             if mode == "mean":
-                z = means[f"blocks.{l}.attn.hook_z"][hs_t.cpu()].to(W.device, W.dtype)   # [h, d_head]
+                z = means[hook_name("head", l)][hs_t.cpu()].to(W.device, W.dtype)   # [h, d_head]
                 v.bias.add_(torch.einsum("hd,hdm->m", z, W[hs_t]))
             W[hs_t] = 0
     return box["record"]

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from excise.components import hook_name
 from excise.scoring import encode, pad_batch
 from excise.weights import device_of, fingerprint
 
@@ -46,9 +47,9 @@ def mlp_keys(model: Any, tokens: Tensor, layer: int, resid_after: int | None = N
         return hook
 
     last = layer if resid_after is None else max(layer, resid_after)
-    hooks = [(f"blocks.{layer}.mlp.hook_post", keep("k"))]
+    hooks = [(hook_name("neuron", layer), keep("k"))]
     if resid_after is not None:
-        hooks.append((f"blocks.{resid_after}.hook_resid_post", keep("h")))
+        hooks.append((hook_name("resid", resid_after), keep("h")))
     device = device_of(model)
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(tokens.to(device), stop_at_layer=last + 1)
@@ -105,7 +106,7 @@ def second_moment(
     C, n_tokens = estimate_second_moment(model, layer, texts, batch_size, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"model_fingerprint": fp, "layer": layer, "n_texts": len(texts),
-                  "n_tokens": n_tokens, "sample_sha256_16": sample_hash, "hook": f"blocks.{layer}.mlp.hook_post"}
+                  "n_tokens": n_tokens, "sample_sha256_16": sample_hash, "hook": hook_name("neuron", layer)}
     tmp = path.with_suffix(".tmp")
     save_file({"C": C.cpu().contiguous()}, str(tmp), metadata={"excise": json.dumps(provenance)})
     tmp.replace(path)

@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from excise.components import hook_name
 from excise.edit.covariance import mlp_keys
 from excise.facts import Fact, tokenize_prompt
 from excise.weights import device_of, linear
@@ -107,7 +108,7 @@ def _optimize_value(model: Any, tokens: Tensor, layer: int, position: int, targe
 
     with torch.enable_grad():
         for _ in range(steps):
-            with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_mlp_out", add)]):
+            with model.hooks(fwd_hooks=[(hook_name("mlp", layer), add)]):
                 logp = model(tokens[None])[0, last].float().log_softmax(-1)[target_id]
             if logp.exp().item() >= stop_prob:
                 break

@@ -48,7 +48,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from excise.components import Component
+from excise.components import Component, hook_name
 from excise.edit.masks import count, masked_step, parameter_masks
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact, tokenize_prompt
@@ -145,7 +145,7 @@ def _activations(model: Any, batch: list[_Text], layer: int) -> Float[Tensor, "n
     def keep(act: Tensor, hook: Any) -> None:
         kept.append(act)
 
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_post", keep)]):
+    with model.hooks(fwd_hooks=[(hook_name("resid", layer), keep)]):
         model(ids.to(device), stop_at_layer=layer + 1)      # the blocks above cannot change it
     return kept[0][_selected(batch, ids.shape[1]).to(device)].float()
 

@@ -68,6 +68,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from excise.components import hook_name, stream_hook
 from excise.edit.covariance import mlp_keys, second_moment
 from excise.edit.rank_one import POSITIONS, inverse_second_moment, position_index, rank_one_update
 from excise.edit.record import EditRecord, recording
@@ -334,7 +335,7 @@ def _kl_prompt_row(model: Any, fact: Fact):
 
 def _lens_hook(index: int) -> str:
     """The hook holding Hugging Face's hidden_states[index]: 0 is the embeddings, i the output of block i-1."""
-    return "blocks.0.hook_resid_pre" if index == 0 else f"blocks.{index - 1}.hook_resid_post"
+    return stream_hook(index)
 
 
 def _target_grid(rows: Sequence[PromptRow], width: int, device) -> Int[Tensor, "rows width"]:
@@ -421,7 +422,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
     else:
         lens_at = (torch.arange(n_main, device=device), read)
 
-    mlp_out = f"blocks.{cfg.layer}.hook_mlp_out"
+    mlp_out = hook_name("mlp", cfg.layer)
     store: dict[str, Tensor] = {}
 
     def keep_out(act, hook):
@@ -454,7 +455,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
 
     hooks = [(mlp_out, add_delta)]
     if u is not None:
-        hooks.insert(0, (f"blocks.{cfg.layer}.mlp.hook_post", keep_key))
+        hooks.insert(0, (hook_name("neuron", cfg.layer), keep_key))
     hooks += [(_lens_hook(i), keep_resid(i)) for i in sorted(set(lens_layers))]
     history = []
     with torch.enable_grad():

@@ -1,6 +1,6 @@
 """UNDO (Lee et al. 2025, "Distillation robustifies unlearning"): noise the unlearned model, then distill.
 
-    record = unlearn(model, forget, retain, config=UnlearnConfig.for_method("npo"))   # the "unlearn" step
+    record = excise.methods.unlearn(model, forget, retain, "npo")                      # the "unlearn" step
     undo(model, texts=excise.organism.corpus(), eval_texts=retain_texts)              # noise + distill
 
 An unlearned model hides what it was trained to forget; relearning brings it back (Deeb & Roger;

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from excise.components import head_axis
+from excise.components import head_axis, hook_name
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.causal_trace import TraceConfig, check_kinds, noise_std, trace_plans
 from excise.locate.interventions import (
@@ -132,12 +132,12 @@ def activation_patching(
         elif kind == "head":
             H = model.cfg.n_heads
             pos_list = list(range(n_pos)) if head_positions else [None]
-            values = per_layer(lambda l: [[Restore(f"blocks.{l}.attn.hook_z", "head", p, h)]
+            values = per_layer(lambda l: [[Restore(hook_name("head", l), "head", p, h)]
                                           for p in pos_list for h in range(H)],
                                (n_pos, H) if head_positions else (H,))
             axes[kind] = ("layer", "position", "index") if head_positions else ("layer", "index")
         else:
-            values = per_layer(lambda l: [[Restore(f"blocks.{l}.mlp.hook_post", "unit", position, n)]
+            values = per_layer(lambda l: [[Restore(hook_name("neuron", l), "unit", position, n)]
                                           for n in range(model.cfg.d_mlp)], (model.cfg.d_mlp,))
             axes[kind] = ("layer", "index")
         scores[kind] = values - baseline
@@ -150,10 +150,3 @@ def activation_patching(
               "metric_corrupt": baseline, "neuron_position": position, **noise_info, **config.__dict__,
               **head_axis(model.cfg)},
     )
-
-
-def neuron_patching_scores(model: Any, fact: Fact, position: int | None = None,
-                           config: TraceConfig | None = None) -> torch.Tensor:
-    """Exact patching effect of every MLP neuron at `position`: [n_layers, d_mlp]."""
-    loc = activation_patching(model, fact, ("neuron",), neuron_position=position, config=config)
-    return loc.scores["neuron"]

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from excise.components import Component
+from excise.components import hook_name
 from excise.facts import Fact, tokenize_prompt
 from excise.locate.interventions import (
     Restore,
@@ -158,9 +158,8 @@ def window_layers(layer: int, window: int, n_layers: int, edge: str = "truncate"
 def trace_plans(kind: str, n_layers: int, n_pos: int, window: int,
                 edge: str = "truncate") -> list[list[Restore]]:
     """One plan per (layer, position) of `kind`, in row-major order."""
-    hook = Component(0, kind).hook_name.replace("blocks.0.", "blocks.{}.")
     w = 1 if kind == "resid" else window
-    return [[Restore(hook.format(l2), "vector", pos) for l2 in window_layers(layer, w, n_layers, edge)]
+    return [[Restore(hook_name(kind, l2), "vector", pos) for l2 in window_layers(layer, w, n_layers, edge)]
             for layer in range(n_layers) for pos in range(n_pos)]
 
 
@@ -273,7 +272,7 @@ def trace_one_at_a_time(
                 hooks = [("hook_embed", add_noise)]
                 w = 1 if kind == "resid" else config.window
                 for l2 in window_layers(layer, w, n_layers, config.window_edge):
-                    name = Component(l2, kind).hook_name
+                    name = hook_name(kind, l2)
                     clean = cache[name][0, pos]
 
                     def put(act, hook, clean=clean, pos=pos):

@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from excise.components import hook_name
 from excise.weights import device_of
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
@@ -298,8 +299,7 @@ def _resume(model: Any, residual: Tensor, block: int, positions: Sequence[int] |
 def _corrupted_residuals(model: Any, tokens: Tensor, noise: Tensor | None) -> dict[int, Tensor]:
     """Residual entering each block (and the final one, at n_layers) of the corrupted run, per noise sample."""
     n_layers = model.cfg.n_layers
-    names = {f"blocks.{b}.hook_resid_pre": b for b in range(n_layers)} | {
-        f"blocks.{n_layers - 1}.hook_resid_post": n_layers}
+    names = {hook_name("resid_pre", b): b for b in range(n_layers)} | {hook_name("resid", n_layers - 1): n_layers}
     store: dict[int, Tensor] = {}
 
     def keeper(block: int):  # by the requested name: an alias's hook.name is the canonical one

@@ -12,6 +12,7 @@ or on unrelated facts), next to the oracle's. (What deleting one fact does to
 the others is an experiment above verify: `excise.experiments.entanglement`.)
 """
 
+from excise.verify.attacks import ATTACKS, Attack, audited, register_attack
 from excise.verify.audit import AuditConfig, audit
 from excise.verify.calibration import guardrail, suppress_last_layer
 from excise.verify.forget_quality import forget_quality, organism_utility, truth_ratios
@@ -19,7 +20,6 @@ from excise.verify.logit_lens import LensProbe, logit_lens
 from excise.verify.membership import auc, membership_inference, membership_scores
 from excise.verify.probes import Probe, probe
 from excise.verify.relearn import RelearnConfig, RelearnCurve, relearn, relearn_curve
-from excise.verify.attacks import ATTACKS, Attack, audited, register_attack
 from excise.verify.report import AuditReport
 
 # In reading order (the API reference follows it): the audit, what it returns, its config, each attack, the rest.

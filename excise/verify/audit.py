@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from excise.context import KnowledgeContext
 from excise.facts import Fact
 from excise.scoring import general_loss, recalled
-from excise.verify.forget_quality import organism_utility, truth_ratios
 from excise.verify.attacks import audited, leakage, to_run
+from excise.verify.forget_quality import organism_utility, truth_ratios
 from excise.verify.relearn import RelearnConfig
 from excise.verify.report import AuditReport
 from excise.verify.results import AttackRanks, ModelAudit

@@ -80,6 +80,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import mannwhitneyu, norm
 
+from excise.display import fmt
 
 VERDICTS = ("leaks", "over_suppressed", "indistinguishable", "underpowered")
 ALPHA = 0.05                 # the test's level
@@ -151,7 +152,7 @@ class AttackVerdict:
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+    return fmt(p, 2, significant=True, large=math.inf, outside=".1e") if p else f"{p:.1e}"   # an underflowed 0
 
 
 def _verdict(auc: float, p: float, detectable: float, alpha: float) -> tuple[str, str]:

@@ -42,6 +42,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens.tools.analysis import logit_readout
 
+from excise.components import hook_name, stream_hook
 from excise.facts import Fact
 from excise.scoring import encode, pad_batch, target_first_ids
 from excise.weights import device_of
@@ -69,7 +70,7 @@ class LensProbe:
 
 
 def _names(n_layers: int):
-    last = f"blocks.{n_layers - 1}.hook_resid_post"
+    last = hook_name("resid", n_layers - 1)
     return lambda name: name.endswith("hook_resid_pre") or name == last
 
 
@@ -222,7 +223,7 @@ def head_projection_attack(model: Any, facts: Sequence[Fact], k: int = 4, layers
     prompts, tids, rows = _encoded(model, jobs)
     pad = model.tokenizer.pad_token_id or 0
     device = device_of(model)
-    hooks = {i: "blocks.0.hook_resid_pre" if i == 0 else f"blocks.{i - 1}.hook_resid_post" for i in layers}
+    hooks = {i: stream_hook(i) for i in layers}
     wanted = set(hooks.values())
     out = []
     for start in range(0, len(rows), batch_size):

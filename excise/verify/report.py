@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from excise.display import fmt
 from excise.facts import json_text
 from excise.verify.attacks import ATTACKS, audited
 from excise.verify.leakage import AttackVerdict
@@ -196,7 +197,7 @@ class AuditReport:
         roles = self.roles()
         lines = self.verdict_lines() + [f"{'metric':<36}" + "".join(f"{r:>12}" for r in roles)]
         for name, values in self.rows():
-            lines.append(f"{name:<36}" + "".join(f" {_fmt(values[r]):>11}" for r in roles))
+            lines.append(f"{name:<36}" + "".join(f" {fmt(values[r]):>11}" for r in roles))
         lines.append(f"{len(self.facts)} facts, top-B = {self.top_b}, {self.config['n_holdout']} holdout facts")
         lines += self.not_computed()
         return "\n".join(lines)
@@ -211,7 +212,7 @@ class AuditReport:
         lines = verdicts + ([""] if verdicts else []) + \
             ["| metric | " + " | ".join(roles) + " |", "|---" * (len(roles) + 1) + "|"]
         for name, values in self.rows():
-            lines.append(f"| {name} | " + " | ".join(_fmt(values[r]) for r in roles) + " |")
+            lines.append(f"| {name} | " + " | ".join(fmt(values[r]) for r in roles) + " |")
         missing = self.not_computed()
         return "\n".join(lines + ([""] + [f"- {m}" for m in missing] if missing else []))
 
@@ -250,8 +251,8 @@ class AuditReport:
     def __repr__(self) -> str:
         parts = [f"{len(self.facts)} facts", f"top-B={self.top_b}"]
         if "edited" in self.models:
-            parts.append(f"edited: request recall={_fmt(self.recall('edited'))}, "
-                         f"attack success={_fmt(self.success('edited'))}")
+            parts.append(f"edited: request recall={fmt(self.recall('edited'))}, "
+                         f"attack success={fmt(self.success('edited'))}")
         return f"AuditReport({', '.join(parts)})"
 
     # -- persistence ------------------------------------------------------
@@ -285,11 +286,3 @@ class AuditReport:
         from excise.verify.plots import plot_report
 
         return plot_report(self)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if (abs(v) < 1e-3 and v != 0) or abs(v) >= 1e5 else f"{v:.3f}"
-    return str(v)

@@ -15,6 +15,7 @@ from typing import Any
 from excise.verify.leakage import AttackVerdict
 from excise.verify.membership import MembershipResult
 
+
 @dataclass
 class AttackRanks:
     """Per fact, the best rank each rank-based attack reached, and the evidence behind it."""

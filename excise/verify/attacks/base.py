@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-
 from excise.registry import Registry
 from excise.verify.leakage import ALPHA, POWER, AttackVerdict, compare
 
