@@ -14,7 +14,7 @@ from excise.registry import Registry
 from tests.plugins import registered_toys
 
 EVERY = ("ga", "graddiff", "kl", "npo", "simnpo", "dpo", "swap", "rmu", "undo", "rome", "memit", "alphaedit", "ablate",
-         "task_vector")
+         "task_vector", "sisa")      # sisa registered by excise.organism (its model is a SISA ensemble)
 
 
 def test_every_method_has_one_name_in_the_registry_and_the_cli(capsys):

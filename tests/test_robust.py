@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,7 +20,7 @@ from excise.edit.record import storage_owners
 from excise.edit.rmu import RmuConfig, control_vector, rmu, rmu_loss
 from excise.methods import get, unlearn
 from excise.methods.simnpo import simnpo_loss
-from excise.scoring import answer_examples, recalled
+from excise.scoring import answer_examples
 from excise.verify.relearn import RelearnConfig, relearn, relearn_curve
 
 
@@ -322,20 +321,25 @@ def test_undo_recall_stop_reads_the_eval_facts(tiny, monkeypatch):
         U.UndoConfig(stop="kl")
 
 
-def test_the_benches_undo_is_the_recall_stopped_recipe_and_undoes(organism_model, world, monkeypatch):
-    """bench robust's and bench unlearn's UNDO: alpha 0.6 on the organism's corpus, the recall stop read
-    on 200 retained facts, at most UNDO_MAX_STEPS steps (2 here), every parameter, undone bit for bit."""
-    from excise.bench import robust
+def test_the_benches_undo_is_the_recall_stopped_recipe_and_undoes(organism_model, world):
+    """The registered undo, as bench robust and bench unlearn run it: its teacher (swap at the mask), then
+    alpha 0.6 on the context's sample, the recall stop read on 200 retained facts, every parameter (at most
+    2 steps here), one record undone bit for bit."""
+    from excise.context import KnowledgeContext
+    from excise.organism import corpus
 
-    monkeypatch.setattr(robust, "UNDO_MAX_STEPS", 2)
-    kept = list(world.retain_set(list(world.of_subject(world.people[5])), n=250, seed=0))
+    forget = list(world.of_subject(world.people[5]))
+    kept = list(world.retain_set(forget, n=250, seed=0))
+    context = KnowledgeContext(retain=kept, stand_ins=world.strangers(3), sample=corpus())
+    mask = [Component(0, "neuron", i) for i in range(32)]
     before = weights(organism_model)
-    teacher_recall = float(np.mean(recalled(organism_model, kept[:200])))
-    record = robust.undo_after_unlearning(organism_model, kept, seed=3)
+    undo = get("undo")
+    record = undo.run(organism_model, forget, context, undo.configure(max_steps=2, seed=3, progress=False), mask)
     try:
         assert (record.method, record.hyper["alpha"], record.hyper["stop"], record.hyper["seed"]) == \
             ("undo", 0.6, "recall", 3)
-        assert record.meta["steps"] == 2 and record.meta["teacher_eval_recall"] == teacher_recall
+        assert record.meta["teacher"]["method"] == "unlearn_swap" and record.meta["teacher"]["meta"]["steps"] == 200
+        assert record.meta["steps"] == 2 and len(record.meta["history"]) == 1
         assert record.n_changed == sum(p.numel() for p in storage_owners(organism_model).values())
     finally:
         record.undo()

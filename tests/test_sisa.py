@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from excise.methods import delete
 from excise.organism.sisa import Sisa, SisaConfig, shard_of, slice_of
 from excise.organism.train import Recipe
 from excise.scoring import recall_table
@@ -53,7 +54,8 @@ def test_deletion_retrains_only_affected_shards_bit_identical_to_scratch(tmp_pat
     sa, sb = shard_of(a, FAST.shards), shard_of(b, FAST.shards)
     before = {(j, r): _digest(sisa.stage_dir(j, r)) for j in range(FAST.shards) for r in range(FAST.slices)}
 
-    deletion = sisa.delete([a, b], progress=False)
+    facts = [*sisa.world.of_subject(a), *sisa.world.of_subject(b)]
+    deletion = delete(sisa, facts, "sisa", progress=False)       # by its registered name, as any method
     assert deletion.retrained == {sa: 1, sb: 0}
     assert untouched in deletion.untouched and set(deletion.seconds) == {sa, sb}
     assert 0 < deletion.steps < sum(sisa.train_steps.values())
@@ -76,6 +78,8 @@ def test_delete_refuses_unknown_people(tmp_path):
                       tmp_path / "one", progress=False)
     with pytest.raises(ValueError, match="not people of this ensemble's world"):
         sisa.delete(["No Body"], progress=False)
+    with pytest.raises(ValueError, match="sisa deletes from a SISA ensemble"):
+        delete(object(), list(sisa.world)[:1], "sisa")
 
 
 def test_aggregate_answers_the_peoples_facts_through_their_shard(learned):

@@ -157,8 +157,8 @@ def _methods() -> str:
     confined = {"none": "its own (a layer, or every parameter)", "optional": "the located neurons, or every parameter",
                 "required": "the located neurons"}
     rows = ["| method | what it does | changes | needs | after |", "|---|---|---|---|---|"]
-    rows += [f"| `{m.name}` | {m.summary} | {confined[m.mask]} | {', '.join(m.requires) or '-'} | {m.source or '-'} |"
-             for m in METHODS]
+    rows += [f"| `{m.name}` | {m.summary} | {confined[m.mask] if m.in_place else 'not a network in place'} | "
+             f"{', '.join(m.requires) or '-'} | {m.source or '-'} |" for m in METHODS]
     return "\n".join(rows) + "\n"
 
 

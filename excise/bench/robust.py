@@ -20,7 +20,7 @@ unlearn`), each gradient method runs with the same loss and schedule
 
 Method `swap` is subject-swap distillation (`excise.methods.swap`, never-seen stand-in
 names from the audit context); `undo` is swap at the scope, then UNDO (`excise.edit.undo`, Lee et al. 2025): the unlearned
-model noised (alpha `UNDO_ALPHA`) and distilled from its pre-noise self on the training corpus,
+model noised (alpha `UNDO.alpha`) and distilled from its pre-noise self on the training corpus,
 stopped by excise's recall stop (retained facts' top-1 recall within 5% of the teacher's; the
 reference's loss stop ends before single-token facts are back). A run of some methods or scopes keeps the
 other (method, scope) rows of DIR/robust.json measured under the same settings.
@@ -47,17 +47,21 @@ from excise import organism
 from excise.bench.results import read_result, write_result
 from excise.components import Component
 from excise.display import fmt
+from excise.context import KnowledgeContext
 from excise.facts import Fact
+from excise.methods import GradientMethod
+from excise.methods import get as get_method
 from excise.models import load
 from excise.scoring import recall_table
 from excise.verify import RelearnConfig, relearn_curve
 from excise.verify.forget_quality import organism_utility
 from excise.weights import copy_model
 
+# The study's methods (any gradient method of excise.methods, or undo, may be given): GradDiff and NPO as the
+# papers it checks ran, swap, and undo distilling swap (the registered undo's defaults: its teacher, alpha 0.6,
+# the recall stop, at most 1,500 steps).
 METHODS = ("graddiff", "npo", "swap", "undo")
-UNDO_TEACHER = "swap"                # undo distills this method's result (the unlearn table's best row)
-UNDO_ALPHA = 0.6                     # the reference sweeps 0.1-0.7; 0.3 let the facts back (edit/undo.py)
-UNDO_MAX_STEPS = 1500
+UNDO = get_method("undo").configure()
 SCOPES = ("fact_lookup", "output", "random", "fisher", "all")
 STEPS = (0, 10, 30, 100)
 ATTACKS = ("other_half", "unrelated")
@@ -111,19 +115,6 @@ def _curves(model: Any, forget: list[Fact], unrelated: list[Fact], config: Relea
             for on in ATTACKS}
 
 
-def undo_after_unlearning(model: Any, retain_train: Sequence[Fact], seed: int):
-    """UNDO on an unlearned organism, as this bench and `excise bench unlearn` run it: alpha `UNDO_ALPHA`,
-    distilled on the training corpus, excise's recall stop on 200 of `retain_train` (their texts the
-    stop's eval texts), at most `UNDO_MAX_STEPS` steps. Returns UNDO's EditRecord."""
-    from excise.edit import UndoConfig, undo
-    from excise.organism.train import fact_texts
-
-    kept = list(retain_train[:200])
-    return undo(model, organism.corpus(), fact_texts(kept),
-                UndoConfig(alpha=UNDO_ALPHA, stop="recall", max_steps=UNDO_MAX_STEPS, seed=seed, progress=False),
-                eval_facts=kept)
-
-
 def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str] = SCOPES, seed: int = 0,
         n_layers_masked: int = 1, fraction: float = FRACTION, log: Callable[[str], None] = lambda m: None,
         ) -> dict[str, Any]:
@@ -131,6 +122,9 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
     from excise.locate import FisherConfig, fisher
     from excise.methods import unlearn
 
+    bad = [m for m in methods if m != "undo" and not isinstance(get_method(m), GradientMethod)]
+    if bad:
+        raise ValueError(f"bench robust compares gradient methods (and undo); {', '.join(bad)} is not one")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -166,12 +160,15 @@ def run(out: str | Path, methods: Sequence[str] = METHODS, scopes: Sequence[str]
             mask = scope_components(scope, curves, original.cfg.n_layers, n_layers_masked, seed, neurons)
             model = copy_model(original)
             start = time.perf_counter()
-            record = unlearn(model, forget, retain_train, UNDO_TEACHER if method == "undo" else method, mask=mask,
-                             stand_ins=context.stand_ins, seed=seed, progress=False)
             extra: dict[str, Any] = {}
-            if method == "undo":
-                record = undo_after_unlearning(model, retain_train, seed)
-                extra = {"undo_steps": record.meta["steps"], "undo_alpha": UNDO_ALPHA}
+            if method == "undo":          # the registered undo: its teacher at the scope, then UNDO on every parameter
+                taught = KnowledgeContext(retain=retain_train, stand_ins=context.stand_ins, sample=organism.corpus())
+                undo = get_method("undo")
+                record = undo.run(model, forget, taught, undo.configure(seed=seed, progress=False), mask)
+                extra = {"undo_steps": record.meta["steps"], "undo_alpha": record.hyper["alpha"]}
+            else:
+                record = unlearn(model, forget, retain_train, method, mask=mask, stand_ins=context.stand_ins,
+                                 seed=seed, progress=False)
             seconds = time.perf_counter() - start
             row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed, **extra,
                    "components": None if mask is None else sorted({f"{c.kind} L{c.layer}" for c in mask}),
@@ -242,7 +239,7 @@ def to_markdown(r: dict[str, Any], figure: str = "robust.png") -> str:
         lines.append("| " + " | ".join(cells) + " |")
     undone = [x for x in r["rows"] if x["method"] == "undo"]
     if undone:
-        lines += ["", f"undo: {UNDO_TEACHER} at the scope, then UNDO (alpha {undone[0]['undo_alpha']}, recall stop; "
+        lines += ["", f"undo: {UNDO.teacher} at the scope, then UNDO (alpha {undone[0]['undo_alpha']}, recall stop; "
                   + ", ".join(f"{x['scope']} {x['undo_steps']} steps" for x in undone) + ")."]
     lines += ["", f"![relearning curves]({figure})", "", summary(r), ""]
     return "\n".join(lines)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
-from excise.bench.robust import UNDO_ALPHA
+from excise.bench.robust import UNDO
 from excise.display import fmt
 from excise.edit import RmuConfig, UndoConfig, random_like, rmu, undo
 from excise.locate import FisherConfig, fisher
@@ -119,8 +119,8 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
             if method == "undo":
                 record = undo(model, [text(q) for q in rows_for(recipe, without=split)],
                               [text(q) for q in retain_qas[:200]],
-                              UndoConfig(alpha=UNDO_ALPHA, max_steps=undo_max_steps, seed=seed, progress=False))
-                extra = {"teacher": "rmu", "undo_alpha": UNDO_ALPHA, "undo_steps": record.meta["steps"]}
+                              UndoConfig(alpha=UNDO.alpha, max_steps=undo_max_steps, seed=seed, progress=False))
+                extra = {"teacher": "rmu", "undo_alpha": UNDO.alpha, "undo_steps": record.meta["steps"]}
             seconds = time.perf_counter() - t
             row = {"method": method, "scope": scope, "seconds": seconds, "parameters_touched": record.n_changed,
                    **extra, **score(model)}

@@ -22,7 +22,7 @@ seeded), `all` (every parameter), `layer` (ROME/MEMIT/RMU at their layer),
 `k5`/`k10` (SISA with 5 or 10 shards after deleting the split's people; its seconds
 are the deletion's, measured when it was made and cached). `undo`'s scope is its
 teacher's: swap at the located neurons, then UNDO on every parameter as bench
-robust runs it (`excise.bench.robust.undo_after_unlearning`).
+robust runs it (the registered `undo`: `excise.methods.undo`).
 
 Writes DIR/unlearn.json, DIR/unlearn.md, DIR/unlearn.png and RESULTS.md
 beside DIR (benchmarks/RESULTS.md for the default DIR). Each split is audited
@@ -137,7 +137,7 @@ LABELS = {"rome": "ROME delete (head_projection_unlikelihood)", "memit": "MEMIT 
 def table_rows() -> dict[str, tuple[str, tuple[str, ...], Run | None]]:
     """row name -> (label, scopes, run): every registered method, then the rows that are not one."""
     rows: dict[str, tuple[str, tuple[str, ...], Run | None]] = {}
-    for m in METHODS:
+    for m in (m for m in METHODS if m.in_place):       # sisa's model is an ensemble: its row is below
         rows[ROW_NAMES.get(m.name, m.name)] = (LABELS.get(m.name, m.label), SCOPES.get(m.name, SCOPES_OF[m.mask]),
                                                _registered(m.name, **SETTINGS.get(m.name, {})))
         if m.name == "ablate":

@@ -88,7 +88,7 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
            located: Any = None, neurons: int = DEFAULT_NEURONS, layer: int | None = None, seed: int = 0,
            progress: bool = True, stand_ins: Sequence[str] | None = None,
            context: KnowledgeContext | None = None, position: str | None = None,
-           objective: str | None = None, **options: Any) -> EditRecord:
+           objective: str | None = None, **options: Any) -> EditRecord | Any:
     """Delete `facts` from `model` in place with `method` (a name in `METHODS`); return the record.
 
     context: where the retain facts, the stand-ins (swap), the covariance sample and the layer (rome, memit,
@@ -101,7 +101,7 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     options: any other field of the method's config (e.g. `steps=50`, undo's `teacher="npo"`); an unknown one
         is refused with the method's options.
 
-    Returns the EditRecord. Cost: the method's (see its module); a derived context costs nothing here
+    Returns the EditRecord (sisa, whose model is a SISA ensemble: its Deletion). Cost: the method's (see its module); a derived context costs nothing here
     (no text is generated; rome/memit/alphaedit sample text only when the context has none).
     """
     m = METHODS.get(method)

@@ -42,6 +42,9 @@ class Method:
     requires: ClassVar[tuple[str, ...]] = ()   # context fields it cannot run without (e.g. "retain")
     reads: ClassVar[tuple[str, ...]] = ()      # context fields it reads when present (e.g. "sample", "layer")
     source: ClassVar[str] = ""                 # the paper and the reference code it follows
+    # edits the model's weights in place and returns an EditRecord (False: e.g. sisa, whose model is an ensemble
+    # and whose record is what it retrained; benches that copy a network and diff its weights skip it)
+    in_place: ClassVar[bool] = True
 
     def configure(self, **overrides: Any) -> Any:
         """The method's config with its defaults, then `overrides` (only fields the config has)."""
@@ -53,7 +56,8 @@ class Method:
         return self.Config(**overrides)
 
     def run(self, model: Any, facts: list[Fact], context: KnowledgeContext, config: Any,
-            mask: Sequence[Component] | None) -> EditRecord:
+            mask: Sequence[Component] | None) -> Any:
+        """Delete `facts` from `model`; returns the EditRecord (a method that does not edit in place: its record)."""
         raise NotImplementedError
 
     def options(self) -> dict[str, Any]:

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from excise.cache import cache_dir
 from excise.facts import Fact
+from excise.methods import register as register_method
 from excise.models import ModelLoadError, register_model
+from excise.organism import sisa_method
 from excise.organism.sisa import Sisa, SisaConfig
 from excise.organism.train import Recipe
 from excise.organism.world import RELATIONS, World
@@ -53,6 +55,7 @@ def _checkpoint() -> Path:
 
 
 register_model("organism", _checkpoint, "the built-in model organism: a small GPT-2 trained on a synthetic world")
+register_method(sisa_method.METHOD)     # exact unlearning where the model is a SISA ensemble of organisms
 
 
 def recipe(path: Path = CHECKPOINT_DIR) -> Recipe:
