@@ -51,28 +51,6 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _organism_lookup(spec: str):
-    """Short entries ({subject} or {subject, relation}) are looked up in the organism's world."""
-    from excise import organism
-
-    if spec != "organism":
-        return None
-    world = organism.world()
-
-    def lookup(entry: dict):
-        if "target" in entry or "prompt" in entry:
-            return None
-        subject = world.check_subject(str(entry.get("subject")), where="a person of the organism's world")
-        if set(entry) - {"subject", "relation"}:
-            raise ValueError(f"unknown field(s) {sorted(set(entry) - {'subject', 'relation'})} in a short entry; "
-                             "give {subject} or {subject, relation}, or a whole fact")
-        if "relation" not in entry:
-            return list(world.of_subject(subject))
-        return [world.fact(subject, entry["relation"])]
-
-    return lookup
-
-
 def _read_lines(path: str) -> list[str]:
     texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     if not texts:
@@ -81,13 +59,15 @@ def _read_lines(path: str) -> list[str]:
 
 
 def _load(args: argparse.Namespace):
-    """The model, the facts, and their KnowledgeContext: the organism's world, or given files plus derivations."""
-    from excise import organism
+    """The model, the facts, and their KnowledgeContext: the named model's own (the organism's world), or given
+    files plus derivations."""
     from excise.context import derive
     from excise.facts import FactSet
+    from excise.models import NAMED
 
     model = load(args.model, device=args.device)
-    lookup = _organism_lookup(args.model)
+    named = NAMED.get(args.model) if args.model in NAMED else None
+    lookup = named.lookup() if named is not None and named.lookup is not None else None
     facts = list(FactSet.load(args.facts, lookup=lookup))
     sample = _read_lines(args.sample) if args.sample else None
     given = {
@@ -96,9 +76,8 @@ def _load(args: argparse.Namespace):
         "sample": sample,
         "general": sample,          # --sample is the general text too (its help says so), as derived text is both
     }
-    if args.model == "organism":
-        context = organism.context(facts, n_holdout_people=args.holdout_people, seed=args.seed)
-        context = context.override(**given)
+    if named is not None and named.context is not None:
+        context = named.context(facts, args.holdout_people, args.seed).override(**given)
     else:
         # text is sampled from the model (seconds) only for what reads it: the audit's general text, a method's
         # covariance or distillation sample (rome, memit, alphaedit, undo); the others read neither

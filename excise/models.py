@@ -40,11 +40,17 @@ class ModelLoadError(ValueError):
 @dataclass(frozen=True)
 class NamedModel:
     """A model `load` knows by name: `directory()` gives its Hugging Face checkpoint directory (it may check,
-    build or fetch it from a cache; it raises ModelLoadError, saying how to get it, when it cannot)."""
+    build or fetch it from a cache; it raises ModelLoadError, saying how to get it, when it cannot).
+
+    A model that ships with its world may also say how to read short fact entries (`lookup()`: a function
+    from a JSON entry to its facts, or None) and build its KnowledgeContext (`context(facts, n_holdout, seed)`);
+    the command line uses them where given, and derives the context otherwise."""
 
     name: str
     directory: Callable[[], Path]
     summary: str = ""
+    context: Callable[..., Any] | None = None
+    lookup: Callable[[], Callable[[dict], Any]] | None = None
 
 
 # The models `load(name)` resolves by name. The packages that ship them register here when imported (the
@@ -52,9 +58,12 @@ class NamedModel:
 NAMED: Registry[NamedModel] = Registry("named model")
 
 
-def register_model(name: str, directory: Callable[[], Path], summary: str = "", replace: bool = False) -> NamedModel:
-    """Let `load(name)` find the checkpoint directory `directory()` returns."""
-    return NAMED.register(NamedModel(name, directory, summary), replace=replace)
+def register_model(name: str, directory: Callable[[], Path], summary: str = "", replace: bool = False,
+                   context: Callable[..., Any] | None = None,
+                   lookup: Callable[[], Callable[[dict], Any]] | None = None) -> NamedModel:
+    """Let `load(name)` find the checkpoint directory `directory()` returns (and, optionally, the model's own
+    context and short-entry lookup: see NamedModel); returns the entry. Cost: none."""
+    return NAMED.register(NamedModel(name, directory, summary, context, lookup), replace=replace)
 
 
 def load(spec: str | os.PathLike | torch.nn.Module = "organism", *, tokenizer: Any = None,

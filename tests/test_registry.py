@@ -111,3 +111,30 @@ def test_every_attack_has_one_name_and_a_users_attack_joins_the_audit(organism_m
         assert back.success("edited", "toy_request_only") == 1.0
     with pytest.raises(ValueError, match="unknown attacks"):
         AuditConfig(attacks=("toy_request_only",))
+
+
+def test_a_named_model_resolves_through_the_one_registry(tmp_path):
+    from pathlib import Path
+
+    from excise.models import NAMED, ModelLoadError, register_model
+
+    assert {"organism", "stories260k", "tofu-full", "tofu-retain99"} <= set(NAMED.names())
+    assert NAMED.get("organism").context is not None and NAMED.get("stories260k").context is None
+    here = Path(__file__).parent / "data" / "foreign" / "gpt2"
+    register_model("my-gpt2", lambda: here, "a user's checkpoint under a name")
+    try:
+        model = excise.load("my-gpt2")
+        assert model.cfg.n_layers == excise.load(here).cfg.n_layers
+        with pytest.raises(ValueError, match="a named model named 'my-gpt2' is already registered"):
+            register_model("my-gpt2", lambda: here)
+    finally:
+        NAMED.unregister("my-gpt2")
+
+    def missing():
+        raise ModelLoadError("not built yet: run make-my-model")
+    register_model("not-here", missing)
+    try:
+        with pytest.raises(ModelLoadError, match="not built yet"):
+            excise.load("not-here")
+    finally:
+        NAMED.unregister("not-here")

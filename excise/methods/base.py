@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 
 from excise.components import Component
 from excise.context import KnowledgeContext
-from excise.edit.record import EditRecord
 from excise.facts import Fact
 from excise.registry import Registry
 

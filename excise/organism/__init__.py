@@ -54,7 +54,30 @@ def _checkpoint() -> Path:
     return CHECKPOINT_DIR
 
 
-register_model("organism", _checkpoint, "the built-in model organism: a small GPT-2 trained on a synthetic world")
+def _lookup():
+    """Short fact entries ({subject} or {subject, relation}) looked up in the organism's world."""
+    w = world()
+
+    def lookup(entry: dict):
+        if "target" in entry or "prompt" in entry:
+            return None
+        subject = w.check_subject(str(entry.get("subject")), where="a person of the organism's world")
+        if set(entry) - {"subject", "relation"}:
+            raise ValueError(f"unknown field(s) {sorted(set(entry) - {'subject', 'relation'})} in a short entry; "
+                             "give {subject} or {subject, relation}, or a whole fact")
+        if "relation" not in entry:
+            return list(w.of_subject(subject))
+        return [w.fact(subject, entry["relation"])]
+
+    return lookup
+
+
+def _context(facts, n_holdout: int | None = None, seed: int = 0):
+    return context(facts, n_holdout_people=n_holdout, seed=seed)
+
+
+register_model("organism", _checkpoint, "the built-in model organism: a small GPT-2 trained on a synthetic world",
+               context=_context, lookup=_lookup)
 register_method(sisa_method.METHOD)     # exact unlearning where the model is a SISA ensemble of organisms
 
 
