@@ -46,8 +46,8 @@ import numpy as np
 from excise import organism
 from excise.bench.results import read_result, write_result
 from excise.components import Component
-from excise.display import fmt
 from excise.context import KnowledgeContext
+from excise.display import fmt
 from excise.facts import Fact
 from excise.methods import GradientMethod
 from excise.methods import get as get_method

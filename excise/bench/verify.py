@@ -43,6 +43,7 @@ from excise.bench.results import write_result
 from excise.display import fmt
 from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited, guardrail, suppress_last_layer
+from excise.verify.attacks import queries
 from excise.verify.calibration import over_suppress
 from excise.verify.leakage import MEANINGFUL_EFFECT
 from excise.weights import copy_model
@@ -69,7 +70,7 @@ def _holds(case: str, verdicts: dict[str, str]) -> bool:
         # relearning is not held to it: NPO hides what fine-tuning brings back (Deeb & Roger; the 150-person
         # baseline measures its relearned ranks above never-seen facts', AUC 0.65), so over-suppressed
         # outputs and a relearning leak are both true of it
-        black_box = {a: x for a, x in verdicts.items() if a != "relearn"}
+        black_box = {a: x for a, x in verdicts.items() if not ATTACKS.get(a).fine_tunes}
         return "over_suppressed" in black_box.values() and "leaks" not in black_box.values()
     return bool(v & {"leaks", "over_suppressed"})
 
@@ -96,8 +97,8 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     total = time.perf_counter() - t0
 
     with guardrail(original, forget):       # relearning fine-tunes copies, which the output hook does not follow
-        guarded = audit(original, forget, config=AuditConfig(attacks=("probes", "logit_lens", "membership"),
-                                                             seed=seed), context=context, progress=progress)
+        guarded = audit(original, forget, config=AuditConfig(attacks=queries(), seed=seed), context=context,
+                        progress=progress)
 
     npo = copy_model(original)
     t_npo = time.perf_counter()
@@ -158,7 +159,6 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
 
 
 DRAWS = 5                   # holdout draws the oracle is re-judged on (the main audit's is the first)
-DRAW_ATTACKS = ("probes", "logit_lens", "membership")     # relearning left out: it is the costly one
 
 
 def holdout_draws(oracle: Any, forget: list, seed: int, progress: bool = False) -> list[dict[str, Any]]:
@@ -169,7 +169,7 @@ def holdout_draws(oracle: Any, forget: list, seed: int, progress: bool = False) 
     out = []
     for i in range(DRAWS):
         context = organism.context(forget, seed=seed + i)
-        rep = audit(oracle, forget, config=AuditConfig(attacks=DRAW_ATTACKS, seed=seed), context=context,
+        rep = audit(oracle, forget, config=AuditConfig(attacks=queries(), seed=seed), context=context,
                     progress=progress)
         out.append({"context_seed": seed + i, "holdout_facts": rep.config["n_holdout"],
                     "leakage": _leakage(rep)})

@@ -1,12 +1,11 @@
-"""`graddiff`: gradient ascent on the forget answers plus the NLL of the retain answers."""
+"""`graddiff`: gradient ascent on the forget answers (ga's forget term) plus the NLL of the retain answers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from excise.edit.unlearn import UnlearnConfig
-from excise.methods.gradient import GradientMethod
-from excise.scoring import answer_logprobs
+from excise.methods.ga import Ga
 
 
 @dataclass(frozen=True)
@@ -14,15 +13,14 @@ class GradDiffConfig(UnlearnConfig):
     """`UnlearnConfig`'s defaults: retain weight 1 (open-unlearning's GradDiff alpha 1)."""
 
 
-class GradDiff(GradientMethod):
+class GradDiff(Ga):
     name = "graddiff"
     label = "GradDiff"
     summary = "gradient difference: ascend the forget NLL, descend the retain NLL"
     Config = GradDiffConfig
+    retain_term = "nll"
+    requires = ("retain",)
     source = "Liu et al. 2022; open-unlearning GradDiff"
-
-    def forget_loss(self, model, batch, idx, ref, extra, config):
-        return answer_logprobs(model, batch).mean()
 
 
 METHOD = GradDiff()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from excise.edit.unlearn import UnlearnConfig
-from excise.methods.gradient import GradientMethod
-from excise.scoring import answer_logprobs
+from excise.methods.ga import Ga
 
 
 @dataclass(frozen=True)
@@ -14,16 +13,14 @@ class KlConfig(UnlearnConfig):
     """`UnlearnConfig`'s defaults; the retain term is the KL to the original model."""
 
 
-class Kl(GradientMethod):
+class Kl(Ga):
     name = "kl"
     label = "KL"
     summary = "gradient ascent on the forget NLL, KL to the original on the retain answers"
     Config = KlConfig
     retain_term = "kl"
+    requires = ("retain",)
     source = "Maini et al. 2024 (TOFU's KL baseline)"
-
-    def forget_loss(self, model, batch, idx, ref, extra, config):
-        return answer_logprobs(model, batch).mean()
 
 
 METHOD = Kl()

@@ -38,6 +38,9 @@ class Attack:
     audited: ClassVar[bool] = True
     with_attack: ClassVar[str | None] = None
     two_sided: ClassVar[bool] = True         # has a verdict against never-seen facts
+    # fine-tunes a copy of the model (relearning): the costly kind, and not a black-box query of the model as
+    # it is (an output hook, e.g. a guardrail, does not follow it onto the copy)
+    fine_tunes: ClassVar[bool] = False
 
     def run(self, model: Any, facts: list[Fact], config: AuditConfig, relearn_n: int | None = None
             ) -> dict[str, Any]:
@@ -115,6 +118,12 @@ def audited() -> tuple[str, ...]:
     """Returns the names of the attacks an audit runs by default and counts in its "any" success
     (AuditConfig.attacks), in registry order. Cost: none (reads the registry)."""
     return tuple(a.name for a in ATTACKS if a.audited)
+
+
+def queries() -> tuple[str, ...]:
+    """Returns the audited attacks that query the model as it is (no fine-tuning): cheap, and what an output
+    hook answers for. Cost: none."""
+    return tuple(a.name for a in ATTACKS if a.audited and not a.fine_tunes)
 
 
 def two_sided() -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from excise.verify.relearn import relearn
 class Relearn(Attack):
     name = "relearn"
     label = "relearning"
+    fine_tunes = True
     succeeds = "the target is in the top-B after fine-tuning a copy (RelearnConfig's steps) on the other half " \
                "of the facts (two folds; the top-1 recall is reported next to the oracle's)"
     statistic = "-(rank after relearning the other half)"
