@@ -85,6 +85,16 @@ def _load(args: argparse.Namespace):
         context = derive(model, facts, seed=args.seed, n_holdout_subjects=args.holdout_people or 30,
                          generate=generate, **given)
         print("knowledge context (what excise was given or derived):\n" + context.describe())
+    edit_needs = args.command == "edit" and "stand_ins" in _reads(args.method)
+    needed = "holdout" if args.command == "verify" else "stand_ins" if edit_needs else None
+    if needed and not getattr(context, needed):
+        what = ("no never-seen subjects: the audit can give no two-sided verdict and no chance level"
+                if needed == "holdout" else f"no never-seen stand-ins for {args.method}")
+        fix = "pass --holdout H.json" if needed == "holdout" else "pass --stand-ins 'Name A,Name B'"
+        message = f"{what} ({context.notes.get(needed, 'not derived')}); {fix}"
+        if args.strict:
+            raise ValueError(message + " (--strict)")
+        print(f"warning: {message}", flush=True)
     return model, facts, context
 
 
@@ -311,7 +321,7 @@ def _model_parsers(sub) -> None:
         p.add_argument("--retain", default=None, help="JSON list of facts to keep (organism: a world sample)")
         p.add_argument("--holdout", default=None,
                        help="JSON facts about subjects the model never saw (chance levels; organism: its own; "
-                            "else derived by recombining the subjects' names)")
+                            "else derived: the subjects' names recombined, or new names spelled like them)")
         p.add_argument("--holdout-people", type=int, default=None,
                        help="never-seen subjects for chance levels (organism people: default 10 per forget person, "
                             "at least 30; or derived names: default 30)")
@@ -320,6 +330,8 @@ def _model_parsers(sub) -> None:
                             "covariance and general text (organism: its corpus; else sampled from the model)")
         p.add_argument("--device", default="cpu")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--strict", action="store_true",
+                       help="exit with an error (2) when no never-seen subjects could be made, instead of a warning")
         p.set_defaults(func=func)
         return p
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -150,6 +151,101 @@ def recombined_subjects(model: Any, subjects: Sequence[str], n: int, seed: int =
     return kept, note
 
 
+# A character model of the subjects' own spelling: order 3, backing off to shorter contexts 30% of the time
+# (so names leave the training strings), and a pool of POOL_PER_NAME candidates per name asked for.
+CHAR_ORDER = 3
+BACK_OFF = 0.3
+POOL_PER_NAME = 20
+
+
+def _char_counts(names: Sequence[str], order: int) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name in names:
+        text = "^" * order + name + "$"
+        for i in range(order, len(text)):
+            counts[text[i - order:i]][text[i]] += 1
+    return counts
+
+
+def spelled_like(names: Sequence[str], n: int, seed: int = 0, exclude: Sequence[str] = ()) -> list[str]:
+    """Returns up to `n` new strings drawn from a character model of `names` (order CHAR_ORDER with random
+    back-off), as long as the names are, none equal (ignoring case) to a name or to `exclude`. Cost: string
+    work only, at most 50 n draws."""
+    if not names:
+        return []
+    models = {k: _char_counts(names, k) for k in range(1, CHAR_ORDER + 1)}
+    lo, hi = min(map(len, names)), max(map(len, names))
+    taken = {x.lower() for x in (*names, *exclude)}
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(50 * n):
+        text = ""
+        while len(text) <= hi:
+            k = CHAR_ORDER if rng.random() >= BACK_OFF else rng.randint(1, CHAR_ORDER - 1)
+            nxt = models[k].get(("^" * k + text)[-k:]) or models[1].get(("^" + text)[-1:])
+            if not nxt:
+                break
+            ch = rng.choices(list(nxt), list(nxt.values()))[0]
+            if ch == "$":
+                break
+            text += ch
+        if lo <= len(text) <= hi and text.strip() == text and text.lower() not in taken \
+                and not re.search(r"(.)\1\1", text):          # no letter three times in a row
+            taken.add(text.lower())
+            out.append(text)
+            if len(out) == n:
+                break
+    return out
+
+
+def _token_counts(model: Any, names: Sequence[str]) -> list[int]:
+    return [len(model.tokenizer(name, add_special_tokens=False)["input_ids"]) for name in names]
+
+
+def generated_subjects(model: Any, subjects: Sequence[str], n: int, seed: int = 0, quantile: float = 0.05,
+                       exclude: Sequence[str] = ()) -> tuple[list[str], str]:
+    """Up to `n` never-seen names spelled like `subjects`, for any name form, and a note saying how.
+
+    Candidates come from `spelled_like` (never a subject, nor anything in `exclude`, e.g. the facts'
+    targets); they are matched to the subjects' token counts (each real subject's count in turn takes the
+    candidate nearest to it: one-token names get the shortest candidates the tokenizer allows) and kept, as in
+    `recombined_subjects`, only when the model finds them less predictable than the `quantile` of the real
+    subjects. Returns (names, note). Cost: one forward per candidate (POOL_PER_NAME per name asked for).
+    """
+    subjects = sorted(set(subjects))
+    pool = spelled_like(subjects, POOL_PER_NAME * n, seed, exclude)
+    if not pool:
+        return [], "could not derive: no subject names to learn a spelling from; pass holdout="
+    real_counts, counts = _token_counts(model, subjects), dict(zip(pool, _token_counts(model, pool), strict=True))
+    rng = random.Random(seed)
+    order: list[str] = []
+    while counts and len(order) < 4 * n:
+        want = rng.choice(real_counts)
+        best = min(counts, key=lambda name: abs(counts[name] - want))
+        order.append(best)
+        del counts[best]
+    cut = float(np.quantile(name_continuation_logprob(model, subjects), quantile))
+    scores = name_continuation_logprob(model, order)
+    kept = [name for name, s in zip(order, scores, strict=True) if s < cut][:n]
+    mine = _token_counts(model, kept) if kept else [0]
+    note = (f"derived: {len(kept)} names generated from a character {CHAR_ORDER}-gram model of {len(subjects)} "
+            f"subjects' spelling (seed {seed}), none a subject or a target, token counts matched to the subjects' "
+            f"(mean {np.mean(real_counts):.1f} real, {np.mean(mine):.1f} derived), whose continuation the model "
+            f"finds less likely than {quantile:.0%} of the real subjects (log p < {cut:.2f}; {len(order)} tried)")
+    return kept, note
+
+
+def never_seen_subjects(model: Any, subjects: Sequence[str], n: int, seed: int = 0,
+                        exclude: Sequence[str] = ()) -> tuple[list[str], str]:
+    """Never-seen names for the holdout and swap's stand-ins: recombined first and last names where the
+    subjects have them (`recombined_subjects`), else spelled like the subjects (`generated_subjects`: one-token
+    names, places, companies). Returns (names, note). Cost: one forward per candidate."""
+    names, note = recombined_subjects(model, subjects, n, seed)
+    if names:
+        return names, note
+    return generated_subjects(model, subjects, n, seed, exclude=exclude)
+
+
 def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0) -> list[Fact]:
     """Facts about `subjects` with the templates of `like`'s relations and targets drawn from those relations."""
     templates: dict[str, Fact] = {}
@@ -170,7 +266,9 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
     """A context for `model` and `facts`: what is given, and what can be derived, each with a note.
 
     Derived when not given:
-    - holdout: never-seen subjects by `recombined_subjects`, given the facts'
+    - holdout: never-seen subjects (`never_seen_subjects`: the subjects' first
+      and last names recombined, or for any other name form new names spelled
+      like the subjects of the facts and retain facts), given the facts'
       relations and templates (`facts_about`);
     - stand_ins: the same never-seen names (for `swap`);
     - alternatives: the other targets of each relation among the facts (and
@@ -190,7 +288,9 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
     notes: dict[str, str] = {}
     ctx = KnowledgeContext(notes=notes)
     if holdout is None or stand_ins is None:
-        names, note = recombined_subjects(model, sorted({f.subject for f in facts}), n_holdout_subjects, seed)
+        known = [*facts, *(retain or [])]          # every subject given spells what a new one looks like
+        names, note = never_seen_subjects(model, sorted({f.subject for f in known}), n_holdout_subjects, seed,
+                                          exclude=sorted({f.target for f in known}))
         if holdout is None:
             ctx.holdout = facts_about(names, facts, seed)
             notes["holdout"] = note

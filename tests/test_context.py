@@ -37,6 +37,22 @@ def test_holdout_subjects_are_recombined_names_the_model_finds_unfamiliar(tiny):
     assert none == [] and "pass holdout=" in why
 
 
+def test_one_word_subjects_get_new_names_spelled_like_them(tiny):
+    from excise.context import generated_subjects, never_seen_subjects, spelled_like
+
+    places = ["Veltrana", "Karreth", "Dunmoor", "Ashwick", "Brennholt", "Corvale"]
+    new = spelled_like(places, 20, seed=0, exclude=["Ashmoor"])
+    assert new and len(new) == len(set(new)) and spelled_like(places, 20, seed=0, exclude=["Ashmoor"]) == new
+    assert not {n.lower() for n in new} & {x.lower() for x in [*places, "Ashmoor"]}
+    assert all(7 <= len(n) <= 9 and n[0].isupper() and n.isalpha() for n in new)      # the places' lengths, case
+    assert spelled_like(places, 20, seed=1) != new and spelled_like([], 5) == []
+    names, note = generated_subjects(tiny, places, 5, seed=0)
+    assert names and set(names) <= set(spelled_like(places, 100, seed=0)) and note.startswith("derived:")
+    assert "token counts matched" in note
+    assert never_seen_subjects(tiny, places, 5, seed=0) == (names, note)          # no parts to recombine
+    assert never_seen_subjects(tiny, PEOPLE, 5, seed=0) == recombined_subjects(tiny, PEOPLE, 5, seed=0)
+
+
 def test_facts_about_new_subjects_keep_the_relations_and_templates():
     new = facts_about(["Zed Quill"], _facts(), seed=1)
     assert {f.relation for f in new} == {"birthplace", "pet"}

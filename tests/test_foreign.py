@@ -291,19 +291,19 @@ def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
         (foreign.dir / "general.txt").read_text().splitlines())
     missing = "\n".join(report.not_computed())
     assert "retrain-oracle" in missing and "pass oracle=" in missing
-    if foreign.arch == "gpt2":           # two-word names: never-seen subjects recombined from their parts
-        assert report.config["n_holdout"] > 0 and "chance levels" not in missing
-        for role in ("reference", "edited"):
-            assert all(report.chance(role, attack) is not None for attack in audited()), role
-    else:                                # one-token subjects have no parts to recombine: said, with the fix
-        assert report.config["n_holdout"] == 0
-        assert all(report.chance("edited", attack) is None for attack in audited())
-        assert "chance levels" in missing and "pass holdout=" in missing
+    # two-word names: never-seen subjects recombined from their parts; one-token names: spelled like the subjects
+    how = "recombinations of the subjects' first and last names" if foreign.arch == "gpt2" else \
+        "names generated from a character 3-gram model"
+    assert how in report.config["context"]["holdout"]
+    assert report.config["n_holdout"] > 0 and "chance levels" not in missing
+    for role in ("reference", "edited"):
+        assert all(report.chance(role, attack) is not None for attack in audited()), role
+        assert set(report.leakage(role)) == {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}, role
 
 
 def test_derive_makes_holdout_facts_about_never_seen_subjects(foreign_gpt2_dir, foreign_llama_dir):
     """API: derive(model, facts) recombines two-word names into subjects the world never had; one-token
-    subjects cannot be recombined, and the note says to pass holdout=."""
+    subjects, which have no parts to recombine, get new names spelled like the subjects given."""
     model = excise.load(foreign_gpt2_dir)
     world = FactSet.load(foreign_gpt2_dir / "world.json")
     facts = [world.fact(town, "founder") for town in world.subjects[:6]]          # six towns
@@ -316,9 +316,57 @@ def test_derive_makes_holdout_facts_about_never_seen_subjects(foreign_gpt2_dir, 
     assert {f.relation for f in ctx.holdout} == {"founder"}
     assert {f.target for f in ctx.holdout} <= {f.target for f in facts}
 
+    # one-token place names have no parts to recombine: new names spelled like every subject given
     llama = excise.load(foreign_llama_dir)
-    ctx = derive(llama, list(FactSet.load(foreign_llama_dir / "facts.json")), generate=False)
-    assert ctx.holdout == [] and "pass holdout=" in ctx.notes["holdout"]
+    world = FactSet.load(foreign_llama_dir / "world.json")
+    facts, retain = list(FactSet.load(foreign_llama_dir / "facts.json")), list(FactSet.load(foreign_llama_dir / "retain.json"))
+    ctx = derive(llama, facts, retain=retain, generate=False)
+    new = {f.subject for f in ctx.holdout}
+    assert ctx.notes["holdout"].startswith("derived: 30 names generated from a character 3-gram model") and len(new) == 30
+    assert not {s.lower() for s in new} & {s.lower() for s in world.subjects}                  # never a real subject
+    assert not new & {f.target for f in world}                                                   # nor a target
+    assert set(ctx.stand_ins) == new                                                             # swap's stand-ins too
+    lengths = [len(s) for s in world.subjects]
+    assert all(min(lengths) <= len(s) <= max(lengths) and s[0].isupper() for s in new)
+
+
+def test_a_one_token_llama_gets_a_verdict_on_every_attack_through_the_cli(foreign_llama_dir, tmp_path):
+    """Issue 36: the one-token Llama, through the CLI alone (edit, then verify with facts and a retain file):
+    every attack gives a two-sided verdict for both models, and the unedited model leaks on every one.
+    Measured on 18 facts of 6 places, context seeds 0-4: probes p 0.0008-0.0033, logit lens, membership and
+    truth ratio below 1e-4, relearn 1e-5 (seed 0) to 0.0499 (seed 2): the test's seed 0 is far from the bar;
+    with 12 facts relearn was underpowered on one seed of five."""
+    world = list(FactSet.load(foreign_llama_dir / "world.json"))
+    places = sorted({f.subject for f in world})[:6]
+    FactSet([f for f in world if f.subject in places]).save(tmp_path / "facts.json")
+    FactSet([f for f in world if f.subject not in places]).save(tmp_path / "retain.json")
+    given = ["--facts", tmp_path / "facts.json", "--retain", tmp_path / "retain.json", "--sample",
+             foreign_llama_dir / "general.txt"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(a) for a in ["edit", foreign_llama_dir, *given, "--method", "npo", "--neurons", "0",
+                                       "--out", tmp_path / "npo.safetensors"]]) == 0
+        assert main([str(a) for a in ["verify", foreign_llama_dir, *given, "--record", tmp_path / "npo.safetensors",
+                                       "--out", tmp_path / "audit"]]) == 0
+    assert "warning: no never-seen" not in out.getvalue()
+    report = AuditReport.load(tmp_path / "audit" / "audit.json")
+    attacks = {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}
+    for role in ("reference", "edited"):
+        assert set(report.leakage(role)) == attacks, role
+    assert {a: v.verdict for a, v in report.leakage("reference").items()} == dict.fromkeys(attacks, "leaks")
+
+
+def test_without_never_seen_subjects_the_cli_says_so_first_and_strict_exits(foreign_llama_dir, tmp_path,
+                                                                             monkeypatch, capsys):
+    import excise.context
+
+    monkeypatch.setattr(excise.context, "never_seen_subjects", lambda *a, **k: ([], "could not derive: test"))
+    facts = ["--facts", foreign_llama_dir / "facts.json", "--out", tmp_path / "audit"]
+    assert main([str(a) for a in ["verify", foreign_llama_dir, *facts, "--strict"]]) == 2
+    assert "no never-seen subjects: the audit can give no two-sided verdict" in capsys.readouterr().err
+    assert main([str(a) for a in ["verify", foreign_llama_dir, *facts]]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("warning: no never-seen subjects") < printed.index("metric")
 
 
 # The xfail(strict=True) assertions: on every float path they must fail, or the marker turns into an XPASS there.

@@ -67,7 +67,7 @@ def _context(model: Any, facts: list[Fact], method: Method, context: KnowledgeCo
     if context is None and needed - {"retain"}:
         from excise.context import derive
 
-        context = derive(model, facts, generate=False)
+        context = derive(model, facts, retain=list(retain) or None, generate=False)
     context = (context or KnowledgeContext()).override(retain=list(retain) or None, stand_ins=stand_ins)
     for name in method.requires:
         if not getattr(context, name):
@@ -94,7 +94,7 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     context: where the retain facts, the stand-ins (swap), the covariance sample and the layer (rome, memit,
         alphaedit) come from when not given here (`excise.organism.context(facts)` for the organism);
         without one they are derived (`excise.context.derive`: a sample the model writes itself, never-seen
-        recombined names) and the record's meta says so. With no layer here or in the context, rome/memit
+        names: recombined, or spelled like the subjects) and the record's meta says so. With no layer here or in the context, rome/memit
         trace each fact (`excise.locate.edit_site`) and edit at the (layer, position) it picks;
         `record.meta["site"]` keeps the site and why.
     layer, position, objective: rome/memit/alphaedit's (see `excise.methods.rank_one.SiteConfig`).
