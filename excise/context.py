@@ -258,6 +258,18 @@ def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0) ->
             for s in subjects for rel, templ in templates.items()]
 
 
+def _generated_text(model: Any, ctx: KnowledgeContext, seed: int, general: bool, sample: bool) -> None:
+    """Fill the context's general text and/or covariance sample with text the model writes itself."""
+    from excise.generation import generated_sample
+
+    texts = generated_sample(model, seed=seed)
+    note = f"derived: {len(texts)} texts sampled from the model itself (excise.edit.generated_sample, seed {seed})"
+    if general:
+        ctx.general, ctx.notes["general"] = texts, note
+    if sample:
+        ctx.sample, ctx.notes["sample"] = texts, note
+
+
 def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None = None,
            retain: Sequence[Fact] | None = None, general: Sequence[str] | None = None,
            alternatives: Alternatives | None = None, sample: Sequence[str] | None = None,
@@ -302,14 +314,7 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
         notes["alternatives"] = "derived: the other targets of each relation among the facts and retain facts" \
             if ctx.alternatives else "could not derive: no relation has two targets; pass alternatives="
     if generate and (general is None or sample is None):
-        from excise.generation import generated_sample
-
-        texts = generated_sample(model, seed=seed)
-        note = f"derived: {len(texts)} texts sampled from the model itself (excise.edit.generated_sample, seed {seed})"
-        if general is None:
-            ctx.general, notes["general"] = texts, note
-        if sample is None:
-            ctx.sample, notes["sample"] = texts, note
+        _generated_text(model, ctx, seed, general is None, sample is None)
     if layer is None:
         notes["layer"] = ("traced when editing: rome/memit edit at the MLP (layer, position) the causal trace points "
                           "to, the last subject token or the prompt's last token (excise.locate.edit_site)")

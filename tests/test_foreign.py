@@ -33,6 +33,7 @@ import json
 import math
 import operator
 import os
+import random
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -413,3 +414,39 @@ def test_the_build_recipe_still_trains_a_model_that_loads(tmp_path):
     assert meta["recipe"]["epochs"] == 2 and meta["n_facts"] == 60 and math.isfinite(meta["final_loss"])
     model = excise.load(tmp_path / "m")
     assert model.cfg.n_layers == LLAMA.n_layer and (model.cfg.n_heads, model.cfg.n_key_value_heads) == (4, 2)
+
+
+def _twenty(directory):
+    world = list(FactSet.load(directory / "world.json"))
+    facts = random.Random(0).sample(world, 20)
+    return facts, [f for f in world if f.subject not in {f.subject for f in facts}], \
+        (directory / "general.txt").read_text().splitlines()
+
+
+def test_a_batch_edit_watches_other_subjects_and_warns_or_stops(foreign_llama_dir, foreign_gpt2_dir):
+    """Issue 36: MEMIT over 20 facts (one layer, the traced site) reached other subjects' facts: measured on
+    the 8 retain facts of other subjects, kept 0.00 (Llama) and 0.12 / 0.25 (GPT-2, 2 / 1 threads), far below
+    keep=0.9. It says so; with on_damage='stop' the batch is undone and refused, and ROME, one fact at a time,
+    stops before the next fact, the facts done staying edited (Llama: after 12 of 20)."""
+    from excise.methods import delete
+
+    for directory in (foreign_gpt2_dir, foreign_llama_dir):
+        model = excise.load(directory)
+        facts, retain, general = _twenty(directory)
+        context = derive(model, facts, retain=retain, sample=general, general=general, generate=False)
+        with pytest.warns(UserWarning, match=r"memit: after 20 of 20 facts, other subjects' facts kept \d\.\d\d "
+                                             r"\(8 retain facts of other subjects"):
+            record = delete(model, facts, "memit", context=context, progress=False)
+        assert record.meta["damage"]["watched_facts"] == 8 and record.meta["damage"]["others_kept"] <= 0.5
+        record.undo()
+    at = {k: record.meta["site"][k] for k in ("layer", "position")}       # the Llama's traced site, not traced again
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="memit undone: other subjects' facts kept"):
+        delete(model, facts, "memit", context=context, progress=False, on_damage="stop", **at)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    with pytest.warns(UserWarning, match=r"rome: after \d+ of 20 facts"):
+        record = delete(model, facts, "rome", context=context, progress=False, on_damage="stop", **at)
+    history = record.meta["damage"]["history"]
+    assert record.meta["facts_edited"] == len(history) < 20                     # stopped before the next fact
+    assert [h["others_kept"] < 0.9 for h in history] == [False] * (len(history) - 1) + [True]
+    record.undo()

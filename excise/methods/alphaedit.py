@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from excise.edit.memit import MemitConfig, memit
 from excise.methods.base import Method
-from excise.methods.rank_one import SiteConfig, site
+from excise.methods.rank_one import DamageWatch, SiteConfig, site
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,17 @@ class AlphaEdit(Method):
 
     def run(self, model, facts, context, config, mask):
         where = site(model, facts, context, config, self.name)
+        watch = DamageWatch(model, facts, context, config, self.name)
         record = memit(model, facts, MemitConfig(layers=(where.layer,), null_space=True,
                                                  null_threshold=config.null_threshold, null_ridge=config.null_ridge,
                                                  position=where.position, objective=config.objective,
                                                  progress=config.progress),
                        sample=where.sample, preserve=context.retain)
-        record.meta |= where.meta
+        if watch.check(model, len(facts)):
+            record.undo()
+            raise ValueError(f"{self.name} undone: other subjects' facts kept {watch.history[-1]['others_kept']:.2f} "
+                             f"< keep={config.keep} (on_damage='stop'); edit fewer facts at a time or at another layer")
+        record.meta |= where.meta | {"damage": watch.meta()}
         return record
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from excise.edit.memit import MemitConfig, memit
 from excise.methods.base import Method
-from excise.methods.rank_one import SiteConfig, site
+from excise.methods.rank_one import DamageWatch, SiteConfig, site
 
 # MEMIT's lambda for deletion, set by the share of the value shift a fact's own key should reach. For one key k,
 # Delta = (lambda C + k k^T)^-1 k r^T moves k's output by r * a / (1 + a), a = k^T C^-1 k / lambda, and
@@ -45,12 +45,17 @@ class Memit(Method):
 
     def run(self, model, facts, context, config, mask):
         where = site(model, facts, context, config, self.name)
+        watch = DamageWatch(model, facts, context, config, self.name)
         weight = config.mom2_weight if config.mom2_weight is not None else memit_weight(model.cfg.d_mlp, config.reach)
         record = memit(model, facts, MemitConfig(layers=(where.layer,), mom2_weight=weight,
                                                  through_edit=config.through_edit, position=where.position,
                                                  objective=config.objective, progress=config.progress),
                        sample=where.sample)
-        record.meta |= where.meta
+        if watch.check(model, len(facts)):
+            record.undo()
+            raise ValueError(f"{self.name} undone: other subjects' facts kept {watch.history[-1]['others_kept']:.2f} "
+                             f"< keep={config.keep} (on_damage='stop'); edit fewer facts at a time or at another layer")
+        record.meta |= where.meta | {"damage": watch.meta()}
         return record
 
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from excise.edit.rome import RomeConfig, rome_each
+from tqdm.auto import tqdm
+
+from excise.edit.covariance import second_moment
+from excise.edit.record import recording
+from excise.edit.rome import RomeConfig, rome
 from excise.methods.base import Method
-from excise.methods.rank_one import SiteConfig, site
+from excise.methods.rank_one import DamageWatch, SiteConfig, site
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +39,19 @@ class Rome(Method):
             log.warning("rome writes one value per subject key; %d subject(s) have several facts here (e.g. %r), "
                         "so later edits overwrite earlier ones (on the organism 0.0-0.5 of a person's 6 facts "
                         "stayed recalled); for whole-person deletion use npo", len(shared), shared[0])
-        record = rome_each(model, facts, RomeConfig(layer=where.layer, objective=config.objective,
-                                                    position=where.position),
-                           sample=where.sample, progress=config.progress)
-        record.meta |= where.meta
+        rome_config = RomeConfig(layer=where.layer, objective=config.objective, position=where.position)
+        watch = DamageWatch(model, facts, context, config, self.name)
+        C = second_moment(model, where.layer, where.sample, progress=config.progress)   # the unedited model's
+        done = 0
+        with recording(model, "rome", asdict(rome_config), facts) as box:    # as rome_each: one record, C once
+            for fact in tqdm(facts, desc="rome", disable=not config.progress):
+                rome(model, fact, rome_config, C=C)
+                done += 1
+                if watch.check(model, done) and done < len(facts):
+                    log.warning("rome: stopped after %d of %d facts (on_damage='stop')", done, len(facts))
+                    break
+        record = box["record"]
+        record.meta |= where.meta | {"damage": watch.meta(), "facts_edited": done}
         return record
 
 
