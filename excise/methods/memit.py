@@ -51,12 +51,7 @@ class Memit(Method):
                                                  through_edit=config.through_edit, position=where.position,
                                                  objective=config.objective, progress=config.progress),
                        sample=where.sample)
-        if watch.check(model, len(facts)):
-            record.undo()
-            raise ValueError(f"{self.name} undone: other subjects' facts kept {watch.history[-1]['others_kept']:.2f} "
-                             f"< keep={config.keep} (on_damage='stop'); edit fewer facts at a time or at another layer")
-        record.meta |= where.meta | {"damage": watch.meta()}
-        return record
+        return watch.settle(model, record, where.meta)
 
 
 METHOD = Memit()

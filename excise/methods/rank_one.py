@@ -121,6 +121,17 @@ class DamageWatch:
                           "time or at another layer, or pass on_damage='stop' to stop there", stacklevel=3)
         return self.config.on_damage == "stop"
 
+    def settle(self, model: Any, record: Any, meta: dict[str, Any]) -> Any:
+        """After a batch edit (memit, alphaedit): check once; under on_damage='stop' undo the batch and refuse it,
+        else return the record with `meta` and the watch's."""
+        if self.check(model, self.n):
+            record.undo()
+            raise ValueError(f"{self.name} undone: other subjects' facts kept {self.history[-1]['others_kept']:.2f} "
+                             f"< keep={self.config.keep} (on_damage='stop'); edit fewer facts at a time or at "
+                             "another layer")
+        record.meta |= meta | {"damage": self.meta()}
+        return record
+
     def meta(self) -> dict[str, Any]:
         if not self.facts:
             return {"not_measured": "no retain facts of other subjects that the model recalled (pass retain=)"}
