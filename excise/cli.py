@@ -12,6 +12,7 @@
     excise bench stories   trace, ROME-delete and audit on stories260k, a real pretrained Llama (writes stories.json/.md)
     excise bench sites     ROME deletions at the traced (layer, position) vs the last subject token, on four models
     excise bench sisa      SISA (sharded exact unlearning): recall, deletion cost and audit vs the oracle (sisa.json/.md)
+    excise bench calibration   derived never-seen baselines vs the organism's real ones, foreign oracles vs derived
     excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu.json/.md, tofu-SPLIT.png)
     excise tofu build      train (or find cached) the TOFU organism and its retain models
 
@@ -32,6 +33,7 @@ from excise.edit.rome import DELETION_OBJECTIVE, OBJECTIVES
 from excise.methods import DEFAULT as METHOD_DEFAULT
 from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
 from excise.methods import METHODS
+from excise.bench.suites import BENCH_SUITES
 from excise.models import ModelLoadError, load
 
 
@@ -187,91 +189,6 @@ def _verify(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"wrote {out / 'audit.md'}, audit.json and audit.png")
     return 0
-
-
-def _log(message: str) -> None:
-    print(message, flush=True)
-
-
-def _listed(text: str | None, cast=str) -> tuple | None:
-    return tuple(cast(x) for x in text.split(",")) if text else None
-
-
-# suite -> run it from the parsed arguments; returns the files it wrote beside SUITE.json and SUITE.md
-def _bench_locate(a: argparse.Namespace) -> list[str]:
-    from excise.bench.locate import run
-
-    n, loop, planted = (5, 1, 2) if a.quick else (a.facts, 5, 10)
-    run(a.out, n_facts=n, loop_facts=loop, planted_facts=planted, seed=a.seed)
-    return []
-
-
-def _bench_edit(a: argparse.Namespace) -> list[str]:
-    from excise.bench.edit import run
-
-    run(a.out, **(dict(n_facts=3, n_memit=5, n_sequential=10) if a.quick else dict(n_facts=a.facts)))
-    return []
-
-
-def _bench_sequential(a: argparse.Namespace) -> list[str]:
-    from excise.bench.sequential import run
-
-    run(a.out, **(dict(n=10, n_preserve=100, every=5, ridges=(10.0,)) if a.quick else {}))
-    return []
-
-
-def _bench_verify(a: argparse.Namespace) -> list[str]:
-    from excise.bench.verify import run
-
-    run(a.out, fraction=0.05, seed=a.seed)
-    return []
-
-
-def _bench_unlearn(a: argparse.Namespace) -> list[str]:
-    from excise.bench.unlearn import run
-
-    run(a.out, quick=a.quick, seed=a.seed, methods=_listed(a.methods), splits=_listed(a.splits, float), log=_log)
-    return ["unlearn.png", str(Path(a.out).parent / "RESULTS.md")]
-
-
-def _bench_tofu(a: argparse.Namespace) -> list[str]:
-    from excise.bench.tofu import METHODS, run
-
-    run(a.out, split=a.split, seed=a.seed, methods=_listed(a.methods) or METHODS, log=_log)
-    return [f"tofu-{a.split}.png", str(Path(a.out).parent / "RESULTS.md")]
-
-
-def _bench_sisa(a: argparse.Namespace) -> list[str]:
-    from excise.bench.sisa import run
-
-    run(a.out, shards=_listed(a.shards, int), seed=a.seed, log=_log)
-    return []
-
-
-def _bench_stories(a: argparse.Namespace) -> list[str]:
-    from excise.bench.stories import run
-
-    run(a.out, seed=a.seed)
-    return []
-
-
-def _bench_robust(a: argparse.Namespace) -> list[str]:
-    from excise.bench.robust import METHODS, run
-
-    run(a.out, methods=_listed(a.methods) or METHODS, seed=a.seed, log=_log)
-    return ["robust.png"]
-
-
-def _bench_sites(a: argparse.Namespace) -> list[str]:
-    from excise.bench.sites import run
-
-    run(a.out, n_facts=5 if a.quick else min(a.facts, 20), seed=a.seed)
-    return []
-
-
-BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _bench_sequential,
-                "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
-                "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust}
 
 
 def _bench(args: argparse.Namespace) -> int:

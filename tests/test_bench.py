@@ -112,6 +112,19 @@ def test_committed_tables_are_what_their_json_generates(tmp_path, monkeypatch):
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
+def test_the_derived_baselines_calibration_is_what_its_json_generates_and_what_it_says():
+    """benchmarks/results/calibration.md is what calibration.json generates, and the measurement says what issue 36
+    asks of a derived never-seen baseline: foreign originals leak on every attack, their retrain oracles on none."""
+    from excise.bench import calibration
+    from excise.bench.results import with_provenance
+
+    shipped = json.loads((RESULTS / "calibration.json").read_text())
+    assert (RESULTS / "calibration.md").read_text() == with_provenance(calibration.to_markdown(shipped), shipped)
+    for arch, f in shipped["foreign"].items():
+        assert {v["verdict"] for v in f["original"]["leakage"].values()} == {"leaks"}, arch
+        assert len(f["original"]["leakage"]) == 5 and "leaks" not in {v["verdict"] for v in f["oracle"]["leakage"].values()}, arch
+
+
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
 def test_every_committed_result_says_where_it_came_from(path):
     """Issue 34: a committed result without its commit, versions, CPU, threads, seed and wall time fails here,

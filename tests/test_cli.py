@@ -129,11 +129,12 @@ def test_rome_on_several_facts_of_one_subject_warns(caplog):
 def test_bench_runs_the_named_suite_and_prints_what_it_wrote(tmp_path, capsys, monkeypatch):
     """`excise bench SUITE` dispatches through one table; every suite of the parser is in it."""
     from excise import cli
+    from excise.bench import suites
 
     seen = {}
 
     def fake(args):
-        seen.update(methods=cli._listed(args.methods), out=args.out)
+        seen.update(methods=suites._listed(args.methods), out=args.out)
         (tmp_path / "robust.md").write_text("# the table\n")
         return ["robust.png"]
 
@@ -143,4 +144,5 @@ def test_bench_runs_the_named_suite_and_prints_what_it_wrote(tmp_path, capsys, m
     assert seen == {"methods": ("npo", "graddiff"), "out": str(tmp_path)}
     assert "# the table" in out and f"wrote {tmp_path / 'robust.json'}, robust.md, robust.png" in out
     assert set(cli.BENCH_SUITES) >= {"locate", "edit", "unlearn", "tofu", "sites", "robust", "sisa", "verify"}
-    assert cli._listed("0.01,0.1", float) == (0.01, 0.1) and cli._listed(None) is None
+    assert suites._listed("0.01,0.1", float) == (0.01, 0.1) and suites._listed(None) is None
+    assert cli.BENCH_SUITES is suites.BENCH_SUITES

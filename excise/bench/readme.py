@@ -172,9 +172,17 @@ def _attacks() -> str:
     return "\n".join(rows) + "\n"
 
 
+def _suites() -> str:
+    """The benchmark suites `excise bench` runs, from its table (`excise.bench.suites.BENCH_SUITES`)."""
+    from excise.bench.suites import BENCH_SUITES
+
+    return ", ".join(f"`{name}`" for name in BENCH_SUITES) + ".\n"
+
+
 BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
-                                        "sites": _sites, "methods": _methods, "attacks": _attacks}
+                                        "sites": _sites, "methods": _methods, "attacks": _attacks,
+                                        "suites": _suites}
 
 
 def render(text: str, only: set[str] | None = None) -> str:
