@@ -35,7 +35,6 @@ relearning attack (for CI). The oracle row's seconds are its training time
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -109,9 +108,7 @@ def _registered(name: str, kind: str = "neuron", **settings: Any) -> Run:
     def run(model, split, scope, seed):
         retain = split.preserve if name == "alphaedit" else split.retain_train
         context = KnowledgeContext(retain=retain, stand_ins=split.stand_ins, sample=organism.corpus())
-        fields = {f.name for f in dataclasses.fields(method.Config)}
-        config = method.configure(**{k: v for k, v in {"seed": seed, "progress": False}.items() if k in fields},
-                                  **settings)
+        config = method.configure_run(seed, False, **settings)
         return method.run(model, split.forget, context, config, _scoped(model, split, scope, seed, kind))
     return run
 

@@ -122,6 +122,5 @@ def delete(model: Any, facts: Sequence[Fact], method: str = DEFAULT, retain: Seq
     ignored = sorted(set(given) - fields)
     if ignored:
         raise ValueError(f"{method} takes no {', '.join(ignored)} (rome, memit and alphaedit do)")
-    config = m.configure(**{k: v for k, v in {"seed": seed, "progress": progress}.items() if k in fields},
-                         **given, **options)
+    config = m.configure_run(seed, progress, **given, **options)
     return m.run(model, facts, _context(model, facts, m, context, retain, stand_ins), config, mask)

@@ -54,6 +54,13 @@ class Method:
                              f"{', '.join(sorted(fields))}")
         return self.Config(**overrides)
 
+    def configure_run(self, seed: int = 0, progress: bool = True, **overrides: Any) -> Any:
+        """The config with `seed` and `progress` set where it has those fields (a user's config may not), then
+        `overrides`."""
+        fields = {f.name for f in dataclasses.fields(self.Config)}
+        common = {k: v for k, v in {"seed": seed, "progress": progress}.items() if k in fields}
+        return self.configure(**common | overrides)
+
     def run(self, model: Any, facts: list[Fact], context: KnowledgeContext, config: Any,
             mask: Sequence[Component] | None) -> Any:
         """Delete `facts` from `model`; returns the EditRecord (a method that does not edit in place: its record)."""

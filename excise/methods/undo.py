@@ -46,7 +46,7 @@ class Undo(Method):
         kept = list(context.retain[:config.eval_facts])
         distil = UndoConfig(**{f.name: getattr(config, f.name) for f in fields(UndoConfig)})
         with recording(model, "undo", asdict(config), facts) as box:
-            taught = teacher.run(model, facts, context, teacher.configure(seed=config.seed, progress=config.progress),
+            taught = teacher.run(model, facts, context, teacher.configure_run(config.seed, config.progress),
                                  mask if teacher.mask != "none" else None)
             distilled = undo(model, context.sample, fact_sentences(kept), distil, eval_facts=kept)
         record = box["record"]
