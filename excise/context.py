@@ -246,16 +246,34 @@ def never_seen_subjects(model: Any, subjects: Sequence[str], n: int, seed: int =
     return generated_subjects(model, subjects, n, seed, exclude=exclude)
 
 
-def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0) -> list[Fact]:
-    """Facts about `subjects` with the templates of `like`'s relations and targets drawn from those relations."""
+def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0,
+                answers: Sequence[Fact] = ()) -> list[Fact]:
+    """Facts about `subjects` with the templates of `like`'s relations. Each target is drawn from the same
+    relation's targets among `answers` (other subjects' facts, e.g. the retain facts) where it has any, else among
+    `like`'s: a never-seen subject's answer should be as common as any other subject's, not one of the forget
+    facts' own answers, which a filter on those answers would hide in the baseline too."""
     templates: dict[str, Fact] = {}
-    targets: dict[str, list[str]] = defaultdict(list)
+    own: dict[str, list[str]] = defaultdict(list)
+    others: dict[str, list[str]] = defaultdict(list)
     for f in like:
         templates.setdefault(f.relation, f)
-        targets[f.relation].append(f.target)
+        own[f.relation].append(f.target)
+    for f in answers:
+        others[f.relation].append(f.target)
     rng = random.Random(seed)
-    return [replace(templ, subject=s, target=rng.choice(targets[rel]), neighbors=())
+    return [replace(templ, subject=s, target=rng.choice(others[rel] or own[rel]), neighbors=())
             for s in subjects for rel, templ in templates.items()]
+
+
+def _answers_note(facts: Sequence[Fact], answers: Sequence[Fact]) -> str:
+    relations = {f.relation for f in facts}
+    covered = relations & {f.relation for f in answers}
+    if covered == relations:
+        return "answers drawn from the retain facts of each relation"
+    if not covered:
+        return "answers drawn from the facts' own answers (no retain facts of their relations; pass retain=)"
+    return (f"answers drawn from the retain facts for {len(covered)} of {len(relations)} relations, from the facts' "
+            f"own answers for {', '.join(sorted(relations - covered))}")
 
 
 def _generated_text(model: Any, ctx: KnowledgeContext, seed: int, general: bool, sample: bool) -> None:
@@ -281,7 +299,8 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
     - holdout: never-seen subjects (`never_seen_subjects`: the subjects' first
       and last names recombined, or for any other name form new names spelled
       like the subjects of the facts and retain facts), given the facts'
-      relations and templates (`facts_about`);
+      relations and templates, and answers drawn from the retain facts of the
+      same relation (`facts_about`);
     - stand_ins: the same never-seen names (for `swap`);
     - alternatives: the other targets of each relation among the facts (and
       the retain facts);
@@ -304,8 +323,8 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
         names, note = never_seen_subjects(model, sorted({f.subject for f in known}), n_holdout_subjects, seed,
                                           exclude=sorted({f.target for f in known}))
         if holdout is None:
-            ctx.holdout = facts_about(names, facts, seed)
-            notes["holdout"] = note
+            ctx.holdout = facts_about(names, facts, seed, answers=retain or ())
+            notes["holdout"] = f"{note}; {_answers_note(facts, retain or ())}" if names else note
         if stand_ins is None:
             ctx.stand_ins = names
             notes["stand_ins"] = note

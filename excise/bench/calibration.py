@@ -43,7 +43,7 @@ def _baselines(model: Any, forget: list[Fact], real: KnowledgeContext, seed: int
     known = [*forget, *real.retain]
     names, note = generated_subjects(model, sorted({f.subject for f in known}), 30, seed,
                                      exclude=sorted({f.target for f in known}))
-    spelled = recombined.override(holdout=facts_about(names, forget, seed))
+    spelled = recombined.override(holdout=facts_about(names, forget, seed, answers=real.retain))
     spelled.notes["holdout"] = note
     return {"real": real, "recombined": recombined, "spelled": spelled}
 
