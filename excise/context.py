@@ -248,20 +248,20 @@ def never_seen_subjects(model: Any, subjects: Sequence[str], n: int, seed: int =
 
 def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0,
                 answers: Sequence[Fact] = ()) -> list[Fact]:
-    """Facts about `subjects` with the templates of `like`'s relations. Each target is drawn from the same
-    relation's targets among `answers` (other subjects' facts, e.g. the retain facts) where it has any, else among
-    `like`'s: a never-seen subject's answer should be as common as any other subject's, not one of the forget
-    facts' own answers, which a filter on those answers would hide in the baseline too."""
+    """Facts about `subjects` with the templates of `like`'s relations; each target drawn from the relation's
+    answers among `like` and `answers` together (e.g. the forget and the retain facts): the relation's answer
+    distribution over every fact given. Drawn from `like` alone, a filter on those answers hides in the baseline
+    too (the guardrail of `excise bench calibration`); from `answers` alone, a small world's forget answers that no
+    other fact has read as rarer than the baseline's even to a model retrained without them."""
     templates: dict[str, Fact] = {}
-    own: dict[str, list[str]] = defaultdict(list)
-    others: dict[str, list[str]] = defaultdict(list)
+    targets: dict[str, list[str]] = defaultdict(list)
     for f in like:
         templates.setdefault(f.relation, f)
-        own[f.relation].append(f.target)
-    for f in answers:
-        others[f.relation].append(f.target)
+    for f in (*like, *answers):
+        if f.relation in templates:
+            targets[f.relation].append(f.target)
     rng = random.Random(seed)
-    return [replace(templ, subject=s, target=rng.choice(others[rel] or own[rel]), neighbors=())
+    return [replace(templ, subject=s, target=rng.choice(targets[rel]), neighbors=())
             for s in subjects for rel, templ in templates.items()]
 
 
@@ -269,11 +269,11 @@ def _answers_note(facts: Sequence[Fact], answers: Sequence[Fact]) -> str:
     relations = {f.relation for f in facts}
     covered = relations & {f.relation for f in answers}
     if covered == relations:
-        return "answers drawn from the retain facts of each relation"
+        return "answers drawn from each relation's answers among the facts and retain facts"
     if not covered:
         return "answers drawn from the facts' own answers (no retain facts of their relations; pass retain=)"
-    return (f"answers drawn from the retain facts for {len(covered)} of {len(relations)} relations, from the facts' "
-            f"own answers for {', '.join(sorted(relations - covered))}")
+    return (f"answers drawn from each relation's answers among the facts and retain facts; no retain facts for "
+            f"{', '.join(sorted(relations - covered))}")
 
 
 def _generated_text(model: Any, ctx: KnowledgeContext, seed: int, general: bool, sample: bool) -> None:
@@ -299,8 +299,8 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
     - holdout: never-seen subjects (`never_seen_subjects`: the subjects' first
       and last names recombined, or for any other name form new names spelled
       like the subjects of the facts and retain facts), given the facts'
-      relations and templates, and answers drawn from the retain facts of the
-      same relation (`facts_about`);
+      relations and templates, and answers drawn from the relation's answers
+      among the facts and retain facts (`facts_about`);
     - stand_ins: the same never-seen names (for `swap`);
     - alternatives: the other targets of each relation among the facts (and
       the retain facts);

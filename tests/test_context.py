@@ -62,11 +62,12 @@ def test_facts_about_new_subjects_keep_the_relations_and_templates():
 
 
 def test_facts_about_draws_answers_from_other_subjects_facts_of_the_relation():
-    """A derived holdout's answers come from the retain facts, so a filter on the forget answers cannot hide in the
-    baseline (issue 36's guardrail cells); a relation the retain facts lack falls back to the facts' own answers."""
-    other = [Fact("Tobin Farrow", "birthplace", city, "{} was born in") for city in ("Quorra", "Lisk")]
-    new = facts_about([f"Zed Quill{i}" for i in range(40)], _facts(), seed=1, answers=other)
-    assert {f.target for f in new if f.relation == "birthplace"} == {"Quorra", "Lisk"}
+    """A derived holdout's answers come from the relation's answers among the facts and the other subjects' facts,
+    so a filter on the forget answers cannot hide the whole baseline (issue 36's guardrail cells)."""
+    other = [Fact("Tobin Farrow", "birthplace", city, "{} was born in") for city in ["Quorra"] * 12]
+    new = facts_about([f"Zed Quill{i}" for i in range(200)], _facts(), seed=1, answers=other)
+    born = [f.target for f in new if f.relation == "birthplace"]
+    assert set(born) == {"Quorra", *CITIES} and 0.55 < born.count("Quorra") / len(born) < 0.78    # 12 of 18 answers
     assert {f.target for f in new if f.relation == "pet"} == {"cat", "dog"}
 
 
@@ -77,9 +78,7 @@ def test_derive_takes_what_is_given_derives_the_rest_and_names_what_is_missing(t
     assert ctx.notes["holdout"].startswith("derived:") and ctx.holdout
     assert "facts' own answers (no retain facts of their relations; pass retain=)" in ctx.notes["holdout"]
     mixed = derive(tiny, _facts(), retain=retain, generate=False)      # retain has pets, no birthplaces
-    assert "from the retain facts for 1 of 2 relations, from the facts' own answers for birthplace" \
-        in mixed.notes["holdout"]
-    assert {f.target for f in mixed.holdout if f.relation == "pet"} == {"dog"}
+    assert "among the facts and retain facts; no retain facts for birthplace" in mixed.notes["holdout"]
     assert ctx.layer is None and "traced when editing" in ctx.notes["layer"]     # rome/memit trace the facts
     assert set(ctx.missing()) == {"general", "sample", "oracle"}          # generate=False, and no oracle
     assert "not given; pass oracle=" in ctx.notes["oracle"]
