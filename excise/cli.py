@@ -29,11 +29,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from excise.bench.suites import BENCH_SUITES
 from excise.edit.rome import DELETION_OBJECTIVE, OBJECTIVES
 from excise.methods import DEFAULT as METHOD_DEFAULT
 from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
 from excise.methods import METHODS
-from excise.bench.suites import BENCH_SUITES
 from excise.models import ModelLoadError, load
 
 

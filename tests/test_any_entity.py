@@ -68,10 +68,12 @@ def _twenty(directory):
 
 
 def test_a_batch_edit_watches_other_subjects_and_warns_or_stops(foreign_llama_dir, foreign_gpt2_dir):
-    """Issue 36: MEMIT over 20 facts (one layer, the traced site) reached other subjects' facts: measured on
-    the 8 retain facts of other subjects, kept 0.00 (Llama) and 0.12 / 0.25 (GPT-2, 2 / 1 threads), far below
+    """Issue 36: MEMIT over 20 facts at the traced layer alone reached other subjects' facts: measured on the 8
+    retain facts of other subjects, kept 0.00 (Llama) and 0.12 / 0.25 (GPT-2, 2 / 1 threads), far below
     keep=0.9. It says so; with on_damage='stop' the batch is undone and refused, and ROME, one fact at a time,
-    stops before the next fact, the facts done staying edited (Llama: after 12 of 20)."""
+    stops before the next fact, the facts done staying edited (Llama: after 12 of 20). Spread over the layers
+    the trace supports (the default), the same batch keeps more (0.38 Llama, 0.50 GPT-2 here; over 5 draws of
+    20 facts 0.48 / 0.66 against 0.29 / 0.34, benchmarks/results/batch.md) and still warns."""
     from excise.methods import delete
 
     for directory in (foreign_gpt2_dir, foreign_llama_dir):
@@ -80,8 +82,14 @@ def test_a_batch_edit_watches_other_subjects_and_warns_or_stops(foreign_llama_di
         context = derive(model, facts, retain=retain, sample=general, general=general, generate=False)
         with pytest.warns(UserWarning, match=r"memit: after 20 of 20 facts, other subjects' facts kept \d\.\d\d "
                                              r"\(8 retain facts of other subjects"):
+            record = delete(model, facts, "memit", context=context, progress=False, spread=None)
+        one = record.meta["damage"]["others_kept"]
+        assert record.meta["damage"]["watched_facts"] == 8 and one <= 0.25
+        record.undo()
+        with pytest.warns(UserWarning, match="memit: after 20 of 20 facts"):
             record = delete(model, facts, "memit", context=context, progress=False)
-        assert record.meta["damage"]["watched_facts"] == 8 and record.meta["damage"]["others_kept"] <= 0.5
+        assert "layers [1, 2]" in record.meta["context"]["layers"]
+        assert one < record.meta["damage"]["others_kept"] < 0.9
         record.undo()
     at = {k: record.meta["site"][k] for k in ("layer", "position")}       # the Llama's traced site, not traced again
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -12,10 +12,10 @@ import excise
 from excise import Component
 from excise.components import kv_head
 from excise.edit import EditRecord, MemitConfig, RomeConfig, ablate, memit, rome
-from excise.methods import unlearn
 from excise.edit.record import storage_owners
 from excise.locate import FisherConfig, TraceConfig, activation_patching, attribution_patching, causal_trace, fisher
 from excise.locate.causal_trace import trace_one_at_a_time
+from excise.methods import unlearn
 from excise.scoring import answer_examples, answer_logprobs, recall_table
 from excise.verify import logit_lens
 from excise.weights import linear

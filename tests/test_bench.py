@@ -125,6 +125,23 @@ def test_the_derived_baselines_calibration_is_what_its_json_generates_and_what_i
         assert len(f["original"]["leakage"]) == 5 and "leaks" not in {v["verdict"] for v in f["oracle"]["leakage"].values()}, arch
 
 
+def test_the_batch_table_is_what_its_json_generates_and_spreading_keeps_more():
+    """benchmarks/results/batch.md is what batch.json generates; on both foreign models MEMIT spread over the layers
+    the trace supports keeps more of the other subjects' facts than at the traced layer alone, still deletes
+    (efficacy >= 0.9), and the damage watch warned on every MEMIT run, since neither reaches keep=0.9."""
+    from excise.bench import batch
+    from excise.bench.results import with_provenance
+
+    shipped = json.loads((RESULTS / "batch.json").read_text())
+    assert (RESULTS / "batch.md").read_text() == with_provenance(batch.to_markdown(shipped), shipped)
+    rows = {(r["model"], r["method"], r["options"].get("spread", "-")): r for r in shipped["rows"]}
+    for arch in ("gpt2", "llama"):
+        one, spread = rows[arch, "memit", None], rows[arch, "memit", 0.5]
+        assert spread["others_kept"] > one["others_kept"] and spread["efficacy"] >= 0.9, arch
+        assert one["warned"] == spread["warned"] == len(shipped["seeds"]) == 5, arch
+        assert {tuple(run["layers"]) for run in spread["runs"]} == {(1, 2)}, arch
+
+
 @pytest.mark.parametrize("path", sorted(RESULTS.glob("*.json")), ids=lambda p: p.name)
 def test_every_committed_result_says_where_it_came_from(path):
     """Issue 34: a committed result without its commit, versions, CPU, threads, seed and wall time fails here,

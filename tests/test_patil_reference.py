@@ -22,9 +22,7 @@ import pytest
 import torch
 
 from excise.edit.rank_one import inverse_second_moment, rank_one_update
-from excise.edit.rome import (
-    erase_loss, excise_kl, lens_entropy, margin_loss, rome_kl, rome_weight_decay, target_nll,
-)
+from excise.edit.rome import erase_loss, excise_kl, lens_entropy, margin_loss, rome_kl, rome_weight_decay, target_nll
 from excise.verify.logit_lens import beyond, top_bottom_k
 from tests.reference_inputs import REPORT_ROME_C
 

@@ -313,3 +313,18 @@ def test_edit_site_on_the_organism_picks_the_prompts_end_late(organism_model, wo
     site = edit_site(organism_model, list(world.sample(8, seed=0)))
     assert (site.layer, site.position) == (3, "prompt_last")
     assert site.shares["prompt_last"] > site.shares["subject_last"] and site.roles["subject_last"][3] is None
+
+
+def test_the_layers_a_trace_supports_are_the_traced_layer_and_its_strong_neighbours():
+    """MEMIT's range from a trace: contiguous around the traced layer, each neighbour restoring at least `fraction`
+    of the traced layer's share; layers not traced (None) end it."""
+    from excise.locate.site import EditSite
+
+    site = EditSite(layer=3, scores=[None, 0.30, 0.50, 0.60, 0.42, 0.35], peaks=[3], p_clean=0.70, p_corrupt=0.20,
+                    restored=0.8, seconds=0.0, reason="test", position="prompt_last")
+    assert [round(site.share(layer), 2) for layer in (1, 2, 3, 4, 5)] == [0.2, 0.6, 0.8, 0.44, 0.3]
+    assert site.supported(0.5) == (2, 3, 4)        # 0.6 and 0.44 >= 0.4; 0.2 and 0.3 below
+    assert site.supported(0.2) == (1, 2, 3, 4, 5)
+    assert site.supported(1.0) == (3,)
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        site.supported(0)

@@ -96,7 +96,14 @@ def _bench_sites(a: argparse.Namespace) -> list[str]:
     return []
 
 
+def _bench_batch(a: argparse.Namespace) -> list[str]:
+    from excise.bench.batch import run
+
+    run(a.out, seeds=(a.seed,) if a.quick else tuple(range(a.seed, a.seed + 5)))
+    return []
+
+
 BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _bench_sequential,
                 "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
                 "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust,
-                "calibration": _bench_calibration}
+                "calibration": _bench_calibration, "batch": _bench_batch}

@@ -115,6 +115,31 @@ class EditSite:
     def from_dict(cls, d: dict[str, Any]) -> EditSite:
         return cls(**d)
 
+    def share(self, layer: int) -> float | None:
+        """The share of the noising damage that restoring `layer`'s MLP at the chosen role gives back."""
+        score = self.scores[layer]
+        return None if score is None else (score - self.p_corrupt) / max(self.p_clean - self.p_corrupt, 1e-9)
+
+    def supported(self, fraction: float) -> tuple[int, ...]:
+        """The layers the trace supports: the traced layer and its neighbours, contiguous, whose MLPs restore at
+        least `fraction` of the traced layer's share (MEMIT's critical range). fraction 1: the traced layer."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        peak = self.share(self.layer)
+        if peak is None or peak <= 0:
+            return (self.layer,)
+
+        def holds(layer: int) -> bool:
+            share = self.share(layer) if 0 <= layer < len(self.scores) else None
+            return share is not None and share >= fraction * peak
+
+        low, high = self.layer, self.layer
+        while holds(low - 1):
+            low -= 1
+        while holds(high + 1):
+            high += 1
+        return tuple(range(low, high + 1))
+
     def summary(self) -> str:
         def curve(values):
             return ", ".join(f"L{i} {s:.2f}" for i, s in enumerate(values) if s is not None)

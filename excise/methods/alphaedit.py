@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from excise.edit.memit import MemitConfig, memit
 from excise.methods.base import Method
-from excise.methods.rank_one import DamageWatch, SiteConfig, site
+from excise.methods.rank_one import BatchSiteConfig, DamageWatch, site
 
 
 @dataclass(frozen=True)
-class AlphaEditConfig(SiteConfig):
+class AlphaEditConfig(BatchSiteConfig):
     null_threshold: float = 2e-2      # AlphaEdit's nullspace_threshold (every hparams file), absolute
     null_ridge: float = 10.0          # AlphaEdit's L2 (MemitConfig.null_ridge)
 
@@ -27,9 +27,9 @@ class AlphaEdit(Method):
     source = "Fang et al. 2025 (jianghoucheng/AlphaEdit)"
 
     def run(self, model, facts, context, config, mask):
-        where = site(model, facts, context, config, self.name)
+        where = site(model, facts, context, config, self.name, spread=config.spread)
         watch = DamageWatch(model, facts, context, config, self.name)
-        record = memit(model, facts, MemitConfig(layers=(where.layer,), null_space=True,
+        record = memit(model, facts, MemitConfig(layers=where.layers, null_space=True,
                                                  null_threshold=config.null_threshold, null_ridge=config.null_ridge,
                                                  position=where.position, objective=config.objective,
                                                  progress=config.progress),

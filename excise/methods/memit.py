@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from excise.edit.memit import MemitConfig, memit
 from excise.methods.base import Method
-from excise.methods.rank_one import DamageWatch, SiteConfig, site
+from excise.methods.rank_one import BatchSiteConfig, DamageWatch, site
 
 # MEMIT's lambda for deletion, set by the share of the value shift a fact's own key should reach. For one key k,
 # Delta = (lambda C + k k^T)^-1 k r^T moves k's output by r * a / (1 + a), a = k^T C^-1 k / lambda, and
@@ -29,26 +29,27 @@ def memit_weight(d_mlp: int, reach: float = MEMIT_REACH) -> float:
 
 
 @dataclass(frozen=True)
-class MemitMethodConfig(SiteConfig):
+class MemitMethodConfig(BatchSiteConfig):
     reach: float = MEMIT_REACH        # lambda = memit_weight(d_mlp, reach) (see MEMIT_REACH)
     mom2_weight: float | None = None  # lambda itself; None: from `reach`
-    through_edit: bool = True         # values optimized through the write (MemitConfig.through_edit)
+    through_edit: bool = True         # values optimized through the write (MemitConfig.through_edit; one layer only)
 
 
 class Memit(Method):
     name = "memit"
     label = "MEMIT"
-    summary = "MEMIT: every fact in one least-squares update at the traced layer"
+    summary = "MEMIT: every fact in one least-squares update over the layers the trace supports"
     Config = MemitMethodConfig
     reads = ("sample", "layer")
     source = "Meng et al. 2023 (kmeng01/memit)"
 
     def run(self, model, facts, context, config, mask):
-        where = site(model, facts, context, config, self.name)
+        where = site(model, facts, context, config, self.name, spread=config.spread)
         watch = DamageWatch(model, facts, context, config, self.name)
         weight = config.mom2_weight if config.mom2_weight is not None else memit_weight(model.cfg.d_mlp, config.reach)
-        record = memit(model, facts, MemitConfig(layers=(where.layer,), mom2_weight=weight,
-                                                 through_edit=config.through_edit, position=where.position,
+        through = config.through_edit and len(where.layers) == 1
+        record = memit(model, facts, MemitConfig(layers=where.layers, mom2_weight=weight,
+                                                 through_edit=through, position=where.position,
                                                  objective=config.objective, progress=config.progress),
                        sample=where.sample)
         return watch.settle(model, record, where.meta)

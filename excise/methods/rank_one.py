@@ -47,20 +47,40 @@ class SiteConfig:
 
 
 @dataclass(frozen=True)
+class BatchSiteConfig(SiteConfig):
+    # MEMIT's range: with a traced site, the batch is spread over the traced layer and its neighbours whose MLPs
+    # restore at least this share of what the traced layer restores (EditSite.supported); None: the traced layer
+    # alone. MEMIT 20 facts on the foreign models (3 seeds of facts, benchmarks/results/spread.md): see there.
+    spread: float | None = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.spread is not None and not 0 < self.spread <= 1:
+            raise ValueError(f"spread is a share of the traced layer's restoration, in (0, 1], got {self.spread}")
+
+
+@dataclass(frozen=True)
 class Site:
     layer: int
     position: str
     sample: list[str]
     meta: dict[str, Any]
+    layers: tuple[int, ...] = ()      # the layers a batch edit spreads over (the traced layer's range), else (layer,)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            object.__setattr__(self, "layers", (self.layer,))
 
 
-def site(model: Any, facts: list[Fact], context: KnowledgeContext, config: SiteConfig, name: str) -> Site:
+def site(model: Any, facts: list[Fact], context: KnowledgeContext, config: SiteConfig, name: str,
+         spread: float | None = None) -> Site:
     """The (layer, position) to edit and the covariance sample, each from the config, the context, or derived.
 
     With no layer anywhere, each fact is traced (`excise.locate.edit_site`, one MLP trace per fact) and the
     edit goes where it points: the prompt's last token at its MLP peak in the late layers when the trace
     says the answer is restored there, else the last subject token. Without a sample, texts the model
-    writes itself (`generated_sample`, announced). `meta` says where each came from.
+    writes itself (`generated_sample`, announced). `meta` says where each came from. With `spread` and a
+    traced site, `layers` is the traced layer's range (`EditSite.supported(spread)`); else the one layer.
     """
     position = config.position
     traced = None
@@ -87,9 +107,14 @@ def site(model: Any, facts: list[Fact], context: KnowledgeContext, config: SiteC
                     "(excise.edit.generated_sample, seed %d)", name, len(sample), config.seed)
     meta: dict[str, Any] = {"context": {"layer": layer_note, "position": position,
                                         "sample": context.notes.get("sample", "derived: generated_sample")}}
+    layers = (layer,)
     if traced is not None:
         meta["site"] = traced.to_dict()
-    return Site(layer, position, list(sample), meta)
+        if spread is not None:
+            layers = traced.supported(spread)
+            meta["context"]["layers"] = (f"layers {list(layers)}: the traced layer and its neighbours that restore at "
+                                         f"least {spread:.0%} of its share (spread={spread})")
+    return Site(layer, position, list(sample), meta, layers)
 
 
 class DamageWatch:
