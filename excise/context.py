@@ -168,9 +168,10 @@ def _char_counts(names: Sequence[str], order: int) -> dict[str, dict[str, int]]:
 
 
 def spelled_like(names: Sequence[str], n: int, seed: int = 0, exclude: Sequence[str] = ()) -> list[str]:
-    """Returns up to `n` new strings drawn from a character model of `names` (order CHAR_ORDER with random
-    back-off), as long as the names are, none equal (ignoring case) to a name or to `exclude`. Cost: string
-    work only, at most 50 n draws."""
+    """Returns up to `n` new strings spelled like `names`, none equal (ignoring case) to a name or to `exclude`:
+    first from a character model of the names (order CHAR_ORDER with random back-off), as long as the names
+    are; then, where a few short names leave that model little to vary, splices of two names (a head of one and
+    a tail of another), from one character shorter to two longer. Cost: string work only, at most 100 n draws."""
     if not names:
         return []
     models = {k: _char_counts(names, k) for k in range(1, CHAR_ORDER + 1)}
@@ -178,6 +179,14 @@ def spelled_like(names: Sequence[str], n: int, seed: int = 0, exclude: Sequence[
     taken = {x.lower() for x in (*names, *exclude)}
     rng = random.Random(seed)
     out: list[str] = []
+
+    def keep(text: str, lo: int = lo, hi: int = hi) -> bool:
+        if lo <= len(text) <= hi and text.strip() == text and text.lower() not in taken \
+                and not re.search(r"(.)\1\1", text):          # no letter three times in a row
+            taken.add(text.lower())
+            out.append(text)
+        return len(out) == n
+
     for _ in range(50 * n):
         text = ""
         while len(text) <= hi:
@@ -189,12 +198,13 @@ def spelled_like(names: Sequence[str], n: int, seed: int = 0, exclude: Sequence[
             if ch == "$":
                 break
             text += ch
-        if lo <= len(text) <= hi and text.strip() == text and text.lower() not in taken \
-                and not re.search(r"(.)\1\1", text):          # no letter three times in a row
-            taken.add(text.lower())
-            out.append(text)
-            if len(out) == n:
-                break
+        if keep(text):
+            return out
+    splittable = [name for name in names if len(name) >= 2]
+    for _ in range(50 * n if len(splittable) >= 2 else 0):
+        head, tail = rng.sample(splittable, 2)
+        if keep(head[:rng.randint(1, len(head) - 1)] + tail[rng.randint(1, len(tail) - 1):], max(2, lo - 1), hi + 2):
+            break
     return out
 
 

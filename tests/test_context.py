@@ -53,6 +53,18 @@ def test_one_word_subjects_get_new_names_spelled_like_them(tiny):
     assert never_seen_subjects(tiny, PEOPLE, 5, seed=0) == recombined_subjects(tiny, PEOPLE, 5, seed=0)
 
 
+def test_names_with_digits_and_punctuation_and_a_few_short_names_get_new_spellings():
+    """Where the character model can only retrace a few names (each context seen once), splices of two names fill
+    in: digits and punctuation kept, never a given name."""
+    from excise.context import spelled_like
+
+    for names in (["Zork7", "Quix9", "Brant3", "Vell2"], ["R2-D2", "C-3PO", "BB-8", "K-2SO"], ["Lily", "Tom", "Sue"]):
+        new = spelled_like(names, 12, seed=0)
+        assert len(new) == 12 and not {n.lower() for n in new} & {n.lower() for n in names}, names
+        assert all(min(map(len, names)) - 1 <= len(n) <= max(map(len, names)) + 2 for n in new), names
+    assert any(c.isdigit() for n in spelled_like(["Zork7", "Quix9", "Brant3", "Vell2"], 12) for c in n)
+
+
 def test_facts_about_new_subjects_keep_the_relations_and_templates():
     new = facts_about(["Zed Quill"], _facts(), seed=1)
     assert {f.relation for f in new} == {"birthplace", "pet"}
