@@ -22,6 +22,16 @@ def _share_the_cores() -> None:
 _share_the_cores()
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first: the tests marked slow (minutes each), then the notebooks (tens of seconds), then the rest
+    in their order. The workers start on the long ones and share the short tail; collected last, the notebooks
+    kept one worker busy for two minutes after the other had finished (579 s of wall for 1066 s of tests)."""
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("slow") else 1 if ".ipynb" in item.nodeid else 2
+
+    items.sort(key=rank)
+
+
 def _tiny_tokenizer():
     from excise.organism.tokenizer import train_tokenizer
 

@@ -24,9 +24,10 @@ from excise.verify import AuditReport
 def test_a_one_token_llama_gets_a_verdict_on_every_attack_through_the_cli(foreign_llama_dir, tmp_path):
     """Issue 36: the one-token Llama, through the CLI alone (edit, then verify with facts and a retain file):
     every attack gives a two-sided verdict for both models, and the unedited model leaks on every one.
-    Measured on 18 facts of 6 places, context seeds 0-4: probes p 0.0008-0.0033, logit lens, membership and
-    truth ratio below 1e-4, relearn 1e-5 (seed 0) to 0.0499 (seed 2): the test's seed 0 is far from the bar;
-    with 12 facts relearn was underpowered on one seed of five."""
+    Measured on 18 facts of 6 places, context seeds 0-4, the holdout's answers drawn from the facts' and retain
+    facts' answers: probes p at most 2e-4, logit lens, membership and truth ratio below 1e-4, relearn 3e-4
+    (seed 0) to 0.016 (seed 2) (with the forget facts' own answers: up to 0.0499); with 12 facts relearn was
+    underpowered on one seed of five."""
     world = list(FactSet.load(foreign_llama_dir / "world.json"))
     places = sorted({f.subject for f in world})[:6]
     FactSet([f for f in world if f.subject in places]).save(tmp_path / "facts.json")

@@ -31,6 +31,7 @@ ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "O
        "MKL_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "default", reason="this run is on the default path")
 def test_the_sensitive_tests_pass_on_another_float_path_with_one_thread():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "EXCISE_FOREIGN"))} | ENV
