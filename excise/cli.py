@@ -35,6 +35,7 @@ from excise.methods import DEFAULT as METHOD_DEFAULT
 from excise.methods import DEFAULT_NEURONS as NEURONS_DEFAULT
 from excise.methods import METHODS
 from excise.models import ModelLoadError, load
+from excise.verify.attacks import audited, defaults
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -178,7 +179,8 @@ def _verify(args: argparse.Namespace) -> int:
     if args.record:
         reference = copy_model(model)
         EditRecord.load(args.record, model).apply()
-    config = AuditConfig(top_b=args.top_b, seed=args.seed)
+    config = AuditConfig(top_b=args.top_b, seed=args.seed,
+                         **({"attacks": tuple(a.strip() for a in args.attacks.split(","))} if args.attacks else {}))
     report = audit(model, facts, reference=reference, oracle=True if args.oracle else None, context=context,
                    config=config)
     out = Path(args.out)
@@ -281,6 +283,9 @@ def _model_parsers(sub) -> None:
     verify.add_argument("--oracle", action="store_true",
                         help="also audit the retrain oracle (organism: retrained without the facts, then cached)")
     verify.add_argument("--top-b", type=int, default=20, help="an attack succeeds when the target is in the top-B")
+    verify.add_argument("--attacks", default=None,
+                        help=f"comma-separated attacks to run (default: {', '.join(defaults())}; any of "
+                             f"{', '.join(audited())})")
     verify.add_argument("--out", default="excise-audit")
 
 

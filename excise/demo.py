@@ -29,7 +29,7 @@ from typing import Any
 from excise import methods as M
 from excise.display import fmt
 from excise.provenance import provenance, provenance_line
-from excise.verify.attacks import audited, ordered
+from excise.verify.attacks import defaults, ordered
 
 TRACE_RELATION = "birthplace"
 WORLD = "a person of the organism's world"
@@ -172,7 +172,7 @@ def _audit_part(report: Any, with_oracle: bool) -> dict[str, Any]:
     """report.json's audit: each audited attack's success, chance and p, the two-sided verdicts, what was kept."""
     attacks = {a: {"success": report.success("edited", a), "chance": report.chance("edited", a),
                    "p_above_chance": report.above_chance("edited", a),
-                   "original": report.success("reference", a)} for a in audited()}
+                   "original": report.success("reference", a)} for a in defaults()}
     return {"attacks": attacks,
             "leakage": {a: {k: v.to_dict()[k] for k in ("verdict", "auc", "p_value", "detectable_effect")}
                         for a, v in report.leakage("edited").items()},

@@ -45,7 +45,7 @@ from excise.cli import main
 from excise.context import derive
 from excise.edit import EditRecord
 from excise.facts import FactSet, tokenize_prompt
-from excise.verify import AuditReport, audited
+from excise.verify import AuditReport, defaults
 
 TRAINED = ("request", "paraphrase", "question", "completion")
 SPREAD = Path(__file__).parent / "data" / "foreign" / "spread.json"
@@ -298,7 +298,7 @@ def test_verify_gives_chance_levels_or_says_what_it_could_not_compute(foreign):
     assert how in report.config["context"]["holdout"]
     assert report.config["n_holdout"] > 0 and "chance levels" not in missing
     for role in ("reference", "edited"):
-        assert all(report.chance(role, attack) is not None for attack in audited()), role
+        assert all(report.chance(role, attack) is not None for attack in defaults()), role
         assert set(report.leakage(role)) == {"probes", "logit_lens", "relearn", "membership", "truth_ratio"}, role
 
 

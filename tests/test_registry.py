@@ -93,14 +93,16 @@ def test_cli_options_are_cast_by_the_config_field_types(tmp_path):
 
 
 def test_every_attack_has_one_name_and_a_users_attack_joins_the_audit(organism_model, world):
-    from excise.verify import ATTACKS, AuditConfig, audit, audited
+    from excise.verify import ATTACKS, AuditConfig, audit, audited, defaults
 
-    assert ATTACKS.names() == ("probes", "logit_lens", "head_projection", "relearn", "membership", "truth_ratio")
-    assert audited() == ("probes", "logit_lens", "relearn", "membership")
+    new = ("quantization", "exact_memorization", "extraction_strength", "extraction_strength_full")
+    assert ATTACKS.names() == ("probes", "logit_lens", "head_projection", "relearn", "membership", "truth_ratio", *new)
+    assert audited() == ("probes", "logit_lens", "relearn", "membership", *new)
+    assert defaults() == AuditConfig().attacks == ("probes", "logit_lens", "relearn", "membership")   # the rest: named
     forget = list(world.of_subject(world.people[2]))
     holdout = list(world.holdout(6, seed=3))
     with registered_toys():
-        assert audited()[-1] == "toy_request_only" and AuditConfig().attacks == audited()
+        assert audited()[-1] == defaults()[-1] == "toy_request_only" and AuditConfig().attacks == defaults()
         report = audit(organism_model, forget, config=AuditConfig(attacks=("probes", "toy_request_only")),
                        holdout=holdout, progress=False)
         assert report.success("edited", "toy_request_only") == 1.0          # the original recalls every fact

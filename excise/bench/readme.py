@@ -166,9 +166,13 @@ def _attacks() -> str:
     """The audit's attacks' table, from the registry (`excise.verify.ATTACKS`)."""
     from excise.verify import ATTACKS
 
-    rows = ["| attack | succeeds on a fact when | per-fact statistic (leaks when) |", "|---|---|---|"]
-    rows += [f"| `{a.name}` | {a.succeeds} | " + (f"{a.statistic} ({a.leaks})" if a.two_sided else
-                                                  "- (no two-sided verdict)") + " |" for a in ATTACKS]
+    def runs(a) -> str:
+        return "by default" if a.audited and a.default else "when named" if a.audited else f"with {a.with_attack}" \
+            if a.with_attack else "with what the audit measures"
+
+    rows = ["| attack | runs | succeeds on a fact when | per-fact statistic (leaks when) |", "|---|---|---|---|"]
+    rows += [f"| `{a.name}` | {runs(a)} | {a.succeeds} | " + (f"{a.statistic} ({a.leaks})" if a.two_sided else
+                                                             "- (no two-sided verdict)") + " |" for a in ATTACKS]
     return "\n".join(rows) + "\n"
 
 

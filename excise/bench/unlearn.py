@@ -53,8 +53,8 @@ from excise.locate import FisherConfig, Localization, attribution_patching, fish
 from excise.methods import METHODS
 from excise.methods import get as get_method
 from excise.models import load
-from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited
-from excise.verify.attacks import queries, two_sided
+from excise.verify import ATTACKS, AuditConfig, AuditReport, audit
+from excise.verify.attacks import defaults, queries, two_sided
 from excise.verify.results import ModelAudit
 from excise.weights import copy_model
 
@@ -221,7 +221,7 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
     subjects = {f.subject for f in forget}
     neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed,
                                              with_heads="ablate_heads" in methods)
-    config = AuditConfig(seed=seed, attacks=attacks or audited())
+    config = AuditConfig(seed=seed, attacks=attacks or defaults())
     context = organism.context(forget, n_holdout_people=holdout_people, n_retain=200, seed=seed)
     held = {f.key for f in context.retain}
     split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
@@ -294,7 +294,7 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
         t0 = time.perf_counter()
         split = bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people,
-                            quick_attacks() if quick else audited())
+                            quick_attacks() if quick else defaults())
         split["wall_seconds"] = time.perf_counter() - t0
         if s in old:                  # a subset of methods re-run: the split's other rows are kept
             split = merge_rows(old[s], split, methods)

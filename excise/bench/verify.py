@@ -43,7 +43,7 @@ from excise.bench.results import write_result
 from excise.display import fmt
 from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited, guardrail, suppress_last_layer
-from excise.verify.attacks import queries
+from excise.verify.attacks import defaults, queries
 from excise.verify.calibration import over_suppress
 from excise.verify.leakage import MEANINGFUL_EFFECT
 from excise.weights import copy_model
@@ -130,10 +130,10 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
         "oracle_holdout_draws": draws,
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
         "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
-        "original_attack_success": {a: base.success("edited", a) for a in audited()},
-        "oracle_attack_success": {a: base.success("oracle", a) for a in audited()},
-        "oracle_chance": {a: base.chance("oracle", a) for a in audited()},
-        "oracle_p_above_chance": {a: base.above_chance("oracle", a) for a in audited()},
+        "original_attack_success": {a: base.success("edited", a) for a in defaults()},
+        "oracle_attack_success": {a: base.success("oracle", a) for a in defaults()},
+        "oracle_chance": {a: base.chance("oracle", a) for a in defaults()},
+        "oracle_p_above_chance": {a: base.above_chance("oracle", a) for a in defaults()},
         "original_attacks_top1": _attack_table(base, "edited", 1),
         "oracle_attacks_top1": _attack_table(base, "oracle", 1),
         "oracle_forget_quality_vs_itself": base.forget_quality("oracle"),

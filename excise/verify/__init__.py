@@ -12,7 +12,7 @@ or on unrelated facts), next to the oracle's. (What deleting one fact does to
 the others is an experiment above verify: `excise.experiments.entanglement`.)
 """
 
-from excise.verify.attacks import ATTACKS, Attack, audited, register_attack
+from excise.verify.attacks import ATTACKS, Attack, audited, defaults, register_attack
 from excise.verify.audit import AuditConfig, audit
 from excise.verify.calibration import guardrail, suppress_last_layer
 from excise.verify.forget_quality import forget_quality, organism_utility, truth_ratios
@@ -23,7 +23,7 @@ from excise.verify.relearn import RelearnConfig, RelearnCurve, relearn, relearn_
 from excise.verify.report import AuditReport
 
 # In reading order (the API reference follows it): the audit, what it returns, its config, each attack, the rest.
-__all__ = ["audit", "AuditReport", "AuditConfig", "ATTACKS", "Attack", "register_attack", "audited", "probe", "logit_lens", "relearn", "relearn_curve",
+__all__ = ["audit", "AuditReport", "AuditConfig", "ATTACKS", "Attack", "register_attack", "audited", "defaults", "probe", "logit_lens", "relearn", "relearn_curve",
            "membership_inference", "membership_scores", "auc", "truth_ratios", "forget_quality", "organism_utility",
            "Probe", "LensProbe", "RelearnConfig", "RelearnCurve", "guardrail",
            "suppress_last_layer"]

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from excise.context import KnowledgeContext
 from excise.facts import Fact
 from excise.scoring import general_loss, recalled
-from excise.verify.attacks import audited, leakage, to_run
+from excise.verify.attacks import audited, defaults, leakage, to_run
 from excise.verify.forget_quality import organism_utility, truth_ratios
 from excise.verify.relearn import RelearnConfig
 from excise.verify.report import AuditReport
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AuditConfig:
     top_b: int = 20                       # an attack succeeds when the target is in the top-B (Patil et al.: 20)
-    attacks: tuple[str, ...] = field(default_factory=audited)   # the registered audited attacks (excise.verify.ATTACKS)
+    attacks: tuple[str, ...] = field(default_factory=defaults)  # the registered default attacks (excise.verify.ATTACKS)
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     mia_fpr: float = 0.05                 # membership verdicts: the chance level
     seed: int = 0
@@ -151,7 +151,7 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
     facts = list(facts)
     if not facts:
         raise ValueError("audit needs at least one fact (the facts that should be gone)")
-    config = config or AuditConfig(attacks=tuple(attacks) if attacks is not None else audited(), seed=seed)
+    config = config or AuditConfig(attacks=tuple(attacks) if attacks is not None else defaults(), seed=seed)
     if config.relearn.seed != config.seed:
         config = AuditConfig(**{**{k: getattr(config, k) for k in config.__dataclass_fields__},
                                 "relearn": RelearnConfig(**{**asdict(config.relearn), "seed": config.seed})})

@@ -39,8 +39,8 @@ class AttackRanks:
         return cls(**{k: v for k, v in evidence.items() if k in known},
                    extra={k: v for k, v in evidence.items() if k not in known})
 
-    def ranks(self, attack: str) -> list[int] | None:
-        """The per-fact ranks of the rank attack `attack`; None if it was not run."""
+    def ranks(self, attack: str) -> list[int] | list[float] | None:
+        """The per-fact ranks of the rank attack `attack` (a score attack's scores); None if it was not run."""
         from excise.verify.attacks import ATTACKS
 
         ATTACKS.check(attack)

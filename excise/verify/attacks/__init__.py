@@ -1,14 +1,25 @@
 """The audit's attacks, one file each, in one registry (see `base`).
 
     excise.verify.ATTACKS.names()       # probes logit_lens head_projection relearn membership truth_ratio
+                                        # quantization exact_memorization extraction_strength extraction_strength_full
     excise.verify.register_attack(MyAttack())
 """
 
-from excise.verify.attacks import head_projection, logit_lens, membership, probes, relearn, truth_ratio
+from excise.verify.attacks import (
+    head_projection,
+    logit_lens,
+    membership,
+    memorization,
+    probes,
+    quantization,
+    relearn,
+    truth_ratio,
+)
 from excise.verify.attacks.base import (
     ATTACKS,
     Attack,
     audited,
+    defaults,
     leakage,
     ordered,
     queries,
@@ -18,7 +29,9 @@ from excise.verify.attacks.base import (
 )
 
 # The built-in attacks, registered in this order (the order of the report's rows and the benches' columns).
-for _module in (probes, logit_lens, head_projection, relearn, membership, truth_ratio):
-    register_attack(_module.ATTACK)
+for _attack in (probes.ATTACK, logit_lens.ATTACK, head_projection.ATTACK, relearn.ATTACK, membership.ATTACK,
+                truth_ratio.ATTACK, quantization.ATTACK, memorization.EXACT_MEMORIZATION,
+                memorization.EXTRACTION_STRENGTH, memorization.EXTRACTION_STRENGTH_FULL):
+    register_attack(_attack)
 
-__all__ = ["ATTACKS", "Attack", "audited", "leakage", "ordered", "queries", "register_attack", "to_run", "two_sided"]
+__all__ = ["ATTACKS", "Attack", "audited", "defaults", "leakage", "ordered", "queries", "register_attack", "to_run", "two_sided"]

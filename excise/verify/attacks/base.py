@@ -37,6 +37,8 @@ class Attack:
     # along with the attack named in `with_attack`, or is read from what the audit measures anyway
     audited: ClassVar[bool] = True
     with_attack: ClassVar[str | None] = None
+    # default: run when the audit is not told which attacks (AuditConfig.attacks); False: only when named
+    default: ClassVar[bool] = True
     two_sided: ClassVar[bool] = True         # has a verdict against never-seen facts
     # fine-tunes a copy of the model (relearning): the costly kind, and not a black-box query of the model as
     # it is (an output hook, e.g. a guardrail, does not follow it onto the copy)
@@ -54,7 +56,7 @@ class Attack:
         `result` here (after every `run`)."""
 
     # -- reading the evidence (rank attacks; others override) ----------------------------------------------
-    def ranks(self, ranks: AttackRanks | None) -> list[int] | None:
+    def ranks(self, ranks: AttackRanks | None) -> list[int] | list[float] | None:
         return ranks.ranks(self.name) if ranks is not None else None
 
     def ran(self, result: ModelAudit) -> bool:
@@ -118,6 +120,12 @@ def audited() -> tuple[str, ...]:
     """Returns the names of the attacks an audit runs by default and counts in its "any" success
     (AuditConfig.attacks), in registry order. Cost: none (reads the registry)."""
     return tuple(a.name for a in ATTACKS if a.audited)
+
+
+def defaults() -> tuple[str, ...]:
+    """Returns the attacks an audit runs when not told which (AuditConfig.attacks): the audited ones that are
+    `default`. Cost: none."""
+    return tuple(a.name for a in ATTACKS if a.audited and a.default)
 
 
 def queries() -> tuple[str, ...]:

@@ -1,0 +1,64 @@
+"""Issue 37's attacks: weights rounded to 8 and 4 bits, and the answers' teacher-forced memorization."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import excise
+from excise.verify.quantize import quantized, round_to_nearest
+from excise.weights import linear
+
+
+def test_round_to_nearest_is_per_output_channel_absmax():
+    W = torch.tensor([[1.0, -0.2], [0.6, 0.12], [-0.26, 0.05]])     # [d_in 3, d_out 2]
+    q = round_to_nearest(W, 2)                                       # levels -1, 0, 1 times max|column|
+    assert torch.equal(q, torch.tensor([[1.0, -0.2], [1.0, 0.2], [0.0, 0.0]]))
+    q8 = round_to_nearest(W, 8)                                      # 127 levels: error <= half a step
+    assert ((q8 - W).abs() <= W.abs().amax(0) / 127 / 2 + 1e-7).all() and (q8.abs().amax(0) == W.abs().amax(0)).all()
+    with pytest.raises(ValueError, match="bits must be in 2..16"):
+        round_to_nearest(W, 1)
+
+
+def test_quantized_rounds_every_block_linear_of_a_copy(tiny):
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    q = quantized(tiny, 4)
+    assert all(torch.equal(before[n], p) for n, p in tiny.named_parameters())           # the model given: unchanged
+    for layer in range(tiny.cfg.n_layers):
+        for name in ("mlp.in", "mlp.out", "attn.q", "attn.o"):
+            W = linear(q, layer, name).W
+            assert max(len(torch.unique(W[:, j])) for j in range(W.shape[1])) <= 15, (layer, name)   # 2^4 - 1
+    changed = {n for n, p in q.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and not any("embed" in n or "ln" in n or "norm" in n for n in changed), changed
+
+
+def test_the_new_attacks_give_verdicts_and_the_original_organism_leaks_on_them(organism_model, world):
+    """On the unedited organism, 20 facts against 20 never-seen people's: every new attack leaks. Its answers
+    are one or two tokens, so open-unlearning's extraction strength (1 for a wrong one-token answer) says less
+    than the full one."""
+    from excise.verify import AuditConfig, audit
+
+    facts = list(world.sample(20, seed=0))
+    context = excise.organism.context(facts, 4, 20)
+    new = ("quantization", "exact_memorization", "extraction_strength", "extraction_strength_full")
+    report = audit(organism_model, facts, context=context, progress=False, config=AuditConfig(attacks=new))
+    verdicts = {a: v.verdict for a, v in report.leakage().items()}
+    assert {a: verdicts[a] for a in ("quantization", "exact_memorization", "extraction_strength_full")} == \
+        dict.fromkeys(("quantization", "exact_memorization", "extraction_strength_full"), "leaks")
+
+
+def test_the_cli_runs_the_attacks_named_and_refuses_an_unknown_one(tmp_path, world, capsys):
+    import json
+
+    from excise.cli import main
+
+    facts = tmp_path / "facts.json"
+    facts.write_text(json.dumps([{"subject": s, "relation": "birthplace"} for s in world.subjects[:6]]))
+    out = tmp_path / "audit"
+    assert main(["verify", "organism", "--facts", str(facts), "--holdout-people", "6", "--attacks",
+                 "quantization, exact_memorization", "--out", str(out)]) == 0
+    report = excise.verify.AuditReport.load(out / "audit.json")
+    assert set(report.leakage()) == {"quantization", "exact_memorization", "truth_ratio"}    # truth ratio rides along
+    assert "leakage: quantization" in (out / "audit.md").read_text()
+    assert main(["verify", "organism", "--facts", str(facts), "--attacks", "zap", "--out", str(out)]) == 2
+    assert "unknown attacks ['zap']" in capsys.readouterr().err
