@@ -467,7 +467,7 @@ def summary(r: dict[str, Any], depth: int = 2) -> str:
                        + (": " + ", ".join(f"{x['label']} ({x['scope']}, utility {_f(x['utility'])})"
                                            for x in clean) if clean else "") + ".")
             rejected = {a: sum(x.get("leakage", {}).get(a, {}).get("verdict") not in (None, "indistinguishable")
-                               for x in edits) for a in two_sided()}
+                               for x in edits) for a in two_sided() if any(a in x.get("leakage", {}) for x in edits)}
             out.append("  Rows each attack tells apart from never-seen facts: "
                        + ", ".join(f"{a.replace('_', ' ')} {n}" for a, n in rejected.items()) + ".")
         oracle = next((x for x in s["rows"] if x["method"] == "oracle" and x.get("leakage")), None)
