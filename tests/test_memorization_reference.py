@@ -18,6 +18,9 @@ OPEN_UNLEARNING_EM = [1.0, 0.0, 0.5, 0.3333333432674408, 1.0, 0.6000000238418579
 
 def test_exact_memorization_and_extraction_strength_are_open_unlearnings():
     m = [[bool(x) for x in row] for row in MATCHES]
+    # Python arithmetic on counts, no torch kernel: the same on every CPU. Their EM is a float32 division (one
+    # rounding: rel <= 2^-24 = 6e-8 < 1e-7) against excise's float64; their ES and excise's are both float64
+    # 1 - k / n (two roundings: ~2e-16, far below 1e-12)
     assert [exact_memorization(r) for r in m] == pytest.approx(OPEN_UNLEARNING_EM, rel=1e-7)
     assert [extraction_strength(r) for r in m] == pytest.approx(OPEN_UNLEARNING_ES, rel=1e-12)
 
@@ -27,6 +30,6 @@ def test_the_full_extraction_strength_scores_zero_when_nothing_is_predicted():
     predicted (and 1 for a wrong one-token answer), it gives 0; elsewhere the two agree."""
     m = [[bool(x) for x in row] for row in MATCHES]
     full = [extraction_strength(r, reference=False) for r in m]
-    assert full == pytest.approx([1.0, 0.0, 0.5, 1 / 3, 1.0, 0.2, 0.0], rel=1e-12)
+    assert full == pytest.approx([1.0, 0.0, 0.5, 1 / 3, 1.0, 0.2, 0.0], rel=1e-12)   # float64, as above
     with pytest.raises(ValueError, match="no tokens"):
         extraction_strength([])

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from excise.bench.calibration import _foreign_suite
+from excise.bench.foreign import foreign_suite
 from excise.bench.results import write_result
 from excise.context import derive
 from excise.facts import FactSet
@@ -85,7 +85,7 @@ def _pooled(runs: list[dict[str, Any]], key: str, family: str | None = None) -> 
 def run(out: str | Path, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    suite = _foreign_suite()
+    suite = foreign_suite()
     start = time.perf_counter()
     rows = []
     for arch in ("gpt2", "llama"):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from excise import organism
+from excise.bench.foreign import foreign_suite
 from excise.bench.results import write_result
 from excise.context import KnowledgeContext, derive, facts_about, generated_subjects
 from excise.facts import Fact, FactSet
@@ -81,28 +82,13 @@ def organism_cases(seed: int = 0, fraction: float = 0.05, progress: bool = False
             "cases": out}
 
 
-def _foreign_suite() -> Any:
-    """The repository's tests/foreign.py (it builds the foreign models and their oracles), found beside the
-    package in a clone wherever the command runs from."""
-    import importlib
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "tests" / "foreign.py").is_file():
-        raise FileNotFoundError(f"bench calibration's foreign oracles need the repository's tests/foreign.py, not "
-                                f"found under {root}: run it from a clone of excise (pip install -e .)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    return importlib.import_module("tests.foreign")
-
-
 def foreign_oracles(seed: int = 0) -> dict[str, Any]:
     """Each foreign model and its retrain oracle (without FOREIGN_SUBJECTS subjects' facts) against the derived
     never-seen baseline, every attack."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    F = _foreign_suite()
+    F = foreign_suite()
 
     out: dict[str, Any] = {}
     for arch, recipe in (("gpt2", F.GPT2), ("llama", F.LLAMA)):

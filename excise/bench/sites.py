@@ -60,18 +60,15 @@ COLUMNS = ("efficacy", "paraphrase_forget", "held_out_forget", "same_subject_kep
 def foreign_dir(arch: str, seed: int = 0) -> Path:
     """The foreign model of tests/foreign.py (needs the repository's tests/): seed 0 is the pair the tests load
     (shipped in tests/data/foreign); another seed is built into the cache on first use."""
+    from excise.bench.foreign import foreign_suite
     from excise.cache import cache_dir
 
-    try:
-        from tests.foreign import build_gpt2, build_llama, shipped_dir
-    except ImportError as e:
-        raise ImportError("the foreign models are built by tests/foreign.py: run `excise bench sites` from the "
-                          "repository root (python -m excise.cli bench sites)") from e
+    F = foreign_suite()
     if seed == 0:
-        return shipped_dir(arch)
+        return F.shipped_dir(arch)
     path = cache_dir() / "foreign" / f"{arch}-seed{seed}"
     if not (path / "foreign.json").exists():
-        (build_gpt2 if arch == "gpt2" else build_llama)(path, seed=seed)
+        (F.build_gpt2 if arch == "gpt2" else F.build_llama)(path, seed=seed)
     return path
 
 

@@ -62,14 +62,18 @@ class Attack:
     def ran(self, result: ModelAudit) -> bool:
         return self.ranks(result.attacks) is not None
 
+    def hit(self, value: float, b: int) -> bool:
+        """Did the attack succeed on a fact whose statistic is `value` (a rank: target in the top-B)?"""
+        return value < b
+
     def per_fact(self, result: ModelAudit, b: int) -> list[bool]:
         """Per fact: did the attack succeed (target in the top-B)?"""
-        return [r < b for r in self.ranks(result.attacks) or []]
+        return [self.hit(r, b) for r in self.ranks(result.attacks) or []]
 
     def chance(self, result: ModelAudit, b: int) -> float | None:
         """Its success on never-seen facts."""
         ranks = self.ranks(result.chance)
-        return sum(r < b for r in ranks) / len(ranks) if ranks else None
+        return sum(self.hit(r, b) for r in ranks) / len(ranks) if ranks else None
 
     def above_chance(self, result: ModelAudit, b: int) -> float | None:
         """One-sided p that it succeeds more often on the facts than on never-seen ones (Fisher's exact test:
@@ -79,7 +83,7 @@ class Attack:
         verdicts, ranks = self.per_fact(result, b), self.ranks(result.chance)
         if not verdicts or not ranks:
             return None
-        k, n, kh = sum(verdicts), len(verdicts), sum(r < b for r in ranks)
+        k, n, kh = sum(verdicts), len(verdicts), sum(self.hit(r, b) for r in ranks)
         return float(fisher_exact([[k, n - k], [kh, len(ranks) - kh]], alternative="greater").pvalue)
 
     def verdict(self, result: ModelAudit, alpha: float = ALPHA, power: float = POWER) -> AttackVerdict | None:

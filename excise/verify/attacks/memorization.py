@@ -24,21 +24,8 @@ class ScoreAttack(Attack):
                                       for f, m in zip(facts, matches, strict=True)]}
 
     # ranks() returns the scores; success is a whole answer predicted
-    def per_fact(self, result, b):
-        return [s >= 1.0 for s in self.ranks(result.attacks) or []]
-
-    def chance(self, result, b):
-        scores = self.ranks(result.chance)
-        return sum(s >= 1.0 for s in scores) / len(scores) if scores else None
-
-    def above_chance(self, result, b):
-        from scipy.stats import fisher_exact
-
-        mine, never = self.per_fact(result, b), self.ranks(result.chance)
-        if not mine or not never:
-            return None
-        k, n, kh = sum(mine), len(mine), sum(s >= 1.0 for s in never)
-        return float(fisher_exact([[k, n - k], [kh, len(never) - kh]], alternative="greater").pvalue)
+    def hit(self, value, b):
+        return value >= 1.0
 
     def verdict(self, result, alpha=ALPHA, power=POWER):
         mine, never = self.ranks(result.attacks), self.ranks(result.chance)
