@@ -1,4 +1,5 @@
-"""Issue 37's attacks: weights rounded to 8 and 4 bits, and the answers' teacher-forced memorization."""
+"""Issue 37's attacks: weights rounded to 8 and 4 bits, the answers' teacher-forced memorization, membership by
+gradient norm and against the oracle, and the depth of a deletion by patching (UDS)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,53 @@ def test_the_cli_runs_the_attacks_named_and_refuses_an_unknown_one(tmp_path, wor
     assert "leakage: quantization" in (out / "audit.md").read_text()
     assert main(["verify", "organism", "--facts", str(facts), "--attacks", "zap", "--out", str(out)]) == 2
     assert "unknown attacks ['zap']" in capsys.readouterr().err
+
+
+def test_membership_against_the_oracle_and_the_depth_score_place_a_shallow_edit(organism_model, oracle_5pct):
+    """20 facts of the 5% split, the shipped oracle trained without them, and an NPO that may change only the
+    last block (recall 0 after it). Against never-seen people's facts, gradient norm and the reference attack
+    (the oracle as reference) call the unedited model a leak; the oracle's own reference row is not computed
+    (against itself it is 0 on every fact). UDS puts the last-block edit between the unedited model (0 exactly:
+    its own states) and the oracle: only the last layer's states lost what the oracle lacks."""
+    from excise.context import KnowledgeContext
+    from excise.verify import AuditConfig, audit, suppress_last_layer
+    from excise.weights import copy_model
+
+    forget, retain, oracle = oracle_5pct
+    facts = list(forget)[:20]
+    # never-seen people's facts only: no truth ratios or utility, which these attacks do not need (7 of 10 s)
+    context = KnowledgeContext(holdout=excise.organism.context(facts, 4, 20).holdout)
+    config = AuditConfig(attacks=("membership", "gradnorm", "reference", "depth"))
+    base = audit(organism_model, facts, oracle=oracle, context=context, progress=False, config=config)
+    assert {a: base.leakage("edited")[a].verdict for a in ("gradnorm", "reference")} == \
+        dict.fromkeys(("gradnorm", "reference"), "leaks")
+    assert "reference" not in base.leakage("oracle") and base.depth("edited") is None     # no unedited model given
+    assert base.privleak("edited") < -50 and base.privleak("oracle") is None             # members plain to see
+
+    shallow = copy_model(organism_model)
+    suppress_last_layer(shallow, facts, list(retain.sample(200, seed=7)))
+    report = audit(shallow, facts, reference=organism_model, oracle=oracle, context=context, progress=False,
+                   config=AuditConfig(attacks=("probes", "depth")))
+    assert report.recall("edited") == 0.0 and report.depth("reference") == 0.0
+    profile = report.models["edited"].attacks.extra["depth_rows"]["profile"]
+    assert profile[:-1] == [0.0] * (len(profile) - 1) and profile[-1] > 0.9, profile
+    assert 0.2 < report.depth("edited") < 0.6          # 0.387 on the AVX-512 and on the default float path
+    assert report.success("edited", "depth") > 0.5                                # most facts read back out
+
+
+def test_the_memorization_attacks_share_one_forward_within_an_audit_run(organism_model, world):
+    from excise.verify.memorization import greedy_matches, shared_forwards
+
+    facts = list(world.sample(6, seed=1))
+    calls = []
+    handle = organism_model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        alone = [greedy_matches(organism_model, facts), greedy_matches(organism_model, facts)]
+        assert len(calls) == 2
+        with shared_forwards():
+            shared = [greedy_matches(organism_model, facts), greedy_matches(organism_model, facts)]
+            greedy_matches(organism_model, facts[:3])                        # other facts: their own forward
+        assert len(calls) == 4
+    finally:
+        handle.remove()
+    assert alone[0] == alone[1] == shared[0] == shared[1]

@@ -230,8 +230,9 @@ def test_verify_on_the_traced_rome_record_shows_the_facts_gone(foreign):
     `excise verify` on its record."""
     record = foreign.rome()
     out = foreign.out / "audit_traced"
+    # the probes give the recall asserted here; the full audit through the CLI is the next test's
     foreign.cli("verify_traced", "verify", foreign.dir, "--facts", foreign.facts_file, "--retain", foreign.retain_file,
-                "--record", record, "--out", out)
+                "--record", record, "--out", out, "--attacks", "probes")
     report = AuditReport.load(out / "audit.json")
     check(foreign, "verify_traced_reference", report.recall("reference"))
     check(foreign, "verify_traced_edited", report.recall("edited"))

@@ -95,7 +95,8 @@ def test_cli_options_are_cast_by_the_config_field_types(tmp_path):
 def test_every_attack_has_one_name_and_a_users_attack_joins_the_audit(organism_model, world):
     from excise.verify import ATTACKS, AuditConfig, audit, audited, defaults
 
-    new = ("quantization", "exact_memorization", "extraction_strength", "extraction_strength_full")
+    new = ("quantization", "exact_memorization", "extraction_strength", "extraction_strength_full", "gradnorm",
+           "reference", "depth")
     assert ATTACKS.names() == ("probes", "logit_lens", "head_projection", "relearn", "membership", "truth_ratio", *new)
     assert audited() == ("probes", "logit_lens", "relearn", "membership", *new)
     assert defaults() == AuditConfig().attacks == ("probes", "logit_lens", "relearn", "membership")   # the rest: named

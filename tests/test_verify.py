@@ -302,12 +302,12 @@ def test_what_the_audit_cannot_compute_is_reported_not_dropped(organism_model, t
     missing = report.config["not_computed"]
     assert set(missing) == {"chance levels and membership inference", "retain recall and model utility",
                             "general-text loss and model utility", "truth ratios and forget quality",
-                            "the retrain-oracle column and forget quality"}
+                            "the retrain-oracle column, forget quality, privleak and the reference membership attack"}
     assert "pass holdout=" in missing["chance levels and membership inference"]
     assert "not computed: chance levels and membership inference (no holdout" in report.summary()
     full = audit(organism_model, two_people, config=AuditConfig(attacks=("probes",)),
                  context=small_context(two_people), progress=False)
-    assert set(full.config["not_computed"]) == {"the retrain-oracle column and forget quality"}
+    assert set(full.config["not_computed"]) == {"the retrain-oracle column, forget quality, privleak and the reference membership attack"}
     with pytest.raises(ValueError, match="oracle=True takes the context's oracle"):
         audit(organism_model, two_people, oracle=True, progress=False)
 

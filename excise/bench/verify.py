@@ -46,8 +46,11 @@ from excise.display import fmt
 from excise.models import load
 from excise.verify import ATTACKS, AuditConfig, AuditReport, audit, audited, guardrail, suppress_last_layer
 from excise.verify.attacks import queries
+from excise.verify.attacks.depth import SHALLOW
 from excise.verify.calibration import over_suppress
+from excise.verify.depth import unlearning_depth
 from excise.verify.leakage import MEANINGFUL_EFFECT
+from excise.verify.membership import answer_rows
 from excise.weights import copy_model
 
 CASES = ("original", "oracle", "guardrail", "last_layer", "over_suppressed_npo")
@@ -98,16 +101,17 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     base = audit(original, forget, oracle=oracle, config=config, context=context, progress=progress)
     total = time.perf_counter() - t0
 
+    clean = copy_model(original)            # the unedited model beside the guarded one (the hook is on `original`)
     with guardrail(original, forget):       # relearning fine-tunes copies, which the output hook does not follow
-        guarded = audit(original, forget, config=AuditConfig(attacks=queries(), seed=seed), context=context,
-                        progress=progress)
+        guarded = audit(original, forget, reference=clean, oracle=oracle,
+                        config=AuditConfig(attacks=queries(), seed=seed), context=context, progress=progress)
 
     npo = copy_model(original)
     t_npo = time.perf_counter()
     npo_record = over_suppress(npo, forget, list(world.retain_set(forget, n=400, seed=seed + 7)), seed=seed,
                                progress=progress)
     t_npo = time.perf_counter() - t_npo
-    over = audit(npo, forget, reference=original, config=config, context=context, progress=progress)
+    over = audit(npo, forget, reference=original, oracle=oracle, config=config, context=context, progress=progress)
 
     suppressed = copy_model(original)
     record = suppress_last_layer(suppressed, forget, list(world.retain_set(forget, n=400, seed=seed + 7)), seed=seed)
@@ -115,6 +119,11 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
                     progress=progress)
 
     draws = holdout_draws(oracle, forget, seed, progress)
+    models = {"original": original, "oracle": oracle, "guardrail": None, "last_layer": suppressed,
+              "over_suppressed_npo": npo}
+    depth = {case: _depth(original, m, oracle, forget) for case, m in models.items() if m is not None}
+    with guardrail(original, forget):
+        depth["guardrail"] = _depth(clean, original, oracle, forget)
 
     reports = {"original": (base, "edited"), "oracle": (base, "oracle"), "guardrail": (guarded, "edited"),
                "last_layer": (shallow, "edited"), "over_suppressed_npo": (over, "edited")}
@@ -130,6 +139,9 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
                                 "retain_kept": over.kept("retain"),
                                 "truth_ratio_median": statistics.median(over.models["edited"].truth_ratios)},
         "oracle_holdout_draws": draws,
+        "depth": depth,
+        "privleak": {case: rep.privleak(role) for case, (rep, role) in reports.items() if role != "oracle"},
+        "caught_only_by_new": {case: _only_new(verdicts[case]) for case in CASES},
         "forget_facts": len(forget), "forget_people": len({f.subject for f in forget}),
         "holdout_facts": base.config["n_holdout"], "top_b": config.top_b,
         "original_attack_success": {a: base.success("edited", a) for a in audited()},
@@ -158,6 +170,28 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, progress: bool =
     write_result(out, "verify", r, to_markdown(r, base, shallow, over), seed=seed,
                  wall_seconds=time.perf_counter() - start)
     return r
+
+
+OLD = ("probes", "logit_lens", "relearn", "membership", "truth_ratio")      # the audit's attacks before issue 37
+
+
+def _only_new(verdicts: dict[str, str]) -> dict[str, str]:
+    """The new attacks' verdicts on a case where none of the old five found anything (every old verdict
+    indistinguishable or underpowered); empty when an old one did."""
+    if any(verdicts.get(a) in ("leaks", "over_suppressed") for a in OLD):
+        return {}
+    return {a: v for a, v in verdicts.items() if a not in OLD and v in ("leaks", "over_suppressed")}
+
+
+def _depth(full: Any, model: Any, oracle: Any, forget: list) -> dict[str, Any]:
+    """UDS of `model` read through `full` against `oracle` on the forget facts (excise.verify.depth)."""
+    rows, n_answer = answer_rows(full, forget)
+    t0 = time.perf_counter()
+    found = unlearning_depth(full, model, oracle, rows, n_answer)
+    return {"uds": found.score, "profile": found.profile(), "facts_with_encoding_layers":
+            sum(u is not None for u in found.uds), "shallow_share": sum(u is not None and u < SHALLOW
+                                                                     for u in found.uds) / len(found.uds),
+            "seconds": time.perf_counter() - t0}
 
 
 DRAWS = 5                   # holdout draws the oracle is re-judged on (the main audit's is the first)
@@ -195,6 +229,34 @@ def _draws_table(r: dict[str, Any]) -> list[str]:
                  + ("" if v.get("layer") is None else f", L{v['layer']}") for a in attacks]
         lines.append(f"| {d['context_seed']} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _depth_table(r: dict[str, Any]) -> list[str]:
+    depth, leak = r.get("depth"), r.get("privleak", {})
+    if not depth:
+        return []
+    lines = ["## Depth (UDS) and PrivLeak", "",
+             "UDS (Lee et al. 2026, `excise.verify.depth`): the oracle's and each model's residual stream patched "
+             "block by block into the unedited organism at the positions that predict the answer; 1 = every "
+             "layer that encodes the fact lost what the oracle lacks, 0 = intact (the original is 0 and the "
+             "oracle 1 by construction). Profile: per layer, the share of the oracle's drop reproduced. "
+             f"Shallow: share of facts with UDS < {SHALLOW}. PrivLeak (MUSE, open-unlearning's formula): answer "
+             "Min-K% (k 0.4) AUC against the oracle's, in percent; 0 = the oracle's level, -100 = members plain "
+             "to see.", "",
+             "| case | UDS | profile (layer 0..) | shallow | facts with an encoding layer | PrivLeak % |",
+             "|---|---|---|---|---|---|"]
+    for case in CASES:
+        d = depth.get(case)
+        if d is None:
+            continue
+        prof = ", ".join(_f(x) for x in d["profile"])
+        lines.append(f"| {case} | {_f(d['uds'])} | {prof} | {_f(d['shallow_share'])} | "
+                     f"{d['facts_with_encoding_layers']} | {_f(leak.get(case))} |")
+    only = {c: v for c, v in r.get("caught_only_by_new", {}).items() if v}
+    lines += ["", "Cases none of the old five attacks (" + ", ".join(OLD) + ") caught but a new one did: "
+              + ("; ".join(f"{c}: " + ", ".join(f"{a} {v}" for a, v in per.items()) for c, per in only.items())
+                 if only else "none") + ".", ""]
+    return lines
 
 
 def _f(v: Any) -> str:
@@ -235,6 +297,7 @@ def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: Aud
         f"{_f(r['over_suppressed_npo']['request_recall'])}, retain kept {_f(r['over_suppressed_npo']['retain_kept'])}, "
         f"truth ratio median {_f(r['over_suppressed_npo']['truth_ratio_median'])}.", "",
         *_draws_table(r),
+        *_depth_table(r),
         "## Top-B success (Patil et al.), one-sided, beside it", "",
         f"{r['forget_facts']} forget facts ({r['forget_people']} people), {r['holdout_facts']} holdout facts "
         f"of never-seen people for chance levels; attack success = target in the top-{r['top_b']} "

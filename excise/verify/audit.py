@@ -41,6 +41,7 @@ from excise.facts import Fact
 from excise.scoring import general_loss, recalled
 from excise.verify.attacks import audited, defaults, leakage, to_run
 from excise.verify.forget_quality import organism_utility, truth_ratios
+from excise.verify.memorization import shared_forwards
 from excise.verify.relearn import RelearnConfig
 from excise.verify.report import AuditReport
 from excise.verify.results import AttackRanks, ModelAudit
@@ -75,7 +76,7 @@ NEEDS = {
     "retain": "retain recall and model utility",
     "general": "general-text loss and model utility",
     "alternatives": "truth ratios and forget quality",
-    "oracle": "the retrain-oracle column and forget quality",
+    "oracle": "the retrain-oracle column, forget quality, privleak and the reference membership attack",
 }
 
 
@@ -89,16 +90,19 @@ def _run(attacks: list, model: Any, facts: list[Fact], config: AuditConfig, bar,
          ) -> dict[str, Any]:
     """Every selected attack's per-fact ranks and evidence on `facts` (`Attack.run`)."""
     out: dict[str, Any] = {}
-    for attack in attacks:
-        found = attack.run(model, facts, config, relearn_n=relearn_n)
-        if found:
-            out |= found
-            bar.update()
+    with shared_forwards():                  # the memorization attacks read one forward of the model
+        for attack in attacks:
+            if attack.compares_models:
+                continue
+            found = attack.run(model, facts, config, relearn_n=relearn_n)
+            if found:
+                out |= found
+                bar.update()
     return out
 
 
 def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: AuditConfig, name: str,
-               progress: bool) -> ModelAudit:
+               progress: bool, models: dict[str, Any]) -> ModelAudit:
     attacks = to_run(config.attacks)
     steps = 3 * len(config.attacks) + 4
     with tqdm(total=steps, desc=f"audit {name}", disable=not progress, leave=False) as bar:
@@ -110,6 +114,8 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
             res.chance = AttackRanks.of({k: v for k, v in chance.items() if not k.endswith("_rows")})
             for attack in attacks:
                 attack.measure(model, facts, ctx, config, res)
+                if attack.compares_models:
+                    attack.measure_models(model, facts, ctx, config, res, name, models)
             if ctx.alternatives is not None:
                 res.chance.truth_ratios = truth_ratios(model, ctx.holdout, ctx.alternatives)[0].tolist()
         bar.update()
@@ -168,7 +174,8 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
         if m is not None and m is not model:
             _check_vocabulary(model, m, role)
     t0 = time.perf_counter()
-    results = {role: _audit_one(m, facts, ctx, config, role, progress) for role, m in models.items() if m is not None}
+    present = {role: m for role, m in models.items() if m is not None}
+    results = {role: _audit_one(m, facts, ctx, config, role, progress, present) for role, m in present.items()}
     have = {"holdout": ctx.holdout, "retain": ctx.retain, "general": ctx.general, "alternatives": ctx.alternatives,
             "oracle": oracle}
     why = {field: ctx.notes.get(field, f"pass {field}=") for field in NEEDS}

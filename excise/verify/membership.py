@@ -57,8 +57,10 @@ from excise.scoring import encode, pad_batch
 from excise.weights import device_of
 
 SCORES = ("loss", "zlib", "min_k", "min_k_pp")               # whole text
-ANSWER_SCORES = ("answer_loss", "answer_min_k_pp")          # the answer tokens given the prompt
+ANSWER_SCORES = ("answer_loss", "answer_min_k", "answer_min_k_pp")   # the answer tokens given the prompt
 ATTACK_SCORE = "answer_loss"                                  # the audit's membership attack (see above)
+ANSWER_K = 0.4          # answer_min_k's k: open-unlearning's mia_min_k (configs/eval/*_metrics/mia_min_k.yaml)
+FPR = 0.05              # the score attacks' flag: above the never-seen facts' 1 - FPR quantile (their chance level)
 
 
 def fact_text(fact: Fact) -> str:
@@ -96,27 +98,42 @@ def token_statistics(model: Any, texts: Sequence[str], batch_size: int = 64) -> 
     return out
 
 
-@torch.no_grad()
-def answer_scores(model: Any, facts: Sequence[Fact], batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Per fact: the mean log-likelihood and mean Min-K%++ value of the target's tokens after its request prompt.
-
-    Tokens as the probes see them (`tokenize_prompt`, then the target).
-    Cost: ceil(F / batch_size) forwards.
-    """
+def answer_rows(model: Any, facts: Sequence[Fact]) -> tuple[list[list[int]], list[int]]:
+    """Per fact: its request prompt's tokens followed by the target's (as the probes tokenize them), and how
+    many of them are the target's."""
     rows, n_answer = [], []
     for f in facts:
         pt = tokenize_prompt(model, f, f.prompt)
         rows.append(pt.tokens.tolist() + list(pt.target_ids))
         n_answer.append(len(pt.target_ids))
-    pad = model.tokenizer.pad_token_id or 0
+    return rows, n_answer
+
+
+@torch.no_grad()
+def answer_scores(model: Any, facts: Sequence[Fact], batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Per fact: the mean log-likelihood, Min-K% (k = 0.4: open-unlearning's `mia_min_k` on the labelled
+    answer tokens) and mean Min-K%++ value of the target's tokens after its request prompt.
+
+    Tokens as the probes see them (`tokenize_prompt`, then the target).
+    Cost: ceil(F / batch_size) forwards.
+    """
+    rows, n_answer = answer_rows(model, facts)
+    return row_answer_scores(model, rows, n_answer, model.tokenizer.pad_token_id or 0, batch_size)
+
+
+@torch.no_grad()
+def row_answer_scores(model: Any, rows: Sequence[Sequence[int]], n_answer: Sequence[int], pad: int = 0,
+                      batch_size: int = 64) -> dict[str, np.ndarray]:
+    """`answer_scores` of token rows, each ending in `n_answer[i]` answer tokens (`model(ids)` gives logits)."""
     device = device_of(model)
     out: dict[str, list[float]] = {s: [] for s in ANSWER_SCORES}
     for start in range(0, len(rows), batch_size):
-        tokens, last = pad_batch(rows[start:start + batch_size], pad)
+        tokens, last = pad_batch([list(r) for r in rows[start:start + batch_size]], pad)
         tok_logp, z = token_scores(model(tokens.to(device)), tokens.to(device))
         for i, (n, a) in enumerate(zip(last.tolist(), n_answer[start:start + batch_size], strict=True)):
             # predicted tokens 0..n-1 are tokens 1..n; the answer is the last a of them
             out["answer_loss"].append(float(tok_logp[i, n - a:n].mean()))
+            out["answer_min_k"].append(lowest_mean(tok_logp[i, n - a:n].cpu().numpy(), ANSWER_K))
             out["answer_min_k_pp"].append(float(z[i, n - a:n].mean()))
     return {s: np.asarray(v) for s, v in out.items()}
 
@@ -194,3 +211,54 @@ def membership_inference(model: Any, forget: Sequence[Fact], holdout: Sequence[F
         scores={s: f[s].tolist() for s in names},
         holdout_scores={s: h[s].tolist() for s in names},
     )
+
+
+def gradient_norms(model: Any, rows: Sequence[Sequence[int]], n_answer: Sequence[int], p: float = 2.0
+                   ) -> list[float]:
+    """Per row (token ids ending in `n_answer[i]` answer tokens): the mean over the model's parameter tensors of
+    the p-norm of the gradient of the answer tokens' mean negative log-likelihood.
+
+    open-unlearning's GradNorm attack (src/evals/metrics/mia/gradnorm.py; Wang et al. 2024), one row at a time
+    as its batch size 1, with two differences: the model stays in eval mode (theirs switches to train mode, so
+    dropout draws), and every parameter's `.grad` and `requires_grad` are restored afterwards (theirs leaves
+    the last row's gradients).
+    A smaller norm reads as a member: the model is at a minimum of its training data's loss.
+    Cost: one forward and backward per row.
+    """
+    if p not in (1, 2, float("inf")):
+        raise ValueError(f"p must be 1, 2 or inf (open-unlearning's choices), got {p}")
+    params = list(model.parameters())
+    saved = [(q.grad, q.requires_grad) for q in params]
+    device = device_of(model)
+    out = []
+    try:
+        for q in params:
+            q.requires_grad_(True)                   # a frozen model is measured too, and left frozen
+        with torch.enable_grad():
+            for ids, a in zip(rows, n_answer, strict=True):
+                if not 0 < a < len(ids):
+                    raise ValueError(f"a row of {len(ids)} tokens cannot end in {a} answer tokens after a prompt")
+                for q in params:
+                    q.grad = None
+                tokens = torch.tensor([list(ids)], device=device)
+                logp = model(tokens).float().log_softmax(-1)[0, :-1].gather(-1, tokens[0, 1:, None])[:, 0]
+                (-logp[-a:].mean()).backward()
+                norms = [q.grad.detach().norm(p) for q in params if q.grad is not None]
+                out.append(float(torch.stack(norms).mean()))
+    finally:
+        for q, (g, req) in zip(params, saved, strict=True):
+            q.grad = g
+            q.requires_grad_(req)
+    return out
+
+
+def privleak(auc_model: float, auc_oracle: float) -> float:
+    """MUSE's PrivLeak in percent from two membership AUCs (forget vs never-seen facts, excise's convention:
+    1 = forget facts look like members): (AUC'_model - AUC'_oracle) / AUC'_oracle * 100 with AUC' = 1 - AUC,
+    as open-unlearning computes it (src/evals/metrics/privacy.py, its 1e-10 guard in the denominator).
+    0: the oracle's level; negative: members still visible (under-unlearned); positive: over-unlearned."""
+    for name, v in (("auc_model", auc_model), ("auc_oracle", auc_oracle)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"{name} must be an AUC in [0, 1], got {v}")
+    score, ref = 1 - auc_model, 1 - auc_oracle
+    return (score - ref) / (ref + 1e-10) * 100

@@ -17,7 +17,9 @@ excise's answers carry none, so every answer token counts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -26,12 +28,39 @@ from excise.facts import Fact
 from excise.scoring import answer_examples, pad_batch
 from excise.weights import device_of
 
+# while an audit runs the attacks on one model and one list of facts, the three memorization attacks share one
+# forward (`shared_forwards`): {(id(model), facts, family): (model, matches)}; the model is held so its id stays its own
+_SHARED: ContextVar[dict[tuple, tuple[Any, list[list[bool]]]] | None] = ContextVar("excise_matches", default=None)
 
-@torch.no_grad()
+
+@contextmanager
+def shared_forwards() -> Iterator[None]:
+    """Within the block, `greedy_matches` of the same model (object), facts and family is computed once. For a
+    run of attacks that leave the model as it is (the audit's); outside it, every call runs its forward."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
 def greedy_matches(model: Any, facts: Sequence[Fact], family: str = "request", batch_size: int = 64
                    ) -> list[list[bool]]:
     """Per fact (its first template of `family`): per answer token, is it the model's top-1 prediction there,
-    given the prompt and the answer's earlier tokens? Cost: one forward per `batch_size` facts."""
+    given the prompt and the answer's earlier tokens? Cost: one forward per `batch_size` facts (none when
+    `shared_forwards` already has them)."""
+    memo = _SHARED.get()
+    key = (id(model), tuple((f.key, f.target, f.templates(family)[:1]) for f in facts), family)
+    if memo is not None and key in memo:
+        return [list(m) for m in memo[key][1]]
+    out = _greedy_matches(model, facts, family, batch_size)
+    if memo is not None:
+        memo[key] = (model, [list(m) for m in out])
+    return out
+
+
+@torch.no_grad()
+def _greedy_matches(model: Any, facts: Sequence[Fact], family: str, batch_size: int) -> list[list[bool]]:
     examples = []
     for f in facts:
         found = answer_examples(model, [f], (family,))

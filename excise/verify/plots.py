@@ -58,8 +58,9 @@ def plot_report(report: AuditReport):
     ax.invert_yaxis()
     ax.set_xlabel("layer (residual stream after it)")
     ax.set_ylabel("target rank + 1 (median, IQR shaded)")
-    ax.set_title("Logit lens: where the answer is readable")
-    ax.legend(fontsize=8)
+    ax.set_title("Logit lens: where the answer is readable" if n_layers else "Logit lens: not run")
+    if n_layers:
+        ax.legend(fontsize=8)
 
     ax = axes[1]
     attacks = [a for a in (*audited(), "any") if any(report.success(r, a) is not None for r in roles)]

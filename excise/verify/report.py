@@ -24,6 +24,7 @@ from excise.display import fmt
 from excise.facts import json_text
 from excise.verify.attacks import ATTACKS, audited
 from excise.verify.leakage import AttackVerdict
+from excise.verify.membership import ANSWER_SCORES, SCORES
 from excise.verify.results import ModelAudit
 
 ROLES = ("reference", "edited", "oracle")
@@ -119,6 +120,26 @@ class AuditReport:
         mine = self.models[role].truth_ratios
         return forget_quality(mine, oracle) if oracle and mine else None
 
+    def depth(self, role: str = "edited") -> float | None:
+        """The Unlearning Depth Score of `role` (`excise.verify.depth`): 1 erased as in the oracle, 0 intact;
+        None where the `depth` attack did not run or had no reference and oracle, or no fact had a
+        knowledge-encoding layer."""
+        found = self.models[role].attacks.extra.get("depth_rows")
+        return found["score"] if found else None
+
+    def privleak(self, role: str = "edited") -> float | None:
+        """MUSE's PrivLeak (percent) of `role` against the oracle, from the answer-token Min-K% membership AUC
+        (`excise.verify.membership.privleak`); None without an oracle (open-unlearning then assumes an oracle
+        AUC of 0.5; excise reports it missing) or a membership run, and for the oracle itself (0 by definition)."""
+        from excise.verify.membership import privleak
+
+        if role == "oracle" or "oracle" not in self.models:
+            return None
+        mine, oracle = self.models[role].membership, self.models["oracle"].membership
+        if mine is None or oracle is None or "answer_min_k" not in mine.auc or "answer_min_k" not in oracle.auc:
+            return None
+        return privleak(mine.auc["answer_min_k"], oracle.auc["answer_min_k"])
+
     def kept(self, what: str = "neighbours") -> float | None:
         """Share of the facts the reference recalls that the edited model still recalls.
 
@@ -174,7 +195,7 @@ class AuditReport:
         for a in ATTACKS.names():
             add(f"leakage: {a}", lambda r, a=a: self.leakage(r)[a].verdict if a in self.leakage(r) else None)
             add(f"leakage AUC: {a}", lambda r, a=a: self.leakage(r)[a].auc if a in self.leakage(r) else None)
-        for score in ("loss", "zlib", "min_k", "min_k_pp", "answer_loss", "answer_min_k_pp"):
+        for score in SCORES + ANSWER_SCORES:
             add(f"MIA AUC: {score}", lambda r, s=score: self.models[r].membership.auc.get(s)
                 if self.models[r].membership is not None else None)
         add("neighbour recall", lambda r: _rate(self.models[r].neighbours))
@@ -187,6 +208,8 @@ class AuditReport:
         add("truth ratio (median)",
             lambda r: statistics.median(self.models[r].truth_ratios) if self.models[r].truth_ratios else None)
         add("forget quality (KS p vs oracle)", self.forget_quality)
+        add("privleak (% vs oracle, answer Min-K%)", self.privleak)
+        add("unlearning depth (UDS)", self.depth)
         add("model utility", lambda r: self.utility(r, relative=False))
         add("model utility / reference", self.utility)
         add("audit seconds", lambda r: self.models[r].seconds)

@@ -43,6 +43,9 @@ class Attack:
     # fine-tunes a copy of the model (relearning): the costly kind, and not a black-box query of the model as
     # it is (an output hook, e.g. a guardrail, does not follow it onto the copy)
     fine_tunes: ClassVar[bool] = False
+    # needs another of the audit's models (e.g. the oracle as a reference): `run` is not called, `measure_models`
+    # is, with every model of the audit by role
+    compares_models: ClassVar[bool] = False
 
     def run(self, model: Any, facts: list[Fact], config: AuditConfig, relearn_n: int | None = None
             ) -> dict[str, Any]:
@@ -54,6 +57,11 @@ class Attack:
                 result: ModelAudit) -> None:
         """An attack whose evidence needs the facts and the never-seen ones together writes it into
         `result` here (after every `run`)."""
+
+    def measure_models(self, model: Any, facts: list[Fact], context: KnowledgeContext, config: AuditConfig,
+                       result: ModelAudit, role: str, models: dict[str, Any]) -> None:
+        """An attack that `compares_models` writes its evidence into `result` here: `role` is the audited model's
+        ("edited", "reference" or "oracle"), `models` every model of the audit by role (absent ones left out)."""
 
     # -- reading the evidence (rank attacks; others override) ----------------------------------------------
     def ranks(self, ranks: AttackRanks | None) -> list[int] | list[float] | None:

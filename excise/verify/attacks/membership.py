@@ -4,9 +4,11 @@ facts' 1 - fpr quantile."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from excise.verify.attacks.base import Attack
 from excise.verify.leakage import ALPHA, POWER, compare
-from excise.verify.membership import ATTACK_SCORE, membership_inference
+from excise.verify.membership import ATTACK_SCORE, FPR, answer_rows, answer_scores, gradient_norms, membership_inference
 
 
 class Membership(Attack):
@@ -51,3 +53,70 @@ class Membership(Attack):
 
 
 ATTACK = Membership()
+
+
+class ScoreMembership(Attack):
+    """A membership score per fact (higher = more like a training member): a fact is flagged when its score is
+    above the never-seen facts' 1 - fpr quantile (chance: fpr); the verdict compares the two score lists."""
+
+    leaks = "forget facts score more like training members than never-seen ones"
+    needs = ("holdout",)
+    default = False                   # named to run (issue 37: joins the default audit once bench verify calibrates it)
+
+    def per_fact(self, result, b):
+        mine, never = self.ranks(result.attacks), self.ranks(result.chance)
+        if not mine or not never:
+            return []
+        threshold = float(np.quantile(never, 1 - FPR))
+        return [v > threshold for v in mine]
+
+    def chance(self, result, b):
+        return FPR if self.ranks(result.chance) else None
+
+    above_chance = Membership.above_chance
+
+    def verdict(self, result, alpha=ALPHA, power=POWER):
+        mine, never = self.ranks(result.attacks), self.ranks(result.chance)
+        if not mine or not never:
+            return None
+        return compare(self.name, mine, never, statistic=self.statistic, alpha=alpha, power=power)
+
+    def success_label(self, b):
+        return f"{self.name} (above never-seen {1 - FPR:.0%})"
+
+
+class GradNorm(ScoreMembership):
+    name = "gradnorm"
+    label = "gradient norm"
+    succeeds = "the gradient of the answer's loss (mean p=2 norm over parameter tensors) is below what 95% of " \
+               "never-seen facts give (open-unlearning's mia_gradnorm)"
+    statistic = "-(mean gradient norm of the answer tokens' loss)"
+
+    def run(self, model, facts, config, relearn_n=None):
+        rows, n_answer = answer_rows(model, facts)
+        return {self.name: [-g for g in gradient_norms(model, rows, n_answer)]}
+
+
+class Reference(ScoreMembership):
+    name = "reference"
+    label = "reference membership"
+    succeeds = "the answer's log-likelihood minus the oracle's is above what 95% of never-seen facts give " \
+               "(open-unlearning's mia_reference, the retrain oracle as the reference model)"
+    statistic = "answer log-likelihood minus the oracle's"
+    needs = ("holdout", "oracle")
+    compares_models = True
+
+    def measure_models(self, model, facts, context, config, result, role, models):
+        # the reference must never have seen the facts: the oracle. The unedited model saw them, and against it a
+        # deleted fact reads as over-suppressed and a kept one as indistinguishable (the attack turned round);
+        # the oracle against itself is 0 on every fact, which proves nothing: both are left not computed
+        ref = models.get("oracle") if role != "oracle" else None
+        if ref is None or result.chance is None or not context.holdout:
+            return
+        for facts_, into in ((facts, result.attacks), (context.holdout, result.chance)):
+            mine = answer_scores(model, facts_)["answer_loss"]
+            theirs = answer_scores(ref, facts_)["answer_loss"]
+            into.extra[self.name] = (mine - theirs).tolist()
+
+
+GRADNORM, REFERENCE = GradNorm(), Reference()
