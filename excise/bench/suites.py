@@ -103,7 +103,14 @@ def _bench_batch(a: argparse.Namespace) -> list[str]:
     return []
 
 
+def _bench_rescore(a: argparse.Namespace) -> list[str]:
+    from excise.bench.rescore import run
+
+    run(a.out, fraction=0.05, seed=a.seed, methods=_listed(a.methods), log=_log)
+    return []
+
+
 BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _bench_sequential,
                 "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
                 "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust,
-                "calibration": _bench_calibration, "batch": _bench_batch}
+                "calibration": _bench_calibration, "batch": _bench_batch, "rescore": _bench_rescore}

@@ -212,16 +212,15 @@ def row_metrics(report: AuditReport) -> dict[str, Any]:
     }
 
 
-def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
-                progress: bool, log: Callable[[str], None], holdout_people: int | None = None,
-                attacks: tuple[str, ...] | None = None) -> dict[str, Any]:
+def prepare_split(original: Any, world: Any, fraction: float, budget: Budget, seed: int, progress: bool,
+                  holdout_people: int | None = None, with_heads: bool = True
+                  ) -> tuple[Split, KnowledgeContext, Any, float | None]:
+    """The split's forget facts, located scopes, retain and stand-in facts, audit context and retrain oracle
+    (with its training seconds): what every row of the split is edited and audited with."""
     forget_set, retain = world.subjects_split(fraction, seed=seed)
     forget = list(forget_set)
-    log(f"split {fraction:.0%}: {len(forget)} facts of {len({f.subject for f in forget})} people")
     subjects = {f.subject for f in forget}
-    neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed,
-                                             with_heads="ablate_heads" in methods)
-    config = AuditConfig(seed=seed, attacks=attacks or defaults())
+    neurons, heads, locate_seconds = _locate(original, world, forget, retain, budget, seed, with_heads=with_heads)
     context = organism.context(forget, n_holdout_people=holdout_people, n_retain=200, seed=seed)
     held = {f.key for f in context.retain}
     split = Split(fraction, forget, list(retain.filter(lambda f: f.key not in held).sample(600, seed=seed + 1)),
@@ -231,6 +230,18 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
     oracle_dir = organism.retrain_dir(forget, progress=progress)
     oracle = load(str(oracle_dir), device="cpu")
     oracle_seconds = json.loads((oracle_dir / "excise_organism.json").read_text()).get("train_seconds")
+    return split, context, oracle, oracle_seconds
+
+
+def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
+                progress: bool, log: Callable[[str], None], holdout_people: int | None = None,
+                attacks: tuple[str, ...] | None = None) -> dict[str, Any]:
+    split, context, oracle, oracle_seconds = prepare_split(original, world, fraction, budget, seed, progress,
+                                                           holdout_people, with_heads="ablate_heads" in methods)
+    forget, neurons, heads, locate_seconds = split.forget, split.neurons, split.heads, split.locate_seconds
+    subjects = {f.subject for f in forget}
+    log(f"split {fraction:.0%}: {len(forget)} facts of {len(subjects)} people")
+    config = AuditConfig(seed=seed, attacks=attacks or defaults())
     base = audit(original, forget, oracle=oracle, config=config, context=context, progress=False)
     rows = [
         {"method": "original", "label": "original (no edit)", "scope": "-", "seconds": 0.0, "parameters_touched": 0,

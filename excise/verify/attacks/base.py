@@ -40,6 +40,7 @@ class Attack:
     # default: run when the audit is not told which attacks (AuditConfig.attacks); False: only when named
     default: ClassVar[bool] = True
     two_sided: ClassVar[bool] = True         # has a verdict against never-seen facts
+    ranked: ClassVar[bool] = True            # its per-fact values are ranks (lower = knows more); False: scores
     # fine-tunes a copy of the model (relearning): the costly kind, and not a black-box query of the model as
     # it is (an output hook, e.g. a guardrail, does not follow it onto the copy)
     fine_tunes: ClassVar[bool] = False
@@ -99,7 +100,8 @@ class Attack:
         facts, holdout = self.ranks(result.attacks), self.ranks(result.chance)
         if not self.two_sided or not facts or not holdout:
             return None
-        return compare(self.name, facts, holdout, statistic=self.statistic, negate=True, alpha=alpha, power=power)
+        return compare(self.name, facts, holdout, statistic=self.statistic, negate=self.ranked, alpha=alpha,
+                       power=power)
 
     def success_label(self, b: int) -> str:
         return f"{self.name} (top-{b})"

@@ -60,6 +60,7 @@ class ScoreMembership(Attack):
     above the never-seen facts' 1 - fpr quantile (chance: fpr); the verdict compares the two score lists."""
 
     leaks = "forget facts score more like training members than never-seen ones"
+    ranked = False
     needs = ("holdout",)
     default = False                   # named to run (issue 37: joins the default audit once bench verify calibrates it)
 
@@ -74,12 +75,6 @@ class ScoreMembership(Attack):
         return FPR if self.ranks(result.chance) else None
 
     above_chance = Membership.above_chance
-
-    def verdict(self, result, alpha=ALPHA, power=POWER):
-        mine, never = self.ranks(result.attacks), self.ranks(result.chance)
-        if not mine or not never:
-            return None
-        return compare(self.name, mine, never, statistic=self.statistic, alpha=alpha, power=power)
 
     def success_label(self, b):
         return f"{self.name} (above never-seen {1 - FPR:.0%})"

@@ -4,7 +4,6 @@ predicts token by token after the request prompt (`excise.verify.memorization`; 
 from __future__ import annotations
 
 from excise.verify.attacks.base import Attack
-from excise.verify.leakage import ALPHA, POWER, compare
 from excise.verify.memorization import exact_memorization, extraction_strength, greedy_matches
 
 
@@ -12,6 +11,7 @@ class ScoreAttack(Attack):
     """A per-fact score in [0, 1], higher = knows more; success: the whole answer predicted (score 1)."""
 
     leaks = "forget facts score higher than never-seen ones"
+    ranked = False
     default = False                   # named to run (issue 37: joins the default audit once bench verify calibrates it)
 
     def score(self, matches: list[bool]) -> float:
@@ -26,12 +26,6 @@ class ScoreAttack(Attack):
     # ranks() returns the scores; success is a whole answer predicted
     def hit(self, value, b):
         return value >= 1.0
-
-    def verdict(self, result, alpha=ALPHA, power=POWER):
-        mine, never = self.ranks(result.attacks), self.ranks(result.chance)
-        if not mine or not never:
-            return None
-        return compare(self.name, mine, never, statistic=self.statistic, alpha=alpha, power=power)
 
     def success_label(self, b):
         return f"{self.name} (whole answer)"
