@@ -81,6 +81,10 @@ class ScoreMembership(Attack):
 
 
 class GradNorm(ScoreMembership):
+    """open-unlearning's GradNorm. Calibration (bench verify): the original leaks and the oracle reads
+    indistinguishable on every holdout draw, but an over-suppressed model's forget answers have small gradients
+    too, so it reads over-suppression as membership: weigh its "leaks" against the other attacks'."""
+
     name = "gradnorm"
     label = "gradient norm"
     succeeds = "the gradient of the answer's loss (mean p=2 norm over parameter tensors) is below what 95% of " \
