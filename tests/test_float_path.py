@@ -22,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SENSITIVE = (
     "tests/test_alphaedit_reference.py", "tests/test_membership_reference.py", "tests/test_patil_reference.py",
-    "tests/test_causal_trace_reference.py", "tests/test_tofu_reference.py", "tests/test_foreign.py",
+    "tests/test_causal_trace_reference.py", "tests/test_tofu_reference.py", "tests/test_mia_reference.py",
+    "tests/test_uds_reference.py", "tests/test_foreign.py",
     "tests/test_cli.py::test_the_default_demo_reproduces_the_numbers_the_readme_shows",
 )
 # ATen's kernels without vector units, MKL's matrix products held to SSE4.2 (MKL picks its kernels apart from ATen,
