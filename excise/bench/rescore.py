@@ -36,10 +36,8 @@ def _verdicts(report: Any, role: str = "edited") -> dict[str, dict[str, Any]]:
             for a, v in report.leakage(role).items()}
 
 
-def run(out: str | Path, fraction: float = 0.05, seed: int = 0, methods: tuple[str, ...] | None = None,
-        progress: bool = False, log=lambda m: None) -> dict[str, Any]:
-    out = Path(out)
-    start = time.perf_counter()
+def _stored(out: Path, fraction: float) -> tuple[dict[str, Any], dict[str, Any], list[str], tuple[str, ...]]:
+    """The stored run, its split at `fraction`, the attacks its rows have verdicts for, and the ones they lack."""
     stored = read_result(out / "unlearn.json")
     [split_rows] = [s for s in stored["splits"] if s["fraction"] == fraction] or [None]
     if split_rows is None:
@@ -48,55 +46,65 @@ def run(out: str | Path, fraction: float = 0.05, seed: int = 0, methods: tuple[s
     new = tuple(a for a in audited() if a not in old)
     if not new:
         raise ValueError(f"every audited attack already has verdicts in {out / 'unlearn.json'}")
+    return stored, split_rows, old, new
+
+
+def _audit_new(model: Any, forget: list, original: Any, oracle: Any, holdout: KnowledgeContext,
+               new: tuple[str, ...], seed: int, progress: bool) -> dict[str, Any]:
+    """An edited model's verdicts on the new attacks (those that compare models with the unedited one and the
+    oracle beside it), its UDS and its efficacy."""
     one_model = tuple(a for a in new if not ATTACKS.get(a).compares_models)
     beside = tuple(a for a in new if ATTACKS.get(a).compares_models)
+    mine = audit(model, forget, config=AuditConfig(seed=seed, attacks=("probes", *one_model)), context=holdout,
+                 progress=progress)
+    both = audit(model, forget, reference=original, oracle=oracle, context=holdout, progress=progress,
+                 config=AuditConfig(seed=seed, attacks=beside)) if beside else None
+    found = {a: v for a, v in (_verdicts(mine) | (_verdicts(both) if both else {})).items() if a in new}
+    recall = mine.recall("edited", "request")
+    return {"leakage": found, "depth": both.depth("edited") if both else None,
+            "efficacy": None if recall is None else 1 - recall}
+
+
+def run(out: str | Path, fraction: float = 0.05, seed: int = 0, methods: tuple[str, ...] | None = None,
+        progress: bool = False, log=lambda m: None) -> dict[str, Any]:
+    out = Path(out)
+    start = time.perf_counter()
+    stored, split_rows, old, new = _stored(out, fraction)
     original = load("organism", device="cpu")
-    world = organism.world()
-    budget = Budget(**stored["budget"])
-    split, context, oracle, _ = prepare_split(original, world, fraction, budget, seed, progress,
-                                              with_heads=any(r["method"] == "ablate_heads" for r in split_rows["rows"]))
+    split, context, oracle, _ = prepare_split(original, organism.world(), fraction, Budget(**stored["budget"]), seed,
+                                              progress, with_heads=any(r["method"] == "ablate_heads"
+                                                                       for r in split_rows["rows"]))
     forget = split.forget
     if len(forget) != split_rows["forget_facts"] or len(context.holdout) != split_rows["audit_holdout_facts"]:
         raise ValueError("this split's facts or never-seen people differ from the stored run's: re-run the bench")
     holdout = KnowledgeContext(holdout=context.holdout)          # the attacks here need only the never-seen facts
-    table = table_rows()
-    wanted = set(methods) if methods else None
-
-    def audited_row(model: Any) -> dict[str, Any]:
-        mine = audit(model, forget, config=AuditConfig(seed=seed, attacks=("probes", *one_model)), context=holdout,
-                     progress=progress)
-        both = audit(model, forget, reference=original, oracle=oracle, context=holdout, progress=progress,
-                     config=AuditConfig(seed=seed, attacks=beside)) if beside else None
-        found = {a: v for a, v in (_verdicts(mine) | (_verdicts(both) if both else {})).items() if a in new}
-        return {"leakage": found, "depth": both.depth("edited") if both else None,
-                "efficacy": 1 - mine.recall("edited", "request") if mine.recall("edited", "request") is not None
-                else None}
-
-    rows = []
+    table, wanted = table_rows(), set(methods) if methods else None
     base = audit(original, forget, oracle=oracle, config=AuditConfig(seed=seed, attacks=new), context=holdout,
                  progress=progress)
+    rows: list[dict[str, Any]] = []
+    result = _result(fraction, seed, old, new, rows, len(forget), len(context.holdout))
     for r in split_rows["rows"]:
         name, scope = r["method"], r["scope"]
         if name in ("original", "oracle"):
-            role = "edited" if name == "original" else "oracle"
-            found = {"leakage": {a: v for a, v in _verdicts(base, role).items() if a in new}, "depth": 0.0 if name == "original" else 1.0,
-                     "efficacy": None, "seconds": 0.0}
+            found = {"leakage": {a: v for a, v in _verdicts(base, "edited" if name == "original" else "oracle").items()
+                                 if a in new}, "depth": 0.0 if name == "original" else 1.0, "efficacy": None,
+                     "seconds": 0.0}                                    # UDS 0 and 1 by construction
         elif (wanted is not None and name not in wanted) or (wanted is None and name in SKIP) or name not in table:
             continue
         else:
             model = copy_model(original)
             t = time.perf_counter()
             table[name][2](model, split, scope, seed)
-            found = audited_row(model) | {"seconds": time.perf_counter() - t}
+            found = _audit_new(model, forget, original, oracle, holdout, new, seed, progress) | \
+                {"seconds": time.perf_counter() - t}
             del model
-        row = {"method": name, "scope": scope, "stored": {a: v["verdict"] for a, v in r["leakage"].items()},
-               "stored_efficacy": r["efficacy"], **found}
-        rows.append(row)
+        rows.append({"method": name, "scope": scope, "stored": {a: v["verdict"] for a, v in r["leakage"].items()},
+                     "stored_efficacy": r["efficacy"], **found})
         log(f"  {name:<17} {scope:<8} " + " ".join(f"{a} {v['verdict']}" for a, v in found["leakage"].items()))
-        r = _result(fraction, seed, old, new, rows, len(forget), len(context.holdout))
+        result = _result(fraction, seed, old, new, rows, len(forget), len(context.holdout))
         # written after every row: a long run keeps what it measured
-        write_result(out, "rescore", r, to_markdown(r), seed=seed, wall_seconds=time.perf_counter() - start)
-    return r
+        write_result(out, "rescore", result, to_markdown(result), seed=seed, wall_seconds=time.perf_counter() - start)
+    return result
 
 
 def _result(fraction: float, seed: int, old: list[str], new: tuple[str, ...], rows: list[dict[str, Any]],

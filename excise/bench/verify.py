@@ -333,7 +333,7 @@ def to_markdown(r: dict[str, Any], base: AuditReport | None = None, shallow: Aud
         "output guardrail; `guardrail_logit_lens_caught`: share the logit lens still finds.",
         "- `last_layer_relearn_recall`, `oracle_relearn_recall`: top-1 recall of each half of the forget facts "
         "after fine-tuning a copy on the other half (30 Adam steps, lr 1e-3, two folds).",
-        f"- `audit_seconds_per_fact`: one model's audit (all four attacks on forget and holdout facts, "
+        f"- `audit_seconds_per_fact`: one model's audit (every registered attack on forget and holdout facts, "
         f"specificity, truth ratios, utility) over the forget facts: {_f(r['audit_seconds_per_fact'])} s.",
         "",
         f"Last-block suppression: {r['last_layer_steps']} NPO steps; request recall {_f(r['last_layer_request_recall'])}, "
