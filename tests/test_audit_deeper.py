@@ -87,6 +87,8 @@ def test_membership_against_the_oracle_and_the_depth_score_place_a_shallow_edit(
     assert {a: base.leakage("edited")[a].verdict for a in ("gradnorm", "reference")} == \
         dict.fromkeys(("gradnorm", "reference"), "leaks")
     assert "reference" not in base.leakage("oracle") and base.depth("edited") is None     # no unedited model given
+    assert "pass reference= and oracle=" in base.config["not_computed"]["the depth attack"]      # said, not dropped
+    assert "the reference attack" not in base.config["not_computed"]
     assert base.privleak("edited") < -50 and base.privleak("oracle") is None             # members plain to see
 
     shallow = copy_model(organism_model)

@@ -183,6 +183,9 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
         (", or oracle=True for the context's" if ctx.oracle is not None else "")
     not_computed = {what: f"no {field}: {why[field]}" for field, what in NEEDS.items()
                     if have[field] is None or have[field] == []}
+    for attack in to_run(config.attacks):          # named, but the models it compares with were not given
+        if attack.compares_models and not attack.ran(results["edited"]):
+            not_computed[f"the {attack.name} attack"] = attack.without
     return AuditReport(
         config={**asdict(config), "n_holdout": len(ctx.holdout), "n_retain": len(ctx.retain),
                 "n_general": len(ctx.general), "has_alternatives": ctx.alternatives is not None,

@@ -47,6 +47,7 @@ class Attack:
     # needs another of the audit's models (e.g. the oracle as a reference): `run` is not called, `measure_models`
     # is, with every model of the audit by role
     compares_models: ClassVar[bool] = False
+    without: ClassVar[str] = ""               # compares_models: what to pass when it could not run
 
     def run(self, model: Any, facts: list[Fact], config: AuditConfig, relearn_n: int | None = None
             ) -> dict[str, Any]:

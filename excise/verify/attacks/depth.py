@@ -18,6 +18,7 @@ class Depth(Attack):
     statistic = "1 - UDS"
     needs = ("oracle",)
     compares_models = True
+    without = "needs the unedited model and the retrain oracle (pass reference= and oracle=)"
     two_sided = False                 # UDS is relative to the oracle (1) and the unedited model (0) by construction
     default = False
 

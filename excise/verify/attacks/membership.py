@@ -104,6 +104,7 @@ class Reference(ScoreMembership):
     statistic = "answer log-likelihood minus the oracle's"
     needs = ("holdout", "oracle")
     compares_models = True
+    without = "needs never-seen facts and the retrain oracle (pass oracle=: a model trained without the facts)"
 
     def measure_models(self, model, facts, context, config, result, role, models):
         # the reference must never have seen the facts: the oracle. The unedited model saw them, and against it a
