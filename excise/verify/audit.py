@@ -133,6 +133,21 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
     return res
 
 
+def _not_computed(ctx: KnowledgeContext, oracle: Any, config: AuditConfig, edited: ModelAudit) -> dict[str, str]:
+    """What the audit could not compute, and why: a context field missing, or an attack named without the models
+    it compares with."""
+    have = {"holdout": ctx.holdout, "retain": ctx.retain, "general": ctx.general, "alternatives": ctx.alternatives,
+            "oracle": oracle}
+    why = {field: ctx.notes.get(field, f"pass {field}=") for field in NEEDS}
+    why["oracle"] = "pass oracle= (a model trained without the facts)" + \
+        (", or oracle=True for the context's" if ctx.oracle is not None else "")
+    out = {what: f"no {field}: {why[field]}" for field, what in NEEDS.items() if have[field] is None or have[field] == []}
+    for attack in to_run(config.attacks):
+        if attack.compares_models and not attack.ran(edited):
+            out[f"the {attack.name} attack"] = attack.without
+    return out
+
+
 def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Sequence[str] | None = None,
           seed: int = 0, *, oracle: Any = None, context: KnowledgeContext | None = None,
           holdout: Sequence[Fact] | None = None, retain: Sequence[Fact] | None = None,
@@ -176,16 +191,7 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
     t0 = time.perf_counter()
     present = {role: m for role, m in models.items() if m is not None}
     results = {role: _audit_one(m, facts, ctx, config, role, progress, present) for role, m in present.items()}
-    have = {"holdout": ctx.holdout, "retain": ctx.retain, "general": ctx.general, "alternatives": ctx.alternatives,
-            "oracle": oracle}
-    why = {field: ctx.notes.get(field, f"pass {field}=") for field in NEEDS}
-    why["oracle"] = "pass oracle= (a model trained without the facts)" + \
-        (", or oracle=True for the context's" if ctx.oracle is not None else "")
-    not_computed = {what: f"no {field}: {why[field]}" for field, what in NEEDS.items()
-                    if have[field] is None or have[field] == []}
-    for attack in to_run(config.attacks):          # named, but the models it compares with were not given
-        if attack.compares_models and not attack.ran(results["edited"]):
-            not_computed[f"the {attack.name} attack"] = attack.without
+    not_computed = _not_computed(ctx, oracle, config, results["edited"])
     return AuditReport(
         config={**asdict(config), "n_holdout": len(ctx.holdout), "n_retain": len(ctx.retain),
                 "n_general": len(ctx.general), "has_alternatives": ctx.alternatives is not None,
