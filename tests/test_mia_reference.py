@@ -68,6 +68,8 @@ def test_answer_min_k_and_the_reference_score_are_open_unlearnings():
 
 def test_privleak_is_open_unlearnings():
     for (model_auc, oracle_auc), theirs in PRIVLEAK.items():
-        assert privleak(model_auc, oracle_auc) == pytest.approx(theirs, rel=1e-12, abs=1e-9)     # float64 arithmetic
+        # three float64 operations on Python floats (IEEE, no torch kernel: the same on every CPU and thread count),
+        # theirs the same formula: rel 1e-12 is ~5000 ulps of room; abs 1e-9 for their 0.0 (the 1e-10 guard)
+        assert privleak(model_auc, oracle_auc) == pytest.approx(theirs, rel=1e-12, abs=1e-9)
     with pytest.raises(ValueError, match="must be an AUC"):
         privleak(1.2, 0.5)

@@ -72,9 +72,9 @@ class DepthResult:
         (NaN where it encodes none): where the fact is gone (1) and where the full model still finds it (0)."""
         out = []
         for layer in range(len(self.delta1[0]) if self.delta1 else 0):
-            d1 = [d[layer] for d in self.delta1 if d[layer] > self.tau]
-            d2 = [d2[layer] for d1_, d2 in zip(self.delta1, self.delta2, strict=True) if d1_[layer] > self.tau]
-            out.append(min(max(sum(d2) / sum(d1), 0.0), 1.0) if d1 else float("nan"))
+            encoding = [(a[layer], b[layer]) for a, b in zip(self.delta1, self.delta2, strict=True) if a[layer] > self.tau]
+            total1, total2 = sum(a for a, _ in encoding), sum(b for _, b in encoding)
+            out.append(min(max(total2 / total1, 0.0), 1.0) if encoding else float("nan"))
         return out
 
     def to_dict(self) -> dict[str, Any]:
