@@ -72,7 +72,8 @@ class DepthResult:
         (NaN where it encodes none): where the fact is gone (1) and where the full model still finds it (0)."""
         out = []
         for layer in range(len(self.delta1[0]) if self.delta1 else 0):
-            encoding = [(a[layer], b[layer]) for a, b in zip(self.delta1, self.delta2, strict=True) if a[layer] > self.tau]
+            encoding = [(a[layer], b[layer]) for a, b in zip(self.delta1, self.delta2, strict=True)
+                        if a[layer] > self.tau]
             total1, total2 = sum(a for a, _ in encoding), sum(b for _, b in encoding)
             out.append(min(max(total2 / total1, 0.0), 1.0) if encoding else float("nan"))
         return out
