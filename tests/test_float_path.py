@@ -34,8 +34,9 @@ ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "O
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "default", reason="this run is on the default path")
-def test_the_sensitive_tests_pass_on_another_float_path_with_one_thread():
+def test_the_sensitive_tests_pass_on_another_float_path_with_one_thread(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "EXCISE_FOREIGN"))} | ENV
+    env["EXCISE_CACHE"] = str(tmp_path / "cache")      # derive here what it derives: nothing read from the main path
     code = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
     probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert probe.stdout.split() == ["DEFAULT", "1"], probe.stdout              # the path really is another one
