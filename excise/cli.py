@@ -314,13 +314,36 @@ def _tofu_parser(sub) -> None:
     tofu.set_defaults(func=_tofu)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from excise.cache import KINDS, cache_dir, clear, folders
+
+    if args.clear is not None:
+        kinds = [k.strip() for k in args.clear.split(",")] if args.clear else None
+        removed = clear(kinds)
+        print("removed " + (", ".join(removed) if removed else "nothing (already empty)"))
+        return 0
+    print(f"excise's cache: {cache_dir()} ($EXCISE_CACHE, else ~/.cache/excise); every folder is safe to delete "
+          "(recomputed when needed)")
+    for row in folders():
+        print(f"{row['kind']:<11} {row['files']:>5} files {row['bytes'] / 2**20:>9.1f} MiB  {row['path']}  "
+              f"{KINDS[row['kind']]}")
+    return 0
+
+
+def _cache_parser(sub) -> None:
+    cache = sub.add_parser("cache", help="where excise keeps what it derives, and how big it is; --clear empties it")
+    cache.add_argument("--clear", nargs="?", const="", default=None, metavar="KINDS",
+                       help="delete every cache folder, or the comma-separated kinds named")
+    cache.set_defaults(func=_cache)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the command line's parser, its method choices and help read from the registries at call time
     (a method registered after import is listed). Cost: none."""
     parser = argparse.ArgumentParser(prog="excise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_demo_parser, _model_parsers, _bench_parser, _tofu_parser):
+    for add in (_demo_parser, _model_parsers, _bench_parser, _tofu_parser, _cache_parser):
         add(sub)
     return parser
 

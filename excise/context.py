@@ -101,9 +101,25 @@ def alternatives_from(facts: Sequence[Fact]) -> Alternatives | None:
     return alternatives
 
 
-@torch.no_grad()
+# Each model's scores of the names scored so far ({fingerprint: {name: score}}): deriving never-seen names for
+# the next call's subjects rescores mostly the same candidates.
+_NAME_SCORES: dict[str, dict[str, float]] = {}
+
+
 def name_continuation_logprob(model: Any, names: Sequence[str]) -> np.ndarray:
-    """Mean log-probability of each name's tokens after its first, given the first (how known a name is)."""
+    """Mean log-probability of each name's tokens after its first, given the first (how known a name is); each
+    name scored once per model (its fingerprint) in this process. Cost: one forward per name not scored yet."""
+    from excise.weights import model_fingerprint
+
+    known = _NAME_SCORES.setdefault(model_fingerprint(model), {})
+    new = sorted({n for n in names if n not in known})
+    if new:
+        known.update(zip(new, _continuation_logprob(model, new).tolist(), strict=True))
+    return np.array([known[n] for n in names])
+
+
+@torch.no_grad()
+def _continuation_logprob(model: Any, names: Sequence[str]) -> np.ndarray:
     from excise.scoring import encode
 
     rows = encode(model, list(names))
@@ -256,6 +272,22 @@ def never_seen_subjects(model: Any, subjects: Sequence[str], n: int, seed: int =
     return generated_subjects(model, subjects, n, seed, exclude=exclude)
 
 
+# Bump when the derivation of never-seen names changes, so names kept in the cache by an older excise are not reused.
+NAMES_VERSION = 1
+
+
+def _never_seen_once(model: Any, subjects: list[str], n: int, seed: int, exclude: list[str]) -> tuple[list[str], str]:
+    """`never_seen_subjects`, derived once per model (fingerprint), subjects and settings, then read back from
+    the cache (`excise.cache.derived`, folder "subjects")."""
+    from excise.cache import derived
+    from excise.weights import model_fingerprint
+
+    key = {"fingerprint": model_fingerprint(model), "subjects": subjects, "n": n, "seed": seed, "exclude": exclude,
+           "version": NAMES_VERSION}
+    names, note = derived("subjects", key, lambda: list(never_seen_subjects(model, subjects, n, seed, exclude)))
+    return list(names), note
+
+
 def facts_about(subjects: Sequence[str], like: Sequence[Fact], seed: int = 0,
                 answers: Sequence[Fact] = ()) -> list[Fact]:
     """Facts about `subjects` with the templates of `like`'s relations; each target drawn from the relation's
@@ -323,15 +355,17 @@ def derive(model: Any, facts: Sequence[Fact], *, holdout: Sequence[Fact] | None 
       missed on both foreign test models (benchmarks/results/sites.md).
     retain and oracle cannot be derived: without them the audit reports
     specificity and forget quality as missing.
-    Cost: one forward per candidate name, plus 128 sampled texts of 48 tokens.
+    Cost: one forward per candidate name, plus 128 sampled texts of 48 tokens;
+    both kept per model fingerprint (`excise.cache`), so a later call on the
+    same model costs a hash of its weights (remembered while they do not change).
     """
     facts = list(facts)
     notes: dict[str, str] = {}
     ctx = KnowledgeContext(notes=notes)
     if holdout is None or stand_ins is None:
         known = [*facts, *(retain or [])]          # every subject given spells what a new one looks like
-        names, note = never_seen_subjects(model, sorted({f.subject for f in known}), n_holdout_subjects, seed,
-                                          exclude=sorted({f.target for f in known}))
+        names, note = _never_seen_once(model, sorted({f.subject for f in known}), n_holdout_subjects, seed,
+                                       sorted({f.target for f in known}))
         if holdout is None:
             ctx.holdout = facts_about(names, facts, seed, answers=retain or ())
             notes["holdout"] = f"{note}; {_answers_note(facts, retain or ())}" if names else note

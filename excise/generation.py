@@ -160,10 +160,14 @@ def greedy(model: Any, prompts: Sequence[str], max_new_tokens: int, *, batch_siz
     return out
 
 
-@torch.no_grad()
+# Bump when the sampling below changes, so a sample kept in the cache by an older excise is not read back.
+SAMPLER_VERSION = 1
+
+
 def generated_sample(model: Any, n: int = 128, length: int = 48, seed: int = 0, temperature: float = 1.0,
-                     batch_size: int = 32) -> list[str]:
-    """`n` texts sampled from the model itself, from its BOS token, seeded.
+                     batch_size: int = 32, cache: bool = True) -> list[str]:
+    """`n` texts sampled from the model itself, from its BOS token, seeded; with `cache`, sampled once per model
+    (its fingerprint) and settings, then read back (`excise.cache.derived`, folder "samples").
 
     A stand-in for the training text when none is at hand: the model's own
     samples follow the distribution it was trained on, which is what the key
@@ -173,8 +177,23 @@ def generated_sample(model: Any, n: int = 128, length: int = 48, seed: int = 0, 
 
     Returns up to `n` non-empty strings. Cost: `length` forwards per batch of
     `batch_size` (no KV cache: each forward reruns the whole prefix), so
-    ceil(n / batch_size) * length forwards of up to `length` tokens.
+    ceil(n / batch_size) * length forwards of up to `length` tokens; from the
+    cache, a hash of the weights (remembered while they do not change).
     """
+    if not cache:
+        return _sample(model, n, length, seed, temperature, batch_size)
+    from excise.cache import derived
+    from excise.weights import model_fingerprint
+
+    tok = model.tokenizer
+    key = {"fingerprint": model_fingerprint(model), "tokenizer": [type(tok).__name__, len(tok)], "n": n,
+           "length": length, "seed": seed, "temperature": temperature, "batch_size": batch_size,
+           "sampler": SAMPLER_VERSION}
+    return list(derived("samples", key, lambda: _sample(model, n, length, seed, temperature, batch_size)))
+
+
+@torch.no_grad()
+def _sample(model: Any, n: int, length: int, seed: int, temperature: float, batch_size: int) -> list[str]:
     tok = model.tokenizer
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if start is None:

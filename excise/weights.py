@@ -3,6 +3,7 @@
 - `linear(model, layer, "mlp.out")`: a block's linear map as `x @ W + b`, W [d_in, d_out], a view of the parameter;
 - `device_of(model)`: where the model's parameters live;
 - `fingerprint(model)`: a hash of the weights (keys caches, refuses an edit on another model);
+  `model_fingerprint(model)` the same, remembered until a weight changes;
 - `copy_model(model)`: an independent copy that keeps the original's storage sharing.
 """
 
@@ -32,6 +33,24 @@ def fingerprint(model: torch.nn.Module) -> str:
         h.update(str(tuple(p.shape)).encode() + str(p.dtype).encode())
         h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _state_key(model: Any) -> tuple:
+    """What changes when a tensor of the model is written in place or replaced: each one's storage address and
+    version counter (a write through `.data` bypasses the counter: excise writes weights in place, in no_grad)."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+
+
+def model_fingerprint(model: Any) -> str:
+    """`excise.fingerprint(model)`, remembered on the model while no parameter or buffer changes (the full hash
+    reads every weight: seconds on a 7B). Cost: a pass over the parameter list; the hash when one changed."""
+    state = _state_key(model)
+    kept = getattr(model, "_excise_fingerprint", None)
+    if kept is not None and kept[0] == state:
+        return kept[1]
+    fp = fingerprint(model)
+    object.__setattr__(model, "_excise_fingerprint", (state, fp))
+    return fp
 
 
 def copy_model(model: torch.nn.Module) -> torch.nn.Module:

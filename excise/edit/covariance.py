@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from excise.components import hook_name
 from excise.scoring import encode, pad_batch
-from excise.weights import device_of, fingerprint
+from excise.weights import device_of, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def second_moment(
     """C for `layer`, from the disk cache when model, layer and sample match."""
     texts = list(texts)
     sample_hash = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
-    fp = fingerprint(model)
+    fp = model_fingerprint(model)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"{fp}-L{layer}-{sample_hash}.safetensors"
     if path.exists():
