@@ -132,7 +132,7 @@ def alphaedit_update(
     K64, P64 = K.double(), P.double()
     A = K64 @ K64.T + (cache.double() if cache is not None else 0.0)
     eye = torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
-    return torch.linalg.solve(P64 @ A + ridge * eye, P64 @ K64 @ R.double().T).to(K.dtype)
+    return torch.linalg.solve(P64 @ A + ridge * eye, P64 @ K64 @ R.double().T).to(_at_least_float32(K))
 
 
 def memit_update(
@@ -140,7 +140,12 @@ def memit_update(
 ) -> Float[Tensor, "d_in d_out"]:
     """MEMIT's update, (weight C + K K^T)^-1 K R^T, solved in float64 as memit_main.py does."""
     K64 = K.double()
-    return torch.linalg.solve(weight * C.double() + K64 @ K64.T, K64 @ R.double().T).to(K.dtype)
+    return torch.linalg.solve(weight * C.double() + K64 @ K64.T, K64 @ R.double().T).to(_at_least_float32(K))
+
+
+def _at_least_float32(t: Tensor) -> torch.dtype:
+    """The dtype an update of `t`'s model is kept in until written: float32 for a half-precision model."""
+    return torch.promote_types(t.dtype, torch.float32)
 
 
 # -- keys ------------------------------------------------------------------------------------------------
@@ -363,8 +368,8 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
         k = _keys_and_hidden(model, [f], last, last, vcfg.n_prefixes, **where)[0][:, 0]
         u = None
         if C_inv is not None:
-            u = C_inv.to(k.device, k.dtype) @ k
-            u = u / (u @ k)
+            u = C_inv.to(k.device) @ k.float()
+            u = u / (u @ k.float())
         deltas.append(compute_v(model, f, vcfg, k, u)[0])
     _, h0 = _keys_and_hidden(model, facts, last, last, vcfg.n_prefixes, **where)
     z = h0 + torch.stack(deltas, 1)                                  # [d_model, n]
@@ -379,7 +384,8 @@ def memit(model: Any, facts: Iterable[Fact], config: MemitConfig, sample: list[s
                 update = alphaedit_update(K, R, P[l].to(K.device), cache, config.null_ridge)
             else:
                 update = memit_update(K, R, C[l].to(K.device), config.mom2_weight)   # [d_mlp, d_model]
-            views[l].W.add_(update.to(views[l].W.dtype))
+            W = views[l].W
+            W.copy_(W.float() + update.float())        # summed in float32, rounded to the weight's dtype once
         # AlphaEdit_main.py:146-148: the keys of this batch on the edited model, for the next edit's cache
         new_keys = {l: _keys_and_hidden(model, facts, l, last, vcfg.n_prefixes, **where)[0] for l in config.layers} \
             if state is not None else {}

@@ -324,7 +324,8 @@ def _rows(model: Any, fact: Fact, templates: list[str], target: str | None = Non
 def compute_k(model: Any, fact: Fact, layer: int, n_prefixes: int, position: str = "subject_last",
               families: Sequence[str] = ("request",)) -> Tensor:
     """Mean MLP key at the edit `position` over the prompt, its prefixed copies and the other `families`."""
-    return layer_keys(model, _rows(model, fact, _prompts(fact, n_prefixes, families)), layer, position).mean(0)
+    keys = layer_keys(model, _rows(model, fact, _prompts(fact, n_prefixes, families)), layer, position)
+    return keys.float().mean(0).to(keys.dtype)
 
 
 def _kl_prompt_row(model: Any, fact: Fact):
@@ -442,7 +443,7 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
 
     def add_delta(act, hook):
         if u is not None:                               # what W + u (delta)^T does to this activation
-            return act + (keys["post"] @ u)[..., None].to(act.dtype) * delta.to(act.dtype)
+            return act + (keys["post"].float() @ u.float())[..., None].to(act.dtype) * delta.to(act.dtype)
         return act + torch.zeros_like(act).index_put((batch, subj[batch]), delta.expand(len(batch), -1).to(act.dtype))
 
     def keep_key(act, hook):
@@ -512,19 +513,20 @@ def rome(model: Any, fact: Fact, config: RomeConfig, sample: list[str] | None = 
         C = second_moment(model, config.layer, resolve_sample(model, sample))
     view = linear(model, config.layer, "mlp.out")
     k = compute_k(model, fact, config.layer, config.n_prefixes, config.position, config.key_families)
-    C_inv = inverse_second_moment(C.to(k.device, k.dtype), config.ridge)
+    kf = k.float()                                 # the metric, the solve and the write in float32, any model dtype
+    C_inv = inverse_second_moment(C.to(k.device, torch.float32), config.ridge)
     u = None
     if config.through_edit or config.protect:
-        u = C_inv @ k
-        u = u / (u @ k)
+        u = C_inv @ kf
+        u = u / (u @ kf)
     keep = _most_exposed(model, fact, config, u, protect_from) if config.protect else []
     delta, info = compute_v(model, fact, config, k, u, keep)
     hyper = asdict(config)
     with recording(model, f"rome_{config.objective}", hyper, facts=[fact], scope=[view.weight]) as box, \
             torch.no_grad():
         W = view.W
-        v = W.T @ k + delta
-        W.copy_(rank_one_update(W, k, v, C_inv))
+        v = W.float().T @ kf + delta.float()
+        W.copy_(rank_one_update(W.float(), kf, v, C_inv))          # rounded to the weight's dtype once, here
     record: EditRecord = box["record"]
     record.meta |= {"recalled_before": recalled, **info,
                     "protected": [f"{f.subject} / {f.relation}" for f in keep]}
@@ -561,7 +563,7 @@ def _most_exposed(model: Any, fact: Fact, cfg: RomeConfig, u: Tensor, pool: Sequ
     if not pool:
         return []
     rows = [r for f in pool for r in _rows(model, f, [f.prompt])]
-    order = (layer_keys(model, rows, cfg.layer, cfg.position) @ u).abs().argsort(descending=True)
+    order = (layer_keys(model, rows, cfg.layer, cfg.position).float() @ u.float()).abs().argsort(descending=True)
     return [pool[i] for i in order[: cfg.protect].tolist()]
 
 

@@ -40,7 +40,7 @@ from excise.context import KnowledgeContext
 from excise.facts import Fact
 from excise.scoring import general_loss, recalled
 from excise.verify.attacks import audited, defaults, leakage, to_run
-from excise.verify.forget_quality import organism_utility, truth_ratios
+from excise.verify.forget_quality import comparable, organism_utility, truth_ratios
 from excise.verify.memorization import shared_forwards
 from excise.verify.relearn import RelearnConfig
 from excise.verify.report import AuditReport
@@ -116,17 +116,18 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
                 attack.measure(model, facts, ctx, config, res)
                 if attack.compares_models:
                     attack.measure_models(model, facts, ctx, config, res, name, models)
-            if ctx.alternatives is not None:
-                res.chance.truth_ratios = truth_ratios(model, ctx.holdout, ctx.alternatives)[0].tolist()
+            if ctx.alternatives is not None and comparable(ctx.holdout, ctx.alternatives):
+                res.chance.truth_ratios = truth_ratios(model, comparable(ctx.holdout, ctx.alternatives),
+                                                       ctx.alternatives)[0].tolist()
         bar.update()
         res.neighbours = recalled(model, neighbours_of(facts))
         res.retain = recalled(model, ctx.retain)
         res.general_loss = general_loss(model, ctx.general) if ctx.general else None
         bar.update()
-        if ctx.alternatives is not None:
-            res.truth_ratios = truth_ratios(model, facts, ctx.alternatives)[0].tolist()
-            if ctx.retain and ctx.general:
-                res.utility = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
+        if ctx.alternatives is not None and comparable(facts, ctx.alternatives):
+            res.truth_ratios = truth_ratios(model, comparable(facts, ctx.alternatives), ctx.alternatives)[0].tolist()
+        if ctx.alternatives is not None and comparable(ctx.retain, ctx.alternatives) and ctx.general:
+            res.utility = organism_utility(model, ctx.retain, ctx.alternatives, ctx.general)
         res.leakage = leakage(res)
         bar.update(bar.total - bar.n)
         res.seconds = time.perf_counter() - t0

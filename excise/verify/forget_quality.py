@@ -39,6 +39,12 @@ from excise.scoring import Example, general_loss, recall_table, sequence_logprob
 Alternatives = Callable[[Fact], Sequence[str]]
 
 
+def comparable(facts: Sequence[Fact], alternatives: Alternatives) -> list[Fact]:
+    """The facts that have a wrong answer to compare with (the truth ratio is defined for these only: a world
+    whose relations each have one fact, such as stories260k's, has none for some). Cost: none."""
+    return [f for f in facts if len(alternatives(f)) > 0]
+
+
 def truth_ratios(model: Any, facts: Sequence[Fact], alternatives: Alternatives,
                  family: str = "request") -> tuple[np.ndarray, np.ndarray]:
     """Returns (TOFU's R per fact, the target's exp(-L) per fact) under each fact's first `family` template.
@@ -85,11 +91,16 @@ def organism_utility(model: Any, retain: Sequence[Fact], alternatives: Alternati
                      general: Sequence[str]) -> dict[str, float]:
     """Returns the organism utility's four parts and their harmonic mean (`utility`); see the module docstring.
 
-    Cost: `truth_ratios` on `retain` (ceil(A / 64) forwards), a request
+    The probability and truth score are over the retain facts that have wrong answers (`comparable`), the
+    recall over all of them. Cost: `truth_ratios` on `retain` (ceil(A / 64) forwards), a request
     `recall_table` (ceil(len(retain) / 256) forwards) and ceil(len(general) / 64)
     forwards for the general loss.
     """
-    ratios, right = truth_ratios(model, retain, alternatives)
+    scored = comparable(retain, alternatives)
+    if not scored:
+        raise ValueError("no retain fact has a wrong answer to compare with: the utility's truth ratio needs "
+                         "alternatives for some of them (pass alternatives=)")
+    ratios, right = truth_ratios(model, scored, alternatives)
     parts = {
         "retain_probability": float(right.mean()),
         "retain_recall": recall_table(model, retain, ("request",)).rate("request"),
