@@ -67,17 +67,31 @@ def register_model(name: str, directory: Callable[[], Path], summary: str = "", 
 
 
 def load(spec: str | os.PathLike | torch.nn.Module = "organism", *, tokenizer: Any = None,
-         device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
-    """Load `spec` as a TransformerBridge in eval mode (see the module docstring)."""
+         device: str | torch.device | None = None, dtype: torch.dtype = torch.float32,
+         device_map: str | dict[str, str | int] | None = None, max_memory: dict[str | int, str | int] | None = None):
+    """Load `spec` as a TransformerBridge in eval mode (see the module docstring).
+
+    dtype: the weights' dtype (torch.bfloat16 halves the memory; excise computes its covariances, solves and
+        statistics in float32 whatever it is).
+    device_map, max_memory: spread a model too big for one device over several (or onto CPU), through
+        Accelerate as transformers does (`device_map="auto"`); give `device` or `device_map`, not both.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
+    if device is not None and device_map is not None:
+        raise ModelLoadError(f"excise.load got device={device!r} and device_map={device_map!r}: give one "
+                             "(device_map='auto' places the model over every visible device)")
+    if max_memory is not None and device_map is None:
+        raise ModelLoadError("max_memory limits what device_map places on each device: pass device_map "
+                             "(e.g. 'auto') with it")
+    placement = {"device": device, "device_map": device_map, "max_memory": max_memory}
     if isinstance(spec, torch.nn.Module):
-        bridge = _from_module(spec, tokenizer, device, dtype)
+        bridge = _from_module(spec, tokenizer, dtype, placement)
     else:
         path = _local_dir(spec)
         if path is None:
             path = _hub_snapshot(str(spec))
-        bridge = _boot(TransformerBridge, str(path), device=device, dtype=dtype, tokenizer=tokenizer)
+        bridge = _boot(TransformerBridge, str(path), dtype=dtype, tokenizer=tokenizer, **placement)
     bridge.eval()
     return bridge
 
@@ -95,7 +109,7 @@ def _boot(bridge_cls, name: str, **kwargs):
         raise
 
 
-def _from_module(module: torch.nn.Module, tokenizer: Any, device, dtype):
+def _from_module(module: torch.nn.Module, tokenizer: Any, dtype, placement: dict[str, Any]):
     from transformer_lens.model_bridge import TransformerBridge
 
     config = getattr(module, "config", None)
@@ -116,7 +130,7 @@ def _from_module(module: torch.nn.Module, tokenizer: Any, device, dtype):
             )
     if "name_or_path" in tokenizer.init_kwargs:
         return _boot(TransformerBridge, name or config.model_type, hf_model=module,
-                     tokenizer=tokenizer, device=device, dtype=dtype)
+                     tokenizer=tokenizer, dtype=dtype, **placement)
     # TransformerLens re-loads the tokenizer from its name_or_path (to switch BOS
     # on); one built in memory has none, so give it a directory for the boot.
     import tempfile
@@ -126,7 +140,7 @@ def _from_module(module: torch.nn.Module, tokenizer: Any, device, dtype):
         tokenizer.save_pretrained(tmp)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
         return _boot(TransformerBridge, name or config.model_type, hf_model=module,
-                     tokenizer=tokenizer, device=device, dtype=dtype)
+                     tokenizer=tokenizer, dtype=dtype, **placement)
 
 
 def _local_dir(spec: str | os.PathLike) -> Path | None:

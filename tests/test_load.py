@@ -94,3 +94,20 @@ def test_fingerprint_changes_with_weights(tmp_path):
     with torch.no_grad():
         next(iter(a.parameters()))[0].add_(1.0)
     assert excise.fingerprint(a) != before
+
+
+def test_device_map_goes_through_accelerate_and_gives_the_same_model(tmp_path):
+    """`device_map` (Accelerate's placement, as transformers takes it) is passed to the bridge; on a machine
+    with only a CPU, "auto" places every block there and the logits are the plain load's, bit for bit."""
+    build_tiny_gpt2(tmp_path, seed=3)
+    plain = excise.load(tmp_path)
+    tokens = plain.to_tokens("Mira Tolvanen was born in Veltrana.")
+    for device_map in ("auto", {"": "cpu"}):
+        placed = excise.load(tmp_path, device_map=device_map, dtype=torch.bfloat16)
+        assert {p.dtype for p in placed.parameters()} == {torch.bfloat16}
+        with torch.no_grad():
+            assert torch.equal(placed(tokens), excise.load(tmp_path, dtype=torch.bfloat16)(tokens))
+    with pytest.raises(ModelLoadError, match="give one"):
+        excise.load(tmp_path, device="cpu", device_map="auto")
+    with pytest.raises(ModelLoadError, match="pass device_map"):
+        excise.load(tmp_path, max_memory={"cpu": "1GiB"})

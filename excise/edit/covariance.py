@@ -76,14 +76,15 @@ def estimate_second_moment(
     pad = model.tokenizer.pad_token_id or 0
     device = device_of(model)
     d = model.cfg.d_mlp
-    acc = torch.zeros(d, d, dtype=torch.float64, device=device)
+    acc = None                                    # float64, on the device of the layer's keys (a split model's)
     count = 0
     batches = range(0, len(rows), batch_size)
     for start in tqdm(batches, desc=f"covariance L{layer}", disable=not progress or len(batches) < 10):
         tokens, last = pad_batch(rows[start:start + batch_size], pad)
         real = (torch.arange(tokens.shape[1])[None] <= last[:, None]).to(device)
-        k = mlp_keys(model, tokens, layer)[real].double()
-        acc += k.T @ k
+        keys = mlp_keys(model, tokens, layer)
+        k = keys[real.to(keys.device)].double()
+        acc = k.T @ k if acc is None else acc + k.T @ k
         count += k.shape[0]
     return (acc / count).float(), count
 

@@ -443,8 +443,10 @@ def compute_v(model: Any, fact: Fact, cfg: RomeConfig, k: Tensor,
 
     def add_delta(act, hook):
         if u is not None:                               # what W + u (delta)^T does to this activation
-            return act + (keys["post"].float() @ u.float())[..., None].to(act.dtype) * delta.to(act.dtype)
-        return act + torch.zeros_like(act).index_put((batch, subj[batch]), delta.expand(len(batch), -1).to(act.dtype))
+            scale = keys["post"].float() @ u.to(act.device, torch.float32)
+            return act + scale[..., None].to(act.dtype) * delta.to(act.device, act.dtype)
+        at = (batch.to(act.device), subj[batch].to(act.device))         # the block may sit on another device
+        return act + torch.zeros_like(act).index_put(at, delta.expand(len(batch), -1).to(act.device, act.dtype))
 
     def keep_key(act, hook):
         keys["post"] = act.detach()
