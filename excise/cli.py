@@ -295,6 +295,8 @@ def _bench_parser(sub) -> None:
     bench.add_argument("--out", default="benchmarks/results", help="output folder")
     bench.add_argument("--facts", type=int, default=50, help="facts to measure over (default 50)")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--device", default="cpu", help="scale: torch device (cuda also checks the smallest size "
+                                                      "against the CPU)")
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo, no relearning attack)")
     bench.add_argument("--methods", default=None, help="unlearn, tofu, robust, rescore: comma-separated methods (default: the suite's own)")

@@ -110,7 +110,15 @@ def _bench_rescore(a: argparse.Namespace) -> list[str]:
     return []
 
 
+def _bench_scale(a: argparse.Namespace) -> list[str]:
+    from excise.bench.scale import SIZES, run
+
+    run(a.out, device=a.device, seed=a.seed, sizes=SIZES[:2] if a.quick else SIZES, log=_log)
+    return []
+
+
 BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _bench_sequential,
                 "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
                 "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust,
-                "calibration": _bench_calibration, "batch": _bench_batch, "rescore": _bench_rescore}
+                "calibration": _bench_calibration, "batch": _bench_batch, "rescore": _bench_rescore,
+                "scale": _bench_scale}
