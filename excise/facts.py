@@ -14,6 +14,7 @@ means what it does in ROME.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import weakref
@@ -381,9 +382,36 @@ class PromptTokens:
 
 # tokenizer -> {(text, bos, the model's default_prepend_bos, n_ctx): ids}: an audit tokenizes the same prompts
 # tens of thousands of times (61,156 calls, 10 of 106 s in a 90-fact audit of two models, measured)
-_TOKEN_CACHE: weakref.WeakKeyDictionary[Any, dict[tuple[str, bool, bool, Any], tuple[int, ...]]] = \
-    weakref.WeakKeyDictionary()
+_TOKEN_CACHE: dict[Any, dict[tuple[str, bool, bool, Any], tuple[int, ...]]] = {}
 _TOKEN_CACHE_SIZE = 200_000     # strings per tokenizer kept before the cache starts over
+
+
+# tokenizer -> what identifies its behaviour: a hash of a fast tokenizer's whole definition (so a model's copy, or
+# an oracle loaded with the same tokenizer, shares the caches below), else the object itself
+_TOKENIZER_KEYS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _tokenizer_key(tokenizer: Any) -> Any:
+    """What the token caches are keyed by for `tokenizer` (None: do not cache)."""
+    if tokenizer is None:
+        return None
+    try:
+        if tokenizer in _TOKENIZER_KEYS:
+            return _TOKENIZER_KEYS[tokenizer]
+    except TypeError:               # a tokenizer that cannot be weakly referenced: no cache
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    key: Any = tokenizer
+    if backend is not None:
+        spec = backend.to_str() + repr(sorted(getattr(tokenizer, "init_kwargs", {}).items(), key=str))
+        key = hashlib.sha256(spec.encode()).hexdigest()
+    _TOKENIZER_KEYS[tokenizer] = key
+    return key
+
+
+def _cache_for(store: dict, model: Tokenizes) -> dict | None:
+    key = _tokenizer_key(getattr(model, "tokenizer", None))
+    return None if key is None else store.setdefault(key, {})
 
 
 def _ids(model: Tokenizes, text: str, bos: bool = True) -> list[int]:
@@ -391,11 +419,7 @@ def _ids(model: Tokenizes, text: str, bos: bool = True) -> list[int]:
     if not text:
         bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
         return [bos_id] if bos and default_bos and bos_id is not None else []
-    tokenizer = getattr(model, "tokenizer", None)
-    try:
-        cache = _TOKEN_CACHE.setdefault(tokenizer, {}) if tokenizer is not None else None
-    except TypeError:               # a tokenizer that cannot be weakly referenced: no cache
-        cache = None
+    cache = _cache_for(_TOKEN_CACHE, model)
     key = (text, bos, default_bos, getattr(getattr(model, "cfg", None), "n_ctx", None))
     if cache is not None and key in cache:
         return list(cache[key])
@@ -407,8 +431,34 @@ def _ids(model: Tokenizes, text: str, bos: bool = True) -> list[int]:
     return ids
 
 
+# tokenizer -> {(template, subject, target, default_prepend_bos, n_ctx): PromptTokens}: an audit's truth ratios
+# tokenize every retain fact under every wrong answer, again for each model (41,430 calls, 14 of 104 s in the
+# quick unlearning table, measured); each call after the first costs a lookup and a copy of the token tensor.
+_PROMPT_CACHE: dict[Any, dict[tuple, PromptTokens]] = {}
+
+
 def tokenize_prompt(model: Tokenizes, fact: Fact, template: str | None = None) -> PromptTokens:
-    """Tokenize `fact` under `template` (default: its request prompt).
+    """Tokenize `fact` under `template` (default: its request prompt); see `_tokenize_prompt`. Each (template,
+    subject, target) is tokenized once per tokenizer and model settings. Cost: five tokenizer calls the first
+    time, a dictionary lookup after."""
+    template = fact.prompt if template is None else template
+    cfg = getattr(model, "cfg", None)
+    key = (template, fact.subject, fact.target, bool(getattr(cfg, "default_prepend_bos", True)),
+           getattr(cfg, "n_ctx", None))
+    cache = _cache_for(_PROMPT_CACHE, model)
+    if cache is not None and key in cache:
+        kept = cache[key]
+        return replace(kept, tokens=kept.tokens.clone())
+    pt = _tokenize_prompt(model, fact, template)
+    if cache is not None:
+        if len(cache) >= _TOKEN_CACHE_SIZE:
+            cache.clear()
+        cache[key] = replace(pt, tokens=pt.tokens.clone())
+    return pt
+
+
+def _tokenize_prompt(model: Tokenizes, fact: Fact, template: str) -> PromptTokens:
+    """Tokenize `fact` under `template`.
 
     The subject span is what tokenizing the text through the subject adds to
     tokenizing the text before it (its trailing space moved onto the
@@ -417,7 +467,6 @@ def tokenize_prompt(model: Tokenizes, fact: Fact, template: str | None = None) -
     subject must not merge into it; otherwise there is no subject span to
     speak of and this raises, naming the fix.
     """
-    template = fact.prompt if template is None else template
     if template.count("{}") != 1:
         raise ValueError(f"template {template!r} needs exactly one '{{}}' for the subject")
     before, after = template.split("{}")

@@ -160,7 +160,7 @@ def build(arch: str, blocks: int, width: int, heads: int, path: Path, seed: int 
 
 def operations(model: Any, seed: int = 0) -> dict[str, Callable[[], Any]]:
     """Each operation of OPS as a call on `model` (a fresh copy where it edits), on the organism's facts."""
-    import excise
+    import excise.organism
     from excise.edit import MemitConfig, RomeConfig, memit, rome
     from excise.locate import attribution_patching, causal_trace, fisher
     from excise.methods import delete
@@ -277,7 +277,7 @@ def run(out: str | Path, device: str = "cpu", seed: int = 0, sizes: tuple = SIZE
 def cuda_vs_cpu(size: tuple[int, int, int], seed: int) -> dict[str, float]:
     """The smallest GPT-2 on CUDA and on the CPU: the largest difference of the trace's restored probabilities,
     and the cosine of ROME's two updates."""
-    import excise
+    import excise.organism
     from excise.edit import RomeConfig, rome
     from excise.locate import causal_trace
     from excise.models import load
