@@ -83,3 +83,27 @@ def test_the_cache_command_lists_every_folder_and_clears(fresh_cache, capsys):
     assert not (fresh_cache / "subjects").exists()
     assert main(["cache", "--clear", "nothing"]) == 2
     assert "unknown cache kind" in capsys.readouterr().err
+
+
+def test_a_trace_for_an_edit_site_is_kept_for_the_same_weights_only(foreign_gpt2_dir, monkeypatch):
+    import importlib
+
+    from excise.locate.site import edit_site
+
+    module = importlib.import_module("excise.locate.causal_trace")
+
+    traced = []
+    trace = module.causal_trace
+    monkeypatch.setattr(module, "causal_trace", lambda *a, **k: traced.append(1) or trace(*a, **k))
+    monkeypatch.setattr("excise.locate.site._TRACES", {})
+    model = excise.load(foreign_gpt2_dir)
+    facts = list(FactSet.load(foreign_gpt2_dir / "facts.json"))
+    first = edit_site(model, facts)
+    assert len(traced) == len(facts)
+    again = edit_site(model, facts)
+    assert len(traced) == len(facts) and (again.layer, again.position, again.scores) == \
+        (first.layer, first.position, first.scores)
+    with torch.no_grad():
+        next(model.parameters())[0, 0] += 1.0                  # other weights: traced afresh
+    edit_site(model, facts)
+    assert len(traced) == 2 * len(facts)
