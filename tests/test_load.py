@@ -105,7 +105,7 @@ def test_device_map_goes_through_accelerate_and_gives_the_same_model(tmp_path):
     for device_map in ("auto", {"": "cpu"}):
         placed = excise.load(tmp_path, device_map=device_map, dtype=torch.bfloat16)
         assert {p.dtype for p in placed.parameters()} == {torch.bfloat16}
-        with torch.no_grad():
+        with torch.no_grad():           # bit for bit: the same weights through the same kernels in one process
             assert torch.equal(placed(tokens), excise.load(tmp_path, dtype=torch.bfloat16)(tokens))
     with pytest.raises(ModelLoadError, match="give one"):
         excise.load(tmp_path, device="cpu", device_map="auto")

@@ -45,6 +45,7 @@ def test_batched_rows_give_what_one_row_at_a_time_gives():
 
 
 def test_fact_uds_weights_and_clips_as_the_paper_and_refuses_bad_rows():
+    # approx's default rel 1e-6: a few float64 products and one division of exact inputs (~1e-16), no torch kernel
     assert fact_uds([1.0, 0.04, 3.0], [0.5, 9.0, 6.0]) == pytest.approx((1.0 * 0.5 + 3.0 * 1.0) / 4.0)
     assert fact_uds([0.01, -1.0], [0.5, 0.5]) is None
     assert fact_uds([2.0], [-1.0]) == 0.0
