@@ -143,7 +143,6 @@ LONG = {
     "bench/verify.py:to_markdown": "one document's lines in reading order",
     "bench/tofu.py:run": "a benchmark script: the split's rows in order",
     "bench/robust.py:run": "a benchmark script: every method at every scope, in order",
-    "bench/sequential.py:run": "a benchmark script: the sequential runs in order",
 }
 
 

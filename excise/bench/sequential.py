@@ -86,13 +86,9 @@ def key_space(model, world, facts, preserve, thresholds=(2e-2, 1e-1, 3e-1)) -> d
     return out
 
 
-def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
-        ridges: tuple[float, ...] = RIDGES) -> dict[str, Any]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    model = load("organism", device="cpu")
-    world = organism.world()
+def split(world, n: int, n_preserve: int) -> tuple[list, list, list, list, list]:
+    """(requests, retain, preserve, retain of edited subjects, retain of other subjects not preserved): the
+    seeded sets every sequential run uses."""
     facts = list(world.sample(n, seed=FACT_SEED))
     retain = list(world.sample(300, seed=RETAIN_SEED))
     subjects = {f.subject for f in facts}
@@ -100,6 +96,37 @@ def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
     kept = {f.key for f in preserve}
     same = [f for f in retain if f.subject in subjects]
     other = [f for f in retain if f.subject not in subjects and f.key not in kept]
+    return facts, retain, preserve, same, other
+
+
+def progress_measurer(model, facts: list, retain: list, same: list, other: list, every: int,
+                      state: AlphaEditState | None):
+    """`sequence`'s after_each: every `every` steps, efficacy on the facts deleted so far and retain recall
+    (all, edited subjects, other subjects); with an AlphaEdit state, its key-space readings too."""
+    def measure(i, record):
+        if (i + 1) % every:
+            return None
+        m = {"efficacy": 1 - _rate(model, facts[: i + 1]), "retain_recall": _rate(model, retain),
+             "retain_edited_subjects": _rate(model, same), "retain_other_subjects": _rate(model, other)}
+        if state is not None:
+            K = state.all_keys(LAYER).double()
+            P = state.P[LAYER].double()
+            m |= {"null_energy_last": float(state.null_energy(LAYER)[-every:].mean()),
+                  "keys_rank": int(torch.linalg.matrix_rank(K, rtol=1e-6)),
+                  "projected_keys_rank": int(torch.linalg.matrix_rank(P @ K, rtol=1e-6))}
+        return m
+    return measure
+
+
+def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
+        ridges: tuple[float, ...] = RIDGES) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = load("organism", device="cpu")
+    world = organism.world()
+    facts, retain, preserve, same, other = split(world, n, n_preserve)
+    kept = {f.key for f in preserve}
     results: dict[str, Any] = {
         "layer": LAYER, "requests": n, "preserve_facts": n_preserve, "goal_after_100": GOAL,
         "retain": {"all": len(retain), "edited_subjects": len(same), "other_subjects_not_preserved": len(other),
@@ -108,19 +135,7 @@ def run(out: str | Path, n: int = 100, n_preserve: int = 600, every: int = 10,
     }
 
     def measurer(state: AlphaEditState | None):
-        def measure(i, record):
-            if (i + 1) % every:
-                return None
-            m = {"efficacy": 1 - _rate(model, facts[: i + 1]), "retain_recall": _rate(model, retain),
-                 "retain_edited_subjects": _rate(model, same), "retain_other_subjects": _rate(model, other)}
-            if state is not None:
-                K = state.all_keys(LAYER).double()
-                P = state.P[LAYER].double()
-                m |= {"null_energy_last": float(state.null_energy(LAYER)[-every:].mean()),
-                      "keys_rank": int(torch.linalg.matrix_rank(K, rtol=1e-6)),
-                      "projected_keys_rank": int(torch.linalg.matrix_rank(P @ K, rtol=1e-6))}
-            return m
-        return measure
+        return progress_measurer(model, facts, retain, same, other, every, state)
 
     t0 = time.perf_counter()
     C = second_moment(model, LAYER, corpus(world))           # the unedited C, as bench_sequential

@@ -117,8 +117,15 @@ def _bench_scale(a: argparse.Namespace) -> list[str]:
     return []
 
 
+def _bench_widths(a: argparse.Namespace) -> list[str]:
+    from excise.bench.widths import WIDTHS, run
+
+    run(a.out, **(dict(widths=WIDTHS[:1], n_rome=3, n_memit=5, n_sequential=10) if a.quick else {}), log=_log)
+    return []
+
+
 BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _bench_sequential,
                 "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
                 "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust,
                 "calibration": _bench_calibration, "batch": _bench_batch, "rescore": _bench_rescore,
-                "scale": _bench_scale}
+                "scale": _bench_scale, "widths": _bench_widths}
