@@ -26,7 +26,7 @@ from excise.verify import (
 from excise.verify.leakage import AttackVerdict, compare, compare_layers, detectable_effect, mann_whitney
 from excise.verify.membership import answer_scores, lowest_mean
 from excise.verify.specificity import kept, neighbours_of
-from excise.weights import copy_model
+from excise.weights import copy_model, linear
 
 SMALL = AuditConfig(relearn=RelearnConfig(steps=3))
 
@@ -315,6 +315,46 @@ def test_what_the_audit_cannot_compute_is_reported_not_dropped(organism_model, t
 def test_neighbours_exclude_the_facts_themselves(two_people):
     keys = {f.key for f in two_people}
     assert neighbours_of(two_people) and all(n.key not in keys for n in neighbours_of(two_people))
+
+
+def test_an_unchanged_model_is_audited_once_and_a_hooked_or_edited_one_again(organism_model, world, monkeypatch):
+    import importlib
+
+    audit_module = importlib.import_module("excise.verify.audit")
+    from excise.verify.calibration import guardrail
+
+    calls = []
+    real = audit_module._audit_one
+    monkeypatch.setattr(audit_module, "_audit_one", lambda m, *a, **k: calls.append(a[-3]) or real(m, *a, **k))
+    forget = list(world.of_subject(world.people[21]))
+    context = excise.organism.context(forget, n_holdout_people=3, n_retain=20)
+    config = AuditConfig(attacks=("probes",))
+    reference = copy_model(organism_model)
+    first = audit(organism_model, forget, reference=reference, context=context, config=config, progress=False)
+    again = audit(organism_model, forget, reference=reference, context=context, config=config, progress=False)
+    assert calls == ["edited"]                       # the reference has the same weights: the edited's audit, kept
+    assert {k: v for k, v in again.to_dict().items() if k != "seconds"} == \
+        {k: v for k, v in first.to_dict().items() if k != "seconds"}
+    with guardrail(organism_model, forget):                       # same weights, other answers: audited again
+        guarded = audit(organism_model, forget, context=context, config=config, progress=False)
+    assert calls == ["edited", "edited"]
+    assert first.recall("edited", "request") == 1.0 and guarded.recall("edited", "request") == 0.0
+    assert not audit_module._hooked(organism_model)               # the libraries' own capturing hooks do not count
+    handle = organism_model.register_forward_hook(lambda module, args, out: out)     # a user's torch hook does
+    try:
+        assert audit_module._hooked(organism_model)
+    finally:
+        handle.remove()
+    w = linear(organism_model, 0, "mlp.out").weight
+    kept = w.detach().clone()
+    with torch.no_grad():
+        w.mul_(0.5)                                               # another fingerprint: audited again
+    try:
+        audit(organism_model, forget, context=context, config=config, progress=False)
+        assert calls == ["edited", "edited", "edited"]
+    finally:
+        with torch.no_grad():
+            w.copy_(kept)
 
 
 # -- calibration: the verdicts must be true (shares the session's retrain oracle) --

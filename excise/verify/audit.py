@@ -27,6 +27,7 @@ The models given are never changed: relearning fine-tunes copies.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from excise.verify.relearn import RelearnConfig
 from excise.verify.report import AuditReport
 from excise.verify.results import AttackRanks, ModelAudit
 from excise.verify.specificity import neighbours_of
+from excise.weights import model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,47 @@ def _audit_one(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: Aud
     return res
 
 
+_KEPT: dict[tuple, ModelAudit] = {}       # the last few audits of unchanged weights (the reference, audited again)
+_KEEP = 8
+
+
+def _audit_kept(model: Any, facts: list[Fact], ctx: KnowledgeContext, config: AuditConfig, name: str,
+                progress: bool, models: dict[str, Any]) -> ModelAudit:
+    """`_audit_one`, remembered: the same weights (fingerprint), facts, context and config give the same audit
+    (every attack is seeded), so a reference audited beside several edits is audited once. Never kept: an
+    audit with an attack that compares models (it depends on the other models too), or of a model with hooks
+    attached (a guardrail changes what the same weights answer)."""
+    if any(a.compares_models for a in to_run(config.attacks)) or _hooked(model):
+        return _audit_one(model, facts, ctx, config, name, progress, models)
+    key = (model_fingerprint(model), tuple(facts), tuple(ctx.holdout), tuple(ctx.retain), tuple(ctx.general),
+           ctx.alternatives, config)
+    if key not in _KEPT:
+        if len(_KEPT) >= _KEEP:
+            _KEPT.pop(next(iter(_KEPT)))
+        _KEPT[key] = _audit_one(model, facts, ctx, config, name, progress, models)
+    return copy.deepcopy(_KEPT[key])
+
+
+def _hooked(model: Any) -> bool:
+    """Whether an intervention is attached to `model`: a hook on any of its TransformerLens hook points, a torch
+    hook of anyone's but the libraries' own (transformers and the bridge keep output-capturing hooks on their
+    modules), or a global torch hook."""
+    from torch.nn.modules import module as torch_module
+    from transformer_lens.hook_points import HookPoint
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    for m in model.modules():
+        for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
+            for fn in hooks.values():
+                if isinstance(m, HookPoint) or not getattr(fn, "__module__", "").startswith(LIBRARY_HOOKS):
+                    return True
+    return False
+
+
+LIBRARY_HOOKS = ("transformers.", "transformer_lens.")
+
+
 def _not_computed(ctx: KnowledgeContext, oracle: Any, config: AuditConfig, edited: ModelAudit) -> dict[str, str]:
     """What the audit could not compute, and why: a context field missing, or an attack named without the models
     it compares with."""
@@ -191,7 +234,7 @@ def audit(model: Any, facts: Sequence[Fact], reference: Any = None, attacks: Seq
             _check_vocabulary(model, m, role)
     t0 = time.perf_counter()
     present = {role: m for role, m in models.items() if m is not None}
-    results = {role: _audit_one(m, facts, ctx, config, role, progress, present) for role, m in present.items()}
+    results = {role: _audit_kept(m, facts, ctx, config, role, progress, present) for role, m in present.items()}
     not_computed = _not_computed(ctx, oracle, config, results["edited"])
     return AuditReport(
         config={**asdict(config), "n_holdout": len(ctx.holdout), "n_retain": len(ctx.retain),
