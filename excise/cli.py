@@ -300,6 +300,8 @@ def _bench_parser(sub) -> None:
     bench.add_argument("--quick", action="store_true",
                        help="a smoke run for CI (locate/edit: 5 facts; unlearn: the 1%% split, npo, no relearning attack)")
     bench.add_argument("--methods", default=None, help="unlearn, tofu, robust, rescore: comma-separated methods (default: the suite's own)")
+    bench.add_argument("--widths", default=None, help="widths: comma-separated widths to (re)run, the others kept "
+                       "from the existing widths.json (default: all)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],

@@ -12,6 +12,7 @@ a number in the README can only change by changing the file it comes from:
 | recall | excise/organism/checkpoint/recall.json (written by `python -m excise.organism.train`) |
 | surnames | benchmarks/results/edit.json (`excise bench edit`) |
 | tofu | excise/tofu/models/*/excise_tofu.json and the weight files' sizes |
+| widths | benchmarks/results/widths.json (`excise bench widths`) |
 | tests | `pytest --collect-only` of the default suite |
 
 Rewrite the README with `python -m excise.bench.readme`; copy a new default
@@ -136,6 +137,20 @@ def _sites() -> str:
             f"{span(of('traced', 'other_subject_kept', foreign))} on the small foreign models.\n")
 
 
+def _widths() -> str:
+    from excise.bench.widths import reading
+
+    r = json.loads((RESULTS / "widths.json").read_text())
+    lines = ["| width (d_mlp) | ROME: other subjects kept | same surname kept | same subject kept | MEMIT x100, lambda 30: "
+             "efficacy / retain | AlphaEdit, 100 in sequence: efficacy / retain |", "|---|---|---|---|---|---|"]
+    for w in r["rows"]:
+        x, m, a = w["rome"], next(iter(w["memit"].values())), w["alphaedit_sequential"][0]["curve"][-1]
+        lines.append(f"| {w['width']} ({w['d_mlp']}) | {x['other_subjects_kept']:.3f} | {x['same_surname_kept']:.3f} | "
+                     f"{x['same_subject_kept']:.3f} | {m['efficacy']:.2f} / {m['retain_kept']:.2f} | "
+                     f"{a['efficacy']:.2f} / {a['retain_recall']:.2f} |")
+    return "\n".join(lines) + "\n\n" + reading(r) + "\n"
+
+
 def test_count() -> tuple[int, int]:
     """(tests, notebooks) that `python -m pytest` collects by default (one subprocess, seconds)."""
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"],
@@ -186,7 +201,7 @@ def _suites() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
                                         "sites": _sites, "methods": _methods, "attacks": _attacks,
-                                        "suites": _suites}
+                                        "suites": _suites, "widths": _widths}
 
 
 def render(text: str, only: set[str] | None = None) -> str:

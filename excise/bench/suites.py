@@ -120,7 +120,8 @@ def _bench_scale(a: argparse.Namespace) -> list[str]:
 def _bench_widths(a: argparse.Namespace) -> list[str]:
     from excise.bench.widths import WIDTHS, run
 
-    run(a.out, **(dict(widths=WIDTHS[:1], n_rome=3, n_memit=5, n_sequential=10) if a.quick else {}), log=_log)
+    quick = dict(widths=WIDTHS[:1], n_rome=3, n_memit=5, n_sequential=10) if a.quick else {}
+    run(a.out, **quick, rerun=_listed(a.widths, int), log=_log)
     return []
 
 

@@ -4,19 +4,20 @@ The claim under test: rank-one writes cannot keep other subjects' facts at small
 shipped recipe with only `n_embd` changed (d_mlp = 4 n_embd: the edit's key width), the same world, tokenizer,
 seed and epochs; the shipped checkpoint is the 128 rung, the others are trained once and cached like the retrain
 oracles (`excise.organism.retrain_dir` with nothing removed: `excise cache` lists them). Not in CI: the 512 rung
-trains for about 45 minutes on 2 cores.
+trains for about 45 minutes on 2 cores. The learning rate scales as
+1 / width (`recipe_at`): at the shipped one a wider model learned less of its world.
 
 Per width, edits at layer 0 (`excise.bench.edit.LAYER`, where the organism's subject edits reach the answer):
 
-- ROME deletion (`RomeConfig(layer=0)`, excise's default objective), 50 facts one at a time, undone between.
+- ROME deletion (`RomeConfig(layer=0)`, excise's default objective), 30 facts one at a time, undone between.
   Among the facts the unedited model recalls: efficacy (the request no longer answers), paraphrase_forget,
   and the share still recalled of the same subject's other facts (`same_subject_kept`), of people sharing the
   surname (`same_surname_kept`, the closest other keys), and of 60 facts of other people drawn per fact
   (`other_subjects_kept`).
-- MEMIT deleting 100 facts at once (`excise.bench.edit.bench_memit`: plain at three lambdas, AlphaEdit's null
-  space at two thresholds): efficacy and retain recall (300 facts) against the unedited model's.
-- 100 sequential deletions with AlphaEdit (its L2 10, and 1; the sets of `excise bench sequential`): efficacy
-  and retain recall (all, edited subjects, other subjects) every 10, the null space's size and the share of the
+- MEMIT deleting 100 facts at once (the facts, preserve set and settings of `excise bench edit`'s MEMIT rows,
+  plain at lambda 30 and 300): efficacy and retain recall (300 facts) against the unedited model's.
+- 100 sequential deletions with AlphaEdit (its L2 10; the sets of `excise bench sequential`): efficacy and
+  retain recall (all, edited subjects, other subjects) every 10, the null space's size and the share of the
   last 10 edited keys' energy inside it.
 """
 
@@ -33,18 +34,19 @@ import torch
 from tqdm.auto import tqdm
 
 from excise import organism
-from excise.bench.edit import LAYER, _rate, _same_surname, bench_memit
-from excise.bench.results import write_result
+from excise.bench.edit import LAYER, _rate, _same_surname
+from excise.bench.results import read_result, write_result
 from excise.bench.sequential import FACT_SEED, PRESERVE_SEED, RETAIN_SEED, progress_measurer, split
-from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit_sequence, rome
+from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit, memit_sequence, rome
 from excise.edit.covariance import second_moment
 from excise.models import load
 from excise.organism.train import corpus
 from excise.scoring import recall_table
 
 WIDTHS = (128, 256, 512)
-ROME_FACTS, ROME_SEED, OTHER_FACTS = 50, 0, 60
-RIDGES = (10.0, 1.0)     # AlphaEdit's L2, and the lower one `excise bench sequential` measured beside it
+ROME_FACTS, ROME_SEED, OTHER_FACTS = 30, 0, 60
+MEMIT_LAMBDAS = (30.0, 300.0)    # excise bench edit's trade-off at 128: efficacy 0.85 / retain 0.30 and 0.35 / 0.92
+RIDGES = (10.0,)         # AlphaEdit's L2
 
 
 def checkpoint(width: int, progress: bool = True) -> Path:
@@ -55,7 +57,14 @@ def checkpoint(width: int, progress: bool = True) -> Path:
         return organism.CHECKPOINT_DIR
     if width % base.n_head:
         raise ValueError(f"width {width} is not a multiple of the organism's {base.n_head} heads; pick one that is")
-    return organism.retrain_dir([], dataclasses.replace(base, n_embd=width), progress=progress)
+    return organism.retrain_dir([], recipe_at(width), progress=progress)
+
+
+def recipe_at(width: int) -> organism.Recipe:
+    """The shipped recipe at `width`, its learning rate scaled by shipped width / width (muP's rule for Adam on
+    hidden weights): at the shipped 3e-3 the 256-wide model recalled only 0.68 of its world's facts."""
+    base = organism.recipe()
+    return dataclasses.replace(base, n_embd=width, lr=base.lr * base.n_embd / width)
 
 
 def _recalled(model, facts) -> list[bool]:
@@ -117,6 +126,23 @@ def alphaedit_sequence(model, world, n: int, ridge: float, n_preserve: int = 600
     return row
 
 
+def memit_batch(model, world, n: int, retain_eval) -> dict[str, Any]:
+    """MEMIT deleting n facts at once at each of MEMIT_LAMBDAS (`excise bench edit`'s facts and preserve set)."""
+    facts = list(world.sample(n, seed=2))
+    subjects = {f.subject for f in facts}
+    preserve = list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=4))
+    out = {}
+    for weight in MEMIT_LAMBDAS:
+        config = MemitConfig(layers=(LAYER,), mom2_weight=weight, objective="erase_unlikelihood", progress=False)
+        start = time.perf_counter()
+        record = memit(model, facts, config, preserve=preserve, sample=corpus(world))
+        out[f"memit_lambda{weight:g}"] = {"facts": n, "efficacy": 1 - _rate(model, facts),
+                                          "paraphrase_forget": 1 - _rate(model, facts, "paraphrase"),
+                                          "retain_kept": _rate(model, retain_eval), "seconds": time.perf_counter() - start}
+        record.undo()
+    return out
+
+
 def one_width(width: int, n_rome: int = ROME_FACTS, n_memit: int = 100, n_sequential: int = 100,
               log=print) -> dict[str, Any]:
     """Every measurement at one width (the model trained or found first)."""
@@ -137,23 +163,30 @@ def one_width(width: int, n_rome: int = ROME_FACTS, n_memit: int = 100, n_sequen
     log(f"width {width}: rome")
     row["rome"] = rome_specificity(model, world, list(world.sample(n_rome, seed=ROME_SEED)))
     log(f"width {width}: memit {n_memit}")
-    row["memit"] = bench_memit(model, world, n_memit, retain_eval)
+    row["memit"] = memit_batch(model, world, n_memit, retain_eval)
     log(f"width {width}: alphaedit x{n_sequential}")
     row["alphaedit_sequential"] = [alphaedit_sequence(model, world, n_sequential, r) for r in RIDGES]
-    row["seconds"] = time.perf_counter() - start
+    row |= {"seconds": time.perf_counter() - start, "torch_threads": torch.get_num_threads()}
     return row
 
 
 def run(out: str | Path, widths: tuple[int, ...] = WIDTHS, n_rome: int = ROME_FACTS, n_memit: int = 100,
-        n_sequential: int = 100, log=print) -> dict[str, Any]:
+        n_sequential: int = 100, rerun: tuple[int, ...] | None = None, log=print) -> dict[str, Any]:
+    """Measure every width, or only those in `rerun`, keeping the other widths' rows from the existing
+    OUT/widths.json (each row records its own seconds and threads). Writes OUT/widths.json and .md."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    rows = [one_width(w, n_rome, n_memit, n_sequential, log=log) for w in widths]
+    kept = {r["width"]: r for r in (read_result(out / "widths.json") or {"rows": []})["rows"]}
+    todo = set(widths) if rerun is None else set(rerun)
+    missing = [w for w in widths if w not in todo and w not in kept]
+    if missing:
+        raise ValueError(f"widths {missing} are neither rerun nor in {out / 'widths.json'}; rerun them too")
+    rows = [one_width(w, n_rome, n_memit, n_sequential, log=log) if w in todo else kept[w] for w in widths]
     results = {"layer": LAYER, "seeds": {"rome_facts": ROME_SEED, "sequential": [FACT_SEED, RETAIN_SEED, PRESERVE_SEED]},
-               "torch_threads": torch.get_num_threads(), "rows": rows,
-               "total_seconds": time.perf_counter() - start}
-    write_result(out, "widths", results, to_markdown(results), seed=ROME_SEED, wall_seconds=results["total_seconds"])
+               "rows": rows, "total_seconds": sum(r["seconds"] for r in rows)}
+    write_result(out, "widths", results, to_markdown(results), seed=ROME_SEED,
+                 wall_seconds=time.perf_counter() - start)
     return results
 
 
@@ -165,7 +198,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     rows = r["rows"]
     lines = ["# width ladder (organism's world)", "",
              f"The shipped recipe at each width (n_embd; d_mlp = the edit's key width), edits at layer {r['layer']}. "
-             f"Total {r['total_seconds']:.0f}s on {r['torch_threads']} threads.", "",
+             f"Measuring took {r['total_seconds']:.0f}s (threads per width: "
+             f"{', '.join(str(w['torch_threads']) for w in rows)}; training apart).", "",
              "| width | d_mlp | params | train s | recall (request / paraphrase) |", "|---|---|---|---|---|"]
     lines += [f"| {w['width']} | {w['d_mlp']} | {w['params'] / 1e6:.2f}M | {_f(w['train_seconds'] and round(w['train_seconds']))} | "
               f"{w['recall']['request']:.3f} / {w['recall']['paraphrase']:.3f} |" for w in rows]
@@ -176,7 +210,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     lines += [f"| {w['width']} | {_f(x['efficacy'])} | {_f(x['paraphrase_forget'])} | {_f(x['same_subject_kept'])} | "
               f"{_f(x['same_surname_kept'])} | {_f(x['other_subjects_kept'])} | {x['seconds_per_fact']:.2f} |"
               for w in rows for x in [w["rome"]]]
-    lines += ["", f"## MEMIT, {rows[0]['memit']['memit_lambda30']['facts']} facts at once (retain: 300 facts, unedited recall in brackets)", "",
+    lines += ["", f"## MEMIT, {next(iter(rows[0]['memit'].values()))['facts']} facts at once (retain: 300 facts, unedited recall in brackets)", "",
               "| width | setting | efficacy | paraphrase forgotten | retain | s |", "|---|---|---|---|---|---|"]
     lines += [f"| {w['width']} | {name} | {x['efficacy']:.3f} | {x['paraphrase_forget']:.3f} | {x['retain_kept']:.3f} "
               f"({w['retain_recall_unedited']:.3f}) | {x['seconds']:.1f} |" for w in rows for name, x in w["memit"].items()]
@@ -208,21 +242,33 @@ def reading(r: dict[str, Any]) -> str:
             return "not measured"
         if max(vals) == min(vals):
             return "stays"
-        rising = all(b >= a for a, b in zip(vals, vals[1:]))
-        falling = all(b <= a for a, b in zip(vals, vals[1:]))
-        return "rises" if rising and vals[-1] > vals[0] else "falls" if falling and vals[-1] < vals[0] else "does not move one way"
+        steps = list(zip(vals, vals[1:]))
+        if all(b > a for a, b in steps):
+            return "rises"
+        if all(b < a for a, b in steps):
+            return "falls"
+        if all(b >= a for a, b in steps):
+            return "does not fall"
+        if all(b <= a for a, b in steps):
+            return "does not rise"
+        return "does not move one way"
 
     widths = ", ".join(str(w["width"]) for w in rows)
     other = [w["rome"]["other_subjects_kept"] for w in rows]
     surname = [w["rome"]["same_surname_kept"] for w in rows]
     same = [w["rome"]["same_subject_kept"] for w in rows]
+    name = next(iter(rows[0]["memit"]))
+    m_eff = [w["memit"][name]["efficacy"] for w in rows]
+    m_kept = [w["memit"][name]["retain_kept"] for w in rows]
     last = [w["alphaedit_sequential"][0]["curve"][-1] for w in rows]
     ae_eff = [m["efficacy"] for m in last]
     ae_other = [m["retain_other_subjects"] for m in last]
     ae_null = [m["null_energy_last"] for m in last]
     return (f"**Reading** (widths {widths}): ROME's other-subjects kept {trend(other)} "
             f"({', '.join(_f(v) for v in other)}); same-surname kept {trend(surname)} ({', '.join(_f(v) for v in surname)}); "
-            f"same-subject kept {trend(same)} ({', '.join(_f(v) for v in same)}). After "
+            f"same-subject kept {trend(same)} ({', '.join(_f(v) for v in same)}). MEMIT deleting "
+            f"{rows[0]['memit'][name]['facts']} at once ({name}): efficacy {trend(m_eff)} "
+            f"({', '.join(_f(v) for v in m_eff)}), retain {trend(m_kept)} ({', '.join(_f(v) for v in m_kept)}). After "
             f"{rows[0]['alphaedit_sequential'][0]['requests']} AlphaEdit deletions (L2 "
             f"{rows[0]['alphaedit_sequential'][0]['l2']:g}): efficacy {trend(ae_eff)} ({', '.join(_f(v) for v in ae_eff)}), "
             f"other subjects' retain recall {trend(ae_other)} ({', '.join(_f(v) for v in ae_other)}), the edited keys' "
