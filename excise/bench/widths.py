@@ -1,11 +1,11 @@
 """`excise bench widths`: what a rank-one edit keeps, measured on the organism's world trained at several widths.
 
 The claim under test: rank-one writes cannot keep other subjects' facts at small key widths. Each width is the
-shipped recipe with only `n_embd` changed (d_mlp = 4 n_embd: the edit's key width), the same world, tokenizer,
-seed and epochs; the shipped checkpoint is the 128 rung, the others are trained once and cached like the retrain
-oracles (`excise.organism.retrain_dir` with nothing removed: `excise cache` lists them). Not in CI: the 512 rung
-trains for about 45 minutes on 2 cores. The learning rate scales as
-1 / width (`recipe_at`): at the shipped one a wider model learned less of its world.
+shipped recipe with only `n_embd` changed (d_mlp = 4 n_embd: the edit's key width) and, with it, the learning
+rate (`recipe_at`: scaled as 1 / width, since at the shipped rate the 256-wide model recalled 0.68 of its
+world); the same world, tokenizer, seed and epochs. The shipped checkpoint is the 128 rung; the others are
+trained once and cached like the retrain oracles (`excise.organism.retrain_dir` with nothing removed: `excise
+cache` lists them). Not in CI: on one thread the 256 rung trained in 13 minutes, the 512 rung in 38.
 
 Per width, edits at layer 0 (`excise.bench.edit.LAYER`, where the organism's subject edits reach the answer):
 
