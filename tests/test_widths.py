@@ -19,6 +19,7 @@ def test_the_shipped_width_is_the_shipped_checkpoint_and_a_width_the_heads_canno
     with pytest.raises(ValueError, match="multiple of the organism's 4 heads"):
         checkpoint(130, progress=False)
     wide = recipe_at(512)                      # only the width and, with it, the learning rate change
+    # approx's default rel 1e-6: one float64 product and division of the recipe's numbers (~1e-16), no torch kernel
     assert wide.lr == pytest.approx(organism.recipe().lr / 4)
     assert {k: v for k, v in vars(wide).items() if k not in ("n_embd", "lr")} == \
         {k: v for k, v in vars(organism.recipe()).items() if k not in ("n_embd", "lr")}

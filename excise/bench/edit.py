@@ -129,15 +129,18 @@ def bench_rewrite(model, world, facts: list[Fact]) -> dict[str, Any]:
                              "seconds_per_fact": seconds / len(facts)}}
 
 
-def bench_memit(model, world, n: int, retain_eval) -> dict[str, Any]:
+def bench_memit(model, world, n: int, retain_eval, lambdas: tuple[float, ...] = (30.0, 300.0, 3000.0),
+                thresholds: tuple[float, ...] = (1e-2, 1e-4)) -> dict[str, Any]:
+    """MEMIT deleting n facts at once: plain at each of `lambdas`, with AlphaEdit's null space at each of
+    `thresholds`."""
     facts = list(world.sample(n, seed=2))
     subjects = {f.subject for f in facts}
     preserve = list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=4))
     out = {}
     configs = [(f"memit_lambda{w:g}", MemitConfig(layers=(LAYER,), mom2_weight=w, objective="erase_unlikelihood", progress=False))
-               for w in (30.0, 300.0, 3000.0)]
+               for w in lambdas]
     configs += [(f"memit_null_space_{t:g}", MemitConfig(layers=(LAYER,), null_space=True, null_threshold=t, objective="erase_unlikelihood",
-                                                         progress=False)) for t in (1e-2, 1e-4)]
+                                                         progress=False)) for t in thresholds]
     for name, cfg in configs:
         start = time.perf_counter()
         record = memit(model, facts, cfg, preserve=preserve, sample=corpus(world))

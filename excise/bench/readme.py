@@ -141,10 +141,11 @@ def _widths() -> str:
     from excise.bench.widths import reading
 
     r = json.loads((RESULTS / "widths.json").read_text())
-    lines = ["| width (d_mlp) | ROME: other subjects kept | same surname kept | same subject kept | MEMIT x100, lambda 30: "
+    name = next(iter(r["rows"][0]["memit"]))
+    lines = [f"| width (d_mlp) | ROME: other subjects kept | same surname kept | same subject kept | MEMIT x100, {name}: "
              "efficacy / retain | AlphaEdit, 100 in sequence: efficacy / retain |", "|---|---|---|---|---|---|"]
     for w in r["rows"]:
-        x, m, a = w["rome"], next(iter(w["memit"].values())), w["alphaedit_sequential"][0]["curve"][-1]
+        x, m, a = w["rome"], w["memit"][name], w["alphaedit_sequential"][0]["curve"][-1]
         lines.append(f"| {w['width']} ({w['d_mlp']}) | {x['other_subjects_kept']:.3f} | {x['same_surname_kept']:.3f} | "
                      f"{x['same_subject_kept']:.3f} | {m['efficacy']:.2f} / {m['retain_kept']:.2f} | "
                      f"{a['efficacy']:.2f} / {a['retain_recall']:.2f} |")

@@ -34,10 +34,10 @@ import torch
 from tqdm.auto import tqdm
 
 from excise import organism
-from excise.bench.edit import LAYER, _rate, _same_surname
+from excise.bench.edit import LAYER, _rate, _same_surname, bench_memit
 from excise.bench.results import read_result, write_result
 from excise.bench.sequential import FACT_SEED, PRESERVE_SEED, RETAIN_SEED, progress_measurer, split
-from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit, memit_sequence, rome
+from excise.edit import AlphaEditState, MemitConfig, RomeConfig, memit_sequence, rome
 from excise.edit.covariance import second_moment
 from excise.models import load
 from excise.organism.train import corpus
@@ -126,23 +126,6 @@ def alphaedit_sequence(model, world, n: int, ridge: float, n_preserve: int = 600
     return row
 
 
-def memit_batch(model, world, n: int, retain_eval) -> dict[str, Any]:
-    """MEMIT deleting n facts at once at each of MEMIT_LAMBDAS (`excise bench edit`'s facts and preserve set)."""
-    facts = list(world.sample(n, seed=2))
-    subjects = {f.subject for f in facts}
-    preserve = list(world.filter(lambda f: f.subject not in subjects).sample(600, seed=4))
-    out = {}
-    for weight in MEMIT_LAMBDAS:
-        config = MemitConfig(layers=(LAYER,), mom2_weight=weight, objective="erase_unlikelihood", progress=False)
-        start = time.perf_counter()
-        record = memit(model, facts, config, preserve=preserve, sample=corpus(world))
-        out[f"memit_lambda{weight:g}"] = {"facts": n, "efficacy": 1 - _rate(model, facts),
-                                          "paraphrase_forget": 1 - _rate(model, facts, "paraphrase"),
-                                          "retain_kept": _rate(model, retain_eval), "seconds": time.perf_counter() - start}
-        record.undo()
-    return out
-
-
 def one_width(width: int, n_rome: int = ROME_FACTS, n_memit: int = 100, n_sequential: int = 100,
               log=print) -> dict[str, Any]:
     """Every measurement at one width (the model trained or found first)."""
@@ -163,7 +146,7 @@ def one_width(width: int, n_rome: int = ROME_FACTS, n_memit: int = 100, n_sequen
     log(f"width {width}: rome")
     row["rome"] = rome_specificity(model, world, list(world.sample(n_rome, seed=ROME_SEED)))
     log(f"width {width}: memit {n_memit}")
-    row["memit"] = memit_batch(model, world, n_memit, retain_eval)
+    row["memit"] = bench_memit(model, world, n_memit, retain_eval, lambdas=MEMIT_LAMBDAS, thresholds=())
     log(f"width {width}: alphaedit x{n_sequential}")
     row["alphaedit_sequential"] = [alphaedit_sequence(model, world, n_sequential, r) for r in RIDGES]
     row |= {"seconds": time.perf_counter() - start, "torch_threads": torch.get_num_threads()}
