@@ -302,6 +302,8 @@ def _bench_parser(sub) -> None:
     bench.add_argument("--methods", default=None, help="unlearn, tofu, robust, rescore: comma-separated methods (default: the suite's own)")
     bench.add_argument("--widths", default=None, help="widths: comma-separated widths to (re)run, the others kept "
                        "from the existing widths.json (default: all)")
+    bench.add_argument("--seeds", default=None, help="heldout: comma-separated split seeds (default 3,4,5, fixed "
+                       "before any tuning)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],

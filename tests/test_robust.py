@@ -22,6 +22,7 @@ from excise.methods import get, unlearn
 from excise.methods.simnpo import simnpo_loss
 from excise.scoring import answer_examples
 from excise.verify.relearn import RelearnConfig, relearn, relearn_curve
+from excise.weights import copy_model
 
 
 def weights(model):
@@ -319,6 +320,37 @@ def test_undo_recall_stop_reads_the_eval_facts(tiny, monkeypatch):
         U.undo(tiny, texts, texts[:2], config)
     with pytest.raises(ValueError, match="stop must be"):
         U.UndoConfig(stop="kl")
+
+
+def test_undo_original_teacher_teaches_the_texts_that_name_no_forget_subject(tiny, monkeypatch):
+    """outside_teacher="original" (excise's variant): a text naming a forget subject is distilled from the
+    unlearned model, every other text from the original; the stop reads the original's recall."""
+    import importlib
+
+    U = importlib.import_module("excise.edit.undo")
+    teacher, original = copy_model(tiny), copy_model(tiny)
+    with torch.no_grad():
+        for p in original.parameters():
+            p.add_(0.05)
+    batch = ["Ann Lee sat on the mat", "the dog sat on the mat", "a cat saw Ann Lee"]
+    seen = {}
+
+    def kl(target, student, real):
+        seen["target"] = target
+        return (student * 0).sum()
+    monkeypatch.setattr(U, "_forward_kl", kl)
+    params = list(tiny.parameters())
+    U._distill_step(tiny, teacher, batch, torch.optim.AdamW(params), params, 1e-3, 1.0, original, ["Ann Lee"])
+    tokens, _ = U._batch(tiny, batch)
+    with torch.no_grad():
+        want = teacher(tokens)
+        want[1] = original(tokens[1:2])[0]
+    assert torch.equal(seen["target"], want)                     # rows 0 and 2 the unlearned's, row 1 the original's
+    with pytest.raises(ValueError, match="forget_subjects"):
+        U.undo(tiny, batch, batch, U.UndoConfig(progress=False), original=original)
+    from excise.methods.undo import UndoMethodConfig
+    with pytest.raises(ValueError, match="outside_teacher"):
+        UndoMethodConfig(outside_teacher="oracle")
 
 
 def test_the_benches_undo_is_the_recall_stopped_recipe_and_undoes(organism_model, world):

@@ -248,6 +248,45 @@ def test_audit_of_the_original_finds_everything(organism_model, two_people):
     assert "attack success: logit_lens (top-20)" in report.summary()
 
 
+def test_relearn_baseline_draws_whole_people_and_reads_their_spread(organism_model, two_people, world):
+    """relearn_draws=1: a random sample of as many facts as the audit's (as before); k >= 2: k disjoint draws
+    of whole never-seen people, each relearned apart, and with k >= 3 the verdict's spread read from them."""
+    from excise.verify.attacks.relearn import draws
+
+    facts = [f for s in world.people[:7] for f in world.of_subject(s)]            # 7 people x 6 facts
+    assert draws(facts, 12, 1, seed=3) == [__import__("random").Random(3).sample(facts, 12)]
+    three = draws(facts, 12, 3, seed=3)
+    assert [len(d) for d in three] == [12, 12, 12]
+    people = [{f.subject for f in d} for d in three]
+    assert [len(p) for p in people] == [2, 2, 2] and len(set().union(*people)) == 6      # whole, disjoint
+    assert len(draws(facts, 12, 9, seed=3)) == 3                            # as many as fit
+    assert draws(facts, None, 3, seed=3) == [facts] == draws(facts, 42, 3, seed=3)
+    with pytest.raises(ValueError, match="relearn_draws"):
+        AuditConfig(relearn_draws=0)
+    config = AuditConfig(attacks=("relearn",), relearn=RelearnConfig(steps=1), relearn_draws=3)
+    report = audit(organism_model, two_people[:6], config=config, context=small_context(two_people), progress=False)
+    verdict = report.leakage()["relearn"]
+    assert verdict.n_holdout == 18 and "spread from 3 never-seen draws" in verdict.statistic
+
+
+def test_compare_draws_reads_the_spread_of_the_draws():
+    """Hand-made draws: a holdout whose draws disagree widens the test; below Noether's SD it does not narrow."""
+    from excise.verify.leakage import compare, compare_draws
+
+    rng = np.random.default_rng(0)
+    facts = rng.normal(0.3, 1, 60)
+    alike = rng.normal(0, 1, 240)
+    apart = np.concatenate([rng.normal(m, 1, 60) for m in (-0.6, 0.6, -0.4, 0.4)])
+    per_fact = compare("x", facts, alike)
+    same = compare_draws("x", facts, alike, [60] * 4)
+    wide = compare_draws("x", facts, apart, [60] * 4)
+    assert same.auc == per_fact.auc
+    assert same.p_value > per_fact.p_value             # Student's t on 3 df at >= Noether's SD: never narrower
+    assert wide.detectable_effect > 2 * same.detectable_effect and wide.p_value > same.p_value
+    with pytest.raises(ValueError, match=">= 3 draws"):
+        compare_draws("x", facts, alike, [120, 120])
+
+
 def test_audit_is_deterministic_leaves_the_model_and_round_trips(organism_model, two_people, tmp_path):
     before = excise.fingerprint(organism_model)
     a = audit(organism_model, two_people, reference=organism_model, config=SMALL,

@@ -236,13 +236,17 @@ def prepare_split(original: Any, world: Any, fraction: float, budget: Budget, se
 
 def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
                 progress: bool, log: Callable[[str], None], holdout_people: int | None = None,
-                attacks: tuple[str, ...] | None = None) -> dict[str, Any]:
+                attacks: tuple[str, ...] | None = None, relearn_draws: int = 1,
+                table: dict[str, tuple[str, tuple[str, ...], Run | None]] | None = None) -> dict[str, Any]:
+    """One split's rows: the original, the oracle, then each of `methods` (names in `table`, by default
+    `table_rows()`) at each of its scopes, all audited with `attacks` (relearning's baseline pooled over
+    `relearn_draws` holdout samples)."""
     split, context, oracle, oracle_seconds = prepare_split(original, world, fraction, budget, seed, progress,
                                                            holdout_people, with_heads="ablate_heads" in methods)
     forget, neurons, heads, locate_seconds = split.forget, split.neurons, split.heads, split.locate_seconds
     subjects = {f.subject for f in forget}
     log(f"split {fraction:.0%}: {len(forget)} facts of {len(subjects)} people")
-    config = AuditConfig(seed=seed, attacks=attacks or defaults())
+    config = AuditConfig(seed=seed, attacks=attacks or defaults(), relearn_draws=relearn_draws)
     base = audit(original, forget, oracle=oracle, config=config, context=context, progress=False)
     rows = [
         {"method": "original", "label": "original (no edit)", "scope": "-", "seconds": 0.0, "parameters_touched": 0,
@@ -250,7 +254,7 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
         {"method": "oracle", "label": "retrain oracle (gold)", "scope": "retrain", "seconds": oracle_seconds,
          "parameters_touched": None, **row_metrics(_combined(base, base.models["oracle"]))},
     ]
-    table = table_rows()
+    table = table or table_rows()
     for name in methods:
         label, scopes, fn = table[name]
         for scope in scopes:

@@ -136,11 +136,17 @@ def _lr_at(step: int, config: UndoConfig) -> float:
 
 
 def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.Optimizer,
-                  params: list[torch.nn.Parameter], lr: float, clip: float) -> torch.Tensor:
-    """One AdamW step on forward KL(teacher || model) over `batch`; returns the loss."""
+                  params: list[torch.nn.Parameter], lr: float, clip: float, original: Any | None = None,
+                  forget_subjects: Sequence[str] = ()) -> torch.Tensor:
+    """One AdamW step on forward KL(teacher || model) over `batch`; returns the loss. With `original`,
+    the texts that name none of `forget_subjects` take their targets from `original` instead."""
     tokens, real = _batch(model, batch)
     with torch.no_grad():
         target = teacher(tokens)
+        if original is not None:
+            outside = torch.tensor([not any(s in t for s in forget_subjects) for t in batch], device=tokens.device)
+            if outside.any():
+                target[outside] = original(tokens[outside]).to(target.dtype)
     for group in opt.param_groups:
         group["lr"] = lr
     with torch.enable_grad():
@@ -160,7 +166,8 @@ def _stopped(point: dict[str, float], config: UndoConfig, teacher_loss: float, t
 
 
 def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: UndoConfig | None = None,
-         eval_facts: Sequence[Fact] = ()) -> EditRecord:
+         eval_facts: Sequence[Fact] = (), original: Any | None = None, forget_subjects: Sequence[str] = ()
+         ) -> EditRecord:
     """Noise `model` (an unlearned model) and distill its own pre-noise outputs back into it; see the
     module docstring. `texts`: what to distill on (the reference: pretraining text of both domains);
     `eval_texts`: the retain domain the stop condition reads.
@@ -168,6 +175,11 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     `config.stop="recall"` (excise's variant, not the reference's) stops instead once the student's
     top-1 recall of `eval_facts` (retained facts) is within `retain_threshold` (relative) of the
     teacher's: the loss stop ends before single-token facts are back (module docstring).
+
+    `original` (excise's variant `outside_teacher="original"`, not the reference's): the model before
+    unlearning. The texts that name none of `forget_subjects` are distilled from it, the others from the
+    unlearned model, and the recall stop reads its recall: the unlearned model's loss on everything else
+    (the organism's swap keeps 0.956 of the original's utility) is then not a ceiling on the student's.
 
     Returns the EditRecord (every parameter in scope; meta: steps, history, seconds, the teacher's and
     student's eval loss, and the student's right after the noise). Cost: up to `max_steps` x (one
@@ -184,12 +196,17 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     teacher = copy_model(model).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    teacher_loss = general_loss(teacher, eval_texts)
+    forget_subjects = list(forget_subjects)
+    if original is not None and not forget_subjects:
+        raise ValueError("undo with an original teacher needs forget_subjects: the texts that name one are "
+                         "distilled from the unlearned model")
+    outside = original if original is not None else teacher         # the teacher of the retain domain
+    teacher_loss = general_loss(outside, eval_texts)
     eval_facts = list(eval_facts)
     if config.stop == "recall" and not eval_facts:
         raise ValueError("stop='recall' reads the recall of eval_facts (retained facts): pass some, or use "
                          "stop='loss'")
-    teacher_recall = float(np.mean(recalled(teacher, eval_facts))) if eval_facts else None
+    teacher_recall = float(np.mean(recalled(outside, eval_facts))) if eval_facts else None
     rng = random.Random(config.seed)
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -208,7 +225,8 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
                 rng.shuffle(fresh)
                 order += fresh
             batch, order = [texts[i] for i in order[:config.batch_size]], order[config.batch_size:]
-            loss = _distill_step(model, teacher, batch, opt, params, _lr_at(step, config), config.grad_clip)
+            loss = _distill_step(model, teacher, batch, opt, params, _lr_at(step, config), config.grad_clip,
+                                 original, forget_subjects)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
                 student_loss = general_loss(model, eval_texts)
                 point = {"step": step + 1, "kl": float(loss.detach()), "eval_loss": student_loss}

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from excise.edit.record import recording
 from excise.edit.undo import UndoConfig, undo
 from excise.methods.base import METHODS, Method
+from excise.weights import copy_model
 
 TEXT_FAMILIES = ("request", "paraphrase", "question", "completion")
 
@@ -19,6 +20,15 @@ class UndoMethodConfig(UndoConfig):
     stop: str = "recall"              # excise's stop: retained recall back within retain_threshold of the teacher's
     max_steps: int = 1500             # the benches' cap (the organism's 5% split stopped after 1,250-1,700)
     eval_facts: int = 200             # retain facts whose recall (and sentences' loss) the stop reads
+    # who teaches the texts that name no forget subject: "unlearned" (the reference: the teacher method's model
+    # teaches every text) or "original" (excise's variant: the model before unlearning; `excise.edit.undo`)
+    outside_teacher: str = "unlearned"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.outside_teacher not in ("unlearned", "original"):
+            raise ValueError(f"outside_teacher must be 'unlearned' (the reference's) or 'original', got "
+                             f"{self.outside_teacher!r}")
 
 
 def fact_sentences(facts, families=TEXT_FAMILIES) -> list[str]:
@@ -46,9 +56,12 @@ class Undo(Method):
         kept = list(context.retain[:config.eval_facts])
         distil = UndoConfig(**{f.name: getattr(config, f.name) for f in fields(UndoConfig)})
         with recording(model, "undo", asdict(config), facts) as box:
+            original = copy_model(model) if config.outside_teacher == "original" else None
             taught = teacher.run(model, facts, context, teacher.configure_run(config.seed, config.progress),
                                  mask if teacher.mask != "none" else None)
-            distilled = undo(model, context.sample, fact_sentences(kept), distil, eval_facts=kept)
+            distilled = undo(model, context.sample, fact_sentences(kept), distil, eval_facts=kept, original=original,
+                             forget_subjects=sorted({f.subject for f in facts}))
+            del original
         record = box["record"]
         record.meta |= {"teacher": {"method": taught.method, "meta": taught.meta, "parameters": taught.n_changed},
                         **distilled.meta}

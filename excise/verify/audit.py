@@ -57,6 +57,10 @@ class AuditConfig:
     top_b: int = 20                       # an attack succeeds when the target is in the top-B (Patil et al.: 20)
     attacks: tuple[str, ...] = field(default_factory=defaults)  # the registered default attacks (excise.verify.ATTACKS)
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
+    # the relearning baseline: this many disjoint holdout samples of the audit's size, each relearned apart and
+    # pooled (one is noisy: the organism's oracle read `leaks` on one of six 5% splits with one, none with ten;
+    # excise.verify.attacks.relearn). Each costs a relearning run.
+    relearn_draws: int = 1
     mia_fpr: float = 0.05                 # membership verdicts: the chance level
     seed: int = 0
     # with logit_lens, also Patil et al.'s head-projection attack (top-k or bottom-k at some of these hidden-state
@@ -66,6 +70,9 @@ class AuditConfig:
     def __post_init__(self) -> None:
         if self.top_b < 1:
             raise ValueError(f"top_b (B, the candidates an attack may name) must be >= 1, got {self.top_b}")
+        if self.relearn_draws < 1:
+            raise ValueError(f"relearn_draws (holdout samples the relearning baseline pools) must be >= 1, got "
+                             f"{self.relearn_draws}")
         unknown = set(self.attacks) - set(audited())
         if unknown:
             raise ValueError(f"unknown attacks {sorted(unknown)}; choose from {audited()} (excise.verify.ATTACKS: "

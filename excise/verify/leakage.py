@@ -174,6 +174,37 @@ def compare(attack: str, facts: Values, holdout: Values, *, statistic: str = "",
                          len(holdout), float(np.median(facts)), float(np.median(holdout)), alpha, power)
 
 
+def compare_draws(attack: str, facts: Values, holdout: Values, sizes: Sequence[int], *, statistic: str = "",
+                  negate: bool = False, alpha: float = ALPHA, power: float = POWER) -> AttackVerdict:
+    """The verdict against a holdout made of k independent draws (`sizes`: their lengths, in order), each
+    drawn and attacked the way the facts were (relearning: whole people, their own fine-tunes).
+
+    A = AUC(facts, every draw pooled). Its spread under "never seen" is read from the draws themselves:
+    s = the SD over draws of AUC(draw i, the other draws), not below Noether's per-fact SD (k is small and
+    a lucky draw set can look too alike). t = (A - 0.5) / (s sqrt(1 + 1/k)), two-sided p from Student's t
+    with k - 1 degrees of freedom; the detectable effect (t_{1-alpha/2} + t_{power}) s sqrt(1 + 1/k).
+    Needs k >= 3."""
+    from scipy.stats import t as student
+
+    sign = -1.0 if negate else 1.0
+    f, h = sign * np.asarray(facts, float), sign * np.asarray(holdout, float)
+    k = len(sizes)
+    if k < 3 or sum(sizes) != len(h):
+        raise ValueError(f"compare_draws needs >= 3 draws whose sizes add up to the holdout's {len(h)}, got "
+                         f"{list(sizes)}")
+    edges = np.cumsum([0, *sizes])
+    parts = [h[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    null = [mann_whitney(p, np.concatenate(parts[:i] + parts[i + 1:]))[0] for i, p in enumerate(parts)]
+    a = mann_whitney(f, h)[0]
+    noether = math.sqrt((len(f) + len(h) + 1) / (12 * len(f) * len(h)))
+    scale = max(float(np.std(null, ddof=1)), noether) * math.sqrt(1 + 1 / k)
+    p = float(2 * student.sf(abs(a - 0.5) / scale, k - 1))
+    d = float((student.ppf(1 - alpha / 2, k - 1) + student.ppf(power, k - 1)) * scale)
+    direction, verdict = _verdict(a, p, d, alpha)
+    return AttackVerdict(attack, f"{statistic or attack}; spread from {k} never-seen draws", a, direction, p, d,
+                         verdict, len(f), len(h), float(np.median(facts)), float(np.median(holdout)), alpha, power)
+
+
 def compare_layers(facts: np.ndarray, holdout: np.ndarray, attack: str = "logit_lens", statistic: str = "",
                    alpha: float = ALPHA, power: float = POWER) -> AttackVerdict:
     """The logit lens: ranks [facts, layers] against [holdout, layers], every layer and the best over layers.

@@ -1,0 +1,125 @@
+"""`excise bench heldout`: deletion methods on split seeds that chose nothing.
+
+A setting tuned on a split tells little about the next one: UNDO's (alpha 0.6, the recall stop, swap
+as teacher) was chosen on split seeds 0-2 (TUNING_SEEDS) and was indistinguishable from never-seen
+facts on seed 0 only. This bench runs methods on HELD_OUT_SEEDS (3, 4, 5), fixed before any tuning
+and used to choose no setting; `--seeds` runs others (the tuning seeds, to choose a setting there).
+
+Per seed, the organism's 5% split (`world.subjects_split(0.05, seed)`: 15 people, 90 facts) runs as
+`excise bench unlearn` runs it (`bench_split`: the located neurons, the split's retain and stand-in
+facts, the audit context of 150 never-seen people, every default attack), with relearning's never-seen
+baseline pooled over RELEARN_DRAWS samples of 90 facts (one sample read `leaks` for the retrain
+oracle itself on seed 4: `excise.verify.attacks.relearn`). The original and the retrain oracle are
+audited beside the methods: the oracle's verdicts are the calibration, what a perfect deletion gets.
+
+One JSON row per (method, seed): `method`, `seed`, `efficacy`, `utility`, `relearn_recall` (top-1
+after relearning the other half; the oracle row's is the floor), `forget_quality`, `verdicts`
+({attack: verdict}) and `leakage` (their AUCs and p-values), `meets_goal`. The goal (GOAL_UTILITY):
+utility >= 0.95 of the original's and `indistinguishable` on every attack. A run of some methods or
+seeds keeps DIR/heldout.json's other rows. Writes DIR/heldout.json and heldout.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from excise import organism
+from excise.bench.results import read_result, write_result
+from excise.bench.unlearn import Budget, _registered, bench_split
+from excise.models import load
+
+TUNING_SEEDS = (0, 1, 2)
+HELD_OUT_SEEDS = (3, 4, 5)
+FRACTION = 0.05
+RELEARN_DRAWS = 10          # the 150 never-seen people as 10 draws of 15 (excise.verify.attacks.relearn)
+GOAL_UTILITY = 0.95
+# row name -> (label, registered method, settings over its defaults)
+VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "undo": ("UNDO, the registered defaults (swap teacher, alpha 0.6, recall stop)", "undo", {}),
+    # set before any run of it, from the tuning seeds' earlier UNDO runs (excise/edit/undo.py): the recall stop
+    # at 5% ended with utility 0.80-0.81, at 0 with 0.89-0.93; the goal's 0.95 needs the original's recall back
+    "undo_original_outside": ("UNDO, every text naming no forget subject taught by the original, distilled until "
+                              "99% of the original's retained recall (at most 2,000 steps)", "undo",
+                              {"outside_teacher": "original", "retain_threshold": 0.01, "max_steps": 2000}),
+}
+METHODS = tuple(VARIANTS)
+KEYS = ("method", "seed", "scope", "efficacy", "utility", "relearn_recall", "forget_quality", "retain_kept",
+        "seconds", "undo_steps")
+
+
+def _table() -> dict[str, tuple[str, tuple[str, ...], Any]]:
+    return {name: (label, ("located",), _registered(method, **settings))
+            for name, (label, method, settings) in VARIANTS.items()}
+
+
+def row_of(row: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The bench's row from a `bench_split` row: its columns, the verdicts, and whether it meets the goal."""
+    out = {k: row.get(k) for k in KEYS} | {"seed": seed}
+    out["verdicts"] = {a: v["verdict"] for a, v in row["leakage"].items()}
+    out["leakage"] = {a: {"auc": v["auc"], "p_value": v["p_value"]} for a, v in row["leakage"].items()}
+    out["meets_goal"] = meets_goal(out)
+    return out
+
+
+def meets_goal(row: dict[str, Any]) -> bool:
+    return (row["utility"] or 0) >= GOAL_UTILITY and bool(row["verdicts"]) and \
+        all(v == "indistinguishable" for v in row["verdicts"].values())
+
+
+def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequence[str] = METHODS,
+        progress: bool = True, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = [m for m in methods if m not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(VARIANTS)}")
+    start = time.perf_counter()
+    kept_from = read_result(out / "heldout.json")
+    rows = [r for r in (kept_from or {}).get("rows", [])
+            if not (r["seed"] in seeds and (r["method"] in methods or r["method"] in ("original", "oracle")))]
+    original, world = load("organism", device="cpu"), organism.world()
+    results: dict[str, Any] = {}
+    seconds = dict((kept_from or {}).get("seed_seconds", {}))
+    for seed in seeds:
+        t0 = time.perf_counter()
+        split = bench_split(original, world, FRACTION, list(methods), Budget(), seed, progress, log,
+                            relearn_draws=RELEARN_DRAWS, table=_table())
+        rows += [row_of(r, seed) for r in split["rows"]]
+        seconds[str(seed)] = time.perf_counter() - t0
+        order = {m: i for i, m in enumerate(("original", "oracle", *VARIANTS))}
+        rows.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
+        results = {"fraction": FRACTION, "tuning_seeds": list(TUNING_SEEDS), "held_out_seeds": list(HELD_OUT_SEEDS),
+                   "relearn_draws": RELEARN_DRAWS, "goal_utility": GOAL_UTILITY,
+                   "labels": {m: v[0] for m, v in VARIANTS.items()}, "seed_seconds": seconds, "rows": rows}
+        write_result(out, "heldout", results, to_markdown(results), seed=sorted({r["seed"] for r in rows}),
+                     wall_seconds=time.perf_counter() - start, kept_from=kept_from)
+        log(f"seed {seed}: {seconds[str(seed)]:.0f}s")
+    return results
+
+
+def _verdict(v: str | None, auc: float | None) -> str:
+    short = {"indistinguishable": "indist.", "over_suppressed": "over-supp."}.get(v or "", v or "-")
+    return f"{short} ({auc:.2f})" if auc is not None else short
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    attacks = sorted({a for row in r["rows"] for a in row["verdicts"]})
+    lines = ["# Deletion on held-out split seeds (organism, 5% split)", "",
+             f"Split seeds {', '.join(map(str, r['held_out_seeds']))} were fixed before any tuning; "
+             f"{', '.join(map(str, r['tuning_seeds']))} chose the settings. Goal: utility >= "
+             f"{r['goal_utility']} of the original's and indistinguishable from never-seen facts on every attack "
+             f"(verdict and AUC per attack; relearning's baseline pooled over {r['relearn_draws']} samples). "
+             "The oracle's row is what a perfect deletion gets.", "",
+             "| seed | method | efficacy | utility | relearned | forget quality | " + " | ".join(attacks)
+             + " | goal |", "|---|---|---|---|---|---|" + "---|" * (len(attacks) + 1)]
+    for row in sorted(r["rows"], key=lambda x: (x["seed"], x["method"] not in ("original", "oracle"))):
+        cells = [_verdict(row["verdicts"].get(a), row["leakage"].get(a, {}).get("auc")) for a in attacks]
+        fq = row["forget_quality"]
+        lines.append(f"| {row['seed']} | {row['method']} | {row['efficacy']:.3f} | {row['utility']:.3f} | "
+                     f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | " + " | ".join(cells)
+                     + f" | {'**met**' if row['meets_goal'] else 'missed'} |")
+    lines += ["", "Methods:"] + [f"- `{m}`: {label}" for m, label in r["labels"].items()]
+    return "\n".join(lines) + "\n"

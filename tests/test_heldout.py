@@ -1,0 +1,54 @@
+"""excise bench heldout: its rows, its goal, and a re-run of some seeds keeping the others (bench_split stubbed:
+the audits themselves are the unlearn bench's, tested there)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from excise.bench import heldout
+
+
+def split_row(method: str, utility: float, verdicts: dict[str, str]) -> dict:
+    return {"method": method, "scope": "located", "efficacy": 0.9, "utility": utility, "relearn_recall": 0.05,
+            "forget_quality": 0.3, "retain_kept": 0.97, "seconds": 10.0,
+            "leakage": {a: {"verdict": v, "auc": 0.5, "p_value": 0.9, "layer": None} for a, v in verdicts.items()}}
+
+
+EVERY = {"probes": "indistinguishable", "logit_lens": "indistinguishable", "relearn": "indistinguishable"}
+
+
+def test_the_goal_needs_the_utility_and_every_attack():
+    assert heldout.row_of(split_row("undo", 0.95, EVERY), 3)["meets_goal"]
+    assert not heldout.row_of(split_row("undo", 0.949, EVERY), 3)["meets_goal"]
+    assert not heldout.row_of(split_row("undo", 0.99, EVERY | {"relearn": "leaks"}), 3)["meets_goal"]
+    assert not heldout.row_of(split_row("undo", 0.99, EVERY | {"probes": "underpowered"}), 3)["meets_goal"]
+    assert not heldout.row_of(split_row("undo", 0.99, {}), 3)["meets_goal"]          # no verdict is no pass
+    row = heldout.row_of(split_row("undo", 0.95, EVERY), 4)
+    assert row["seed"] == 4 and row["verdicts"] == EVERY and row["leakage"]["probes"] == {"auc": 0.5, "p_value": 0.9}
+
+
+def test_a_rerun_of_some_seeds_keeps_the_other_rows(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table):
+        calls.append((seed, tuple(methods), relearn_draws, fraction))
+        assert set(methods) <= set(table)
+        return {"rows": [split_row("original", 1.0, {"probes": "leaks"}), split_row("oracle", 1.0, EVERY)]
+                + [split_row(m, 0.9 + seed / 100, EVERY) for m in methods]}
+
+    monkeypatch.setattr(heldout, "bench_split", fake_split)
+    monkeypatch.setattr(heldout, "load", lambda *a, **k: None)
+    monkeypatch.setattr(heldout.organism, "world", lambda: None)
+    heldout.run(tmp_path, seeds=(3, 4), methods=("undo", "undo_original_outside"))
+    heldout.run(tmp_path, seeds=(4,), methods=("undo",))
+    assert calls[-1] == (4, ("undo",), heldout.RELEARN_DRAWS, 0.05)
+    rows = json.loads((tmp_path / "heldout.json").read_text())["rows"]
+    assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
+        [(m, s) for m in ("original", "oracle", "undo", "undo_original_outside") for s in (3, 4)])
+    assert [r["meets_goal"] for r in rows if r["method"] == "undo"] == [False, False]        # 0.93, 0.94
+    md = (tmp_path / "heldout.md").read_text()
+    assert "| 4 | undo | 0.900 | 0.940 |" in md and "indist. (0.50)" in md
+    with pytest.raises(ValueError, match="unknown methods"):
+        heldout.run(tmp_path, seeds=(3,), methods=("undo_v9",))
