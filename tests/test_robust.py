@@ -353,6 +353,38 @@ def test_undo_original_teacher_teaches_the_texts_that_name_no_forget_subject(tin
         UndoMethodConfig(outside_teacher="oracle")
 
 
+def test_undo_lens_term_reads_the_stand_in_texts_lens_after_the_names(tiny):
+    """lens_weight (excise's variant): texts naming a forget subject are paired with their stand-in version;
+    the KL is over the intermediate layers at the common suffix's positions: 0 for a student equal to the
+    teacher on an unchanged text, positive with a gradient once they differ."""
+    import importlib
+
+    U = importlib.import_module("excise.edit.undo")
+    texts = ["Ann Lee was born in Oslo.", "Bo Ek and Ann Lee met.", "the dog sat on the mat"]
+    lens = U._Lens.of(1.0, texts, ["Ann Lee", "Bo Ek"], ["Cy Ho", "Ann Lee", "Di Uu"], tiny)
+    assert lens.swaps == {"Ann Lee was born in Oslo.": "Cy Ho was born in Oslo.",
+                          "Bo Ek and Ann Lee met.": "Di Uu and Cy Ho met."}
+    assert U._common_suffix([1, 2, 3, 4], [9, 3, 4]) == 2 and U._common_suffix([1], [2]) == 0
+    with pytest.raises(ValueError, match="stand_ins"):
+        U._Lens.of(1.0, texts, ["Ann Lee"], ["Ann Lee"], tiny)
+    same = U._Lens(1.0, {t: t for t in texts[:2]}, copy_model(tiny))
+    tokens, real = U._batch(tiny, texts)
+    _, resid = U._forward_keeping(tiny, tokens, U._intermediate(tiny))
+    assert len(resid) == tiny.cfg.n_layers - 1
+    assert U._lens_loss(tiny, texts, tokens, real, resid, same).abs() < 1e-6      # float32, one forward each
+    assert U._lens_loss(tiny, texts[2:], tokens[2:], real[2:], [r[2:] for r in resid], same) is None
+    with torch.no_grad():
+        for p in same.teacher.parameters():
+            p.add_(0.05)
+    with torch.enable_grad():
+        _, resid = U._forward_keeping(tiny, tokens, U._intermediate(tiny))
+        loss = U._lens_loss(tiny, texts, tokens, real, resid, same)
+        loss.backward()
+    assert loss > 1e-4 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny.parameters())
+    with pytest.raises(ValueError, match="lens_weight"):
+        U.UndoConfig(lens_weight=-1)
+
+
 def test_the_benches_undo_is_the_recall_stopped_recipe_and_undoes(organism_model, world):
     """The registered undo, as bench robust and bench unlearn run it: its teacher (swap at the mask), then
     alpha 0.6 on the context's sample, the recall stop read on 200 retained facts, every parameter (at most
