@@ -65,6 +65,14 @@ this says. An attack is called `indistinguishable` only when it could have
 detected |A - 0.5| = MEANINGFUL_EFFECT (0.25: A = 0.75, a forget fact beats a
 never-seen one three times in four); otherwise `underpowered`.
 
+Relearning with several never-seen draws (`AuditConfig.relearn_draws` >= 3)
+is tested with `compare_draws` instead: the same AUC against the pooled
+draws, its spread read from how far each draw's AUC against the others
+strays (Student's t on k - 1 degrees of freedom, never below Noether's SD).
+Its facts come from few people and two fine-tunes; on the organism's 5%
+split one draw of 15 people strayed from the rest with SD 0.022-0.045
+against Noether's 0.032 (`excise.verify.attacks.relearn`).
+
 The logit lens is tested at every layer and at the best layer, with the level
 divided by their number (Bonferroni) and its detectable effect computed at
 that level; its verdict is the most significant layer's.
