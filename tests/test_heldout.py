@@ -52,3 +52,22 @@ def test_a_rerun_of_some_seeds_keeps_the_other_rows(tmp_path, monkeypatch):
     assert "| 4 | undo | 0.900 | 0.940 |" in md and "indist. (0.50)" in md
     with pytest.raises(ValueError, match="unknown methods"):
         heldout.run(tmp_path, seeds=(3,), methods=("undo_v9",))
+
+
+def test_merge_joins_parallel_runs_and_keeps_their_provenance(tmp_path, monkeypatch):
+    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table):
+        return {"rows": [split_row("oracle", 1.0, EVERY)] + [split_row(m, 0.96, EVERY) for m in methods]}
+
+    monkeypatch.setattr(heldout, "bench_split", fake_split)
+    monkeypatch.setattr(heldout, "load", lambda *a, **k: None)
+    monkeypatch.setattr(heldout.organism, "world", lambda: None)
+    for seed in (3, 4):
+        heldout.run(tmp_path / f"s{seed}", seeds=(seed,), methods=("undo",))
+    merged = heldout.merge(tmp_path / "all", [tmp_path / "s3", tmp_path / "s4"])
+    assert [(r["method"], r["seed"]) for r in merged["rows"]] == [("oracle", 3), ("oracle", 4), ("undo", 3),
+                                                                  ("undo", 4)]
+    assert all(r["meets_goal"] for r in merged["rows"] if r["method"] == "undo")
+    assert len(merged["provenance"]["earlier"]) == 2 and set(merged["seed_seconds"]) == {"3", "4"}
+    assert "| 4 | undo | 0.900 | 0.960 |" in (tmp_path / "all" / "heldout.md").read_text()
+    with pytest.raises(ValueError, match="missing"):
+        heldout.merge(tmp_path / "all", [tmp_path / "s3", tmp_path / "nowhere"])

@@ -16,7 +16,8 @@ One JSON row per (method, seed): `method`, `seed`, `efficacy`, `utility`, `relea
 after relearning the other half; the oracle row's is the floor), `forget_quality`, `verdicts`
 ({attack: verdict}) and `leakage` (their AUCs and p-values), `meets_goal`. The goal (GOAL_UTILITY):
 utility >= 0.95 of the original's and `indistinguishable` on every attack. A run of some methods or
-seeds keeps DIR/heldout.json's other rows. Writes DIR/heldout.json and heldout.md.
+seeds keeps DIR/heldout.json's other rows. Writes DIR/heldout.json and heldout.md. A seed takes about an
+hour on one thread; `merge` joins runs made in parallel (one DIR per seed) into one table.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from excise import organism
 from excise.bench.results import read_result, write_result
 from excise.bench.unlearn import Budget, _registered, bench_split
 from excise.models import load
+from excise.provenance import earlier
 
 TUNING_SEEDS = (0, 1, 2)
 HELD_OUT_SEEDS = (3, 4, 5)
@@ -98,6 +100,31 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
                      wall_seconds=time.perf_counter() - start, kept_from=kept_from)
         log(f"seed {seed}: {seconds[str(seed)]:.0f}s")
     return results
+
+
+def merge(out: str | Path, parts: Sequence[str | Path]) -> dict[str, Any]:
+    """DIR/heldout.json from the heldout.json of each of `parts` (runs of the same bench, e.g. one seed each
+    in parallel): a later part's rows replace an earlier one's of the same (method, seed); every part's
+    provenance is kept under the merged file's ["provenance"]["earlier"]."""
+    files = [read_result(Path(p) / "heldout.json") for p in parts]
+    if not files or any(f is None for f in files):
+        raise ValueError(f"every part needs a heldout.json; missing in {[str(p) for p, f in zip(parts, files) if f is None]}")
+    settings = {k: files[0][k] for k in ("fraction", "relearn_draws", "goal_utility")}
+    if any({k: f[k] for k in settings} != settings for f in files):
+        raise ValueError("the parts were measured under different settings (fraction, relearn draws, goal)")
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for f in files:
+        rows |= {(r["method"], r["seed"]): r for r in f["rows"]}
+        seconds |= f.get("seed_seconds", {})
+    order = {m: i for i, m in enumerate(("original", "oracle", *VARIANTS))}
+    results = {**files[0], "labels": {k: v for f in files for k, v in f["labels"].items()}, "seed_seconds": seconds,
+               "rows": sorted(rows.values(), key=lambda r: (order.get(r["method"], len(order)), r["seed"]))}
+    blocks = [b for f in files for b in earlier(f)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return write_result(out, "heldout", results, to_markdown(results), seed=sorted({r["seed"] for r in rows.values()}),
+                        wall_seconds=sum(seconds.values()), kept_from={"provenance": {**blocks[0], "earlier": blocks[1:]}})
 
 
 def _verdict(v: str | None, auc: float | None) -> str:
