@@ -13,6 +13,7 @@ a number in the README can only change by changing the file it comes from:
 | surnames | benchmarks/results/edit.json (`excise bench edit`) |
 | tofu | excise/tofu/models/*/excise_tofu.json and the weight files' sizes |
 | widths | benchmarks/results/widths.json (`excise bench widths`) |
+| heldout | benchmarks/results/heldout.json (`excise bench heldout`) |
 | tests | `pytest --collect-only` of the default suite |
 
 Rewrite the README with `python -m excise.bench.readme`; copy a new default
@@ -152,6 +153,27 @@ def _widths() -> str:
     return "\n".join(lines) + "\n\n" + reading(r) + "\n"
 
 
+def _heldout() -> str:
+    """Per held-out seed and method: utility, each attack's verdict, the goal; from heldout.json."""
+    r = json.loads((RESULTS / "heldout.json").read_text())
+    rows = [x for x in r["rows"] if x["seed"] in r["held_out_seeds"] and x["method"] != "original"]
+    attacks = sorted({a for x in rows for a in x["verdicts"]})
+    short = {"indistinguishable": "indist.", "over_suppressed": "over-supp."}
+    lines = ["| seed | method | efficacy | utility | " + " | ".join(attacks) + " | goal |",
+             "|---|---|---|---|" + "---|" * (len(attacks) + 1)]
+    for x in sorted(rows, key=lambda x: (x["seed"], x["method"] != "oracle", x["method"])):
+        cells = [f"{short.get(x['verdicts'][a], x['verdicts'][a])} ({x['leakage'][a]['auc']:.2f})"
+                 if a in x["verdicts"] else "-" for a in attacks]
+        goal = "-" if x["method"] == "oracle" else "**met**" if x["meets_goal"] else "missed"
+        lines.append(f"| {x['seed']} | {x['method']} | {x['efficacy']:.3f} | {x['utility']:.3f} | "
+                     + " | ".join(cells) + f" | {goal} |")
+    met = {m: sum(x["meets_goal"] for x in rows if x["method"] == m) for m in dict.fromkeys(x["method"] for x in rows)
+           if m != "oracle"}
+    n = len(r["held_out_seeds"])
+    return "\n".join(lines) + "\n\n" + "; ".join(f"`{m}` meets the goal on {k} of {n} held-out seeds"
+                                                for m, k in met.items()) + ".\n"
+
+
 def test_count() -> tuple[int, int]:
     """(tests, notebooks) that `python -m pytest` collects by default (one subprocess, seconds)."""
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"],
@@ -202,7 +224,7 @@ def _suites() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
                                         "sites": _sites, "methods": _methods, "attacks": _attacks,
-                                        "suites": _suites, "widths": _widths}
+                                        "suites": _suites, "widths": _widths, "heldout": _heldout}
 
 
 def render(text: str, only: set[str] | None = None) -> str:
