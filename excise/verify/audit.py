@@ -58,7 +58,7 @@ class AuditConfig:
     attacks: tuple[str, ...] = field(default_factory=defaults)  # the registered default attacks (excise.verify.ATTACKS)
     relearn: RelearnConfig = field(default_factory=RelearnConfig)
     # the relearning baseline: this many disjoint holdout samples of the audit's size, each relearned apart and
-    # pooled (one is noisy: the organism's oracle read `leaks` on one of six 5% splits with one, none with ten;
+    # pooled (one is noisy: the organism's oracle read `leaks` on one of six 5% splits with one draw, none with ten;
     # excise.verify.attacks.relearn). Each costs a relearning run.
     relearn_draws: int = 1
     mia_fpr: float = 0.05                 # membership verdicts: the chance level

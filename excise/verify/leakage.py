@@ -70,7 +70,7 @@ is tested with `compare_draws` instead: the same AUC against the pooled
 draws, its spread read from how far each draw's AUC against the others
 strays (Student's t on k - 1 degrees of freedom, never below Noether's SD).
 Its facts come from few people and two fine-tunes; on the organism's 5%
-split one draw of 15 people strayed from the rest with SD 0.022-0.045
+split one draw of 15 people strayed from the rest with SD 0.022-0.062
 against Noether's 0.032 (`excise.verify.attacks.relearn`).
 
 The logit lens is tested at every layer and at the best layer, with the level

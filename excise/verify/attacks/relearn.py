@@ -7,12 +7,13 @@ never-seen people (as a deletion request is whole people), each relearned apart,
 spread from them (`excise.verify.leakage.compare_draws`): the audited facts are a few people, relearned in
 two fine-tunes, so their AUC varies more than a test of independent facts assumes.
 
-Measured on the organism's 5% split (15 people, 90 facts; the retrain oracle, split seeds 0, 1, 3, 4, 5;
-ten draws of 15 never-seen people each; scratch runs): one draw's AUC against the other nine spread with SD
-0.022-0.045 (Noether's per-fact SD: 0.032). The oracle against one random sample read 0.43-0.59, `leaks`
-on seed 4 (0.59, p 0.047); against the ten pooled draws 0.40-0.54, and the per-fact test then read seed 1
-`over_suppressed` (0.40, p 0.003): its facts are 15 people whose relearning is slower than most, which the
-per-fact test takes for 90 independent facts.
+Measured on the organism's 5% split (15 people, 90 facts; the retrain oracle, split seeds 0-5; ten
+draws of 15 never-seen people each; scratch runs): one draw's AUC against the other nine spread with SD
+0.022-0.062 (Noether's per-fact SD: 0.032). The oracle against one random sample read 0.42-0.59, `leaks`
+on seed 4 (0.59, p 0.047) and nearly over-suppressed on seed 2 (0.42, p 0.052); against the ten pooled
+draws 0.40-0.54, where the per-fact test read seed 1 `over_suppressed` (0.40, p 0.003): its facts are 15
+people whose relearning is slower than most, which that test takes for 90 independent facts. The
+draw-based test (`compare_draws`, ten draws) reads every seed indistinguishable (p 0.057-0.90).
 """
 
 from __future__ import annotations
