@@ -268,7 +268,7 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
             edited = audit(model, forget, config=config, context=context, progress=False).models["edited"]
             row = {"method": name, "label": label, "scope": scope, "seconds": seconds,
                    "parameters_touched": record.n_changed, **row_metrics(_combined(base, edited)),
-                   **({"undo_steps": record.meta["steps"]} if name == "undo" else {})}
+                   **({"undo_steps": record.meta["steps"]} if record.method == "undo" else {})}
             rows.append(row)
             log(f"  {name:<17} {scope:<8} eff {row['efficacy']:.2f} fq {row['forget_quality']:.2g} "
                 f"util {row['utility']:.3f} ({seconds:.0f}s)")
