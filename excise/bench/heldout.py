@@ -102,10 +102,10 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
     return results
 
 
-def merge(out: str | Path, parts: Sequence[str | Path]) -> dict[str, Any]:
+def merge(out: str | Path, parts: Sequence[str | Path], note: str | None = None) -> dict[str, Any]:
     """DIR/heldout.json from the heldout.json of each of `parts` (runs of the same bench, e.g. one seed each
     in parallel): a later part's rows replace an earlier one's of the same (method, seed); every part's
-    provenance is kept under the merged file's ["provenance"]["earlier"]."""
+    provenance is kept under the merged file's ["provenance"]["earlier"]; `note` goes in the merged block."""
     files = [read_result(Path(p) / "heldout.json") for p in parts]
     if not files or any(f is None for f in files):
         raise ValueError(f"every part needs a heldout.json; missing in {[str(p) for p, f in zip(parts, files) if f is None]}")
@@ -124,7 +124,8 @@ def merge(out: str | Path, parts: Sequence[str | Path]) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     return write_result(out, "heldout", results, to_markdown(results), seed=sorted({r["seed"] for r in rows.values()}),
-                        wall_seconds=sum(seconds.values()), kept_from={"provenance": {**blocks[0], "earlier": blocks[1:]}})
+                        wall_seconds=sum(seconds.values()), kept_from={"provenance": {**blocks[0], "earlier": blocks[1:]}},
+                        note=note)
 
 
 def _verdict(v: str | None, auc: float | None) -> str:

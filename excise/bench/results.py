@@ -26,13 +26,14 @@ def with_provenance(markdown: str, results: dict[str, Any]) -> str:
 
 def write_result(out_dir: Path, name: str, results: dict[str, Any], markdown: str,
                  seed: int | list[int] | str | None, wall_seconds: float | None,
-                 kept_from: dict[str, Any] | None = None) -> dict[str, Any]:
+                 kept_from: dict[str, Any] | None = None, note: str | None = None) -> dict[str, Any]:
     """Write out_dir/NAME.json (`results` with results["provenance"] set to this run's block) and NAME.md
     (`markdown` plus the block's line); returns `results`.
 
     `kept_from`: the results file as it was before this run, when `results` keeps rows of it; its runs' blocks
-    go under provenance["earlier"], so a merged table names every machine its rows came from."""
-    block = provenance(seed, wall_seconds)
+    go under provenance["earlier"], so a merged table names every machine its rows came from. `note`: a
+    line the block carries (what the provenance alone does not say)."""
+    block = provenance(seed, wall_seconds, **({"note": note} if note else {}))
     if kept_from is not None:
         block["earlier"] = earlier(kept_from)
     results["provenance"] = block
