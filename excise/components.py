@@ -33,6 +33,25 @@ def hook_name(kind: str, layer: int | str) -> str:
     return HOOKS[kind].format(layer=layer)
 
 
+def forward_keeping(model: Any, tokens: Any, names: list[str] | set[str]) -> tuple[Any, dict[str, Any]]:
+    """One forward of `model` on `tokens` keeping the activations at the hooks `names`, by the names asked
+    (an alias's `hook.name` is the canonical one); returns (logits, {name: activation}). The activations keep
+    their graph: the caller decides on no_grad, detach or clone. Raises if a hook never fired."""
+    kept: dict[str, Any] = {}
+
+    def keeper(name: str):
+        def keep(act, hook):
+            kept[name] = act
+        return keep
+
+    with model.hooks(fwd_hooks=[(n, keeper(n)) for n in sorted(names)]):
+        logits = model(tokens)
+    missing = set(names) - set(kept)
+    if missing:
+        raise RuntimeError(f"hooks never fired during the forward: {sorted(missing)}")
+    return logits, kept
+
+
 def stream_hook(index: int) -> str:
     """Returns the hook holding Hugging Face's hidden_states[index]: 0 the embeddings entering block 0, i the
     residual stream after block i-1. Cost: none."""

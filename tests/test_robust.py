@@ -359,7 +359,13 @@ def test_undo_lens_term_reads_the_stand_in_texts_lens_after_the_names(tiny):
     teacher on an unchanged text, positive with a gradient once they differ."""
     import importlib
 
+    from excise.components import forward_keeping
+
     U = importlib.import_module("excise.edit.undo")
+
+    def intermediate(model, tokens):
+        kept = forward_keeping(model, tokens, U._intermediate(model))[1]
+        return [kept[n] for n in U._intermediate(model)]
     texts = ["Ann Lee was born in Oslo.", "Bo Ek and Ann Lee met.", "the dog sat on the mat"]
     lens = U._Lens.of(1.0, texts, ["Ann Lee", "Bo Ek"], ["Cy Ho", "Ann Lee", "Di Uu"], tiny)
     assert lens.swaps == {"Ann Lee was born in Oslo.": "Cy Ho was born in Oslo.",
@@ -369,15 +375,19 @@ def test_undo_lens_term_reads_the_stand_in_texts_lens_after_the_names(tiny):
         U._Lens.of(1.0, texts, ["Ann Lee"], ["Ann Lee"], tiny)
     same = U._Lens(1.0, {t: t for t in texts[:2]}, copy_model(tiny))
     tokens, real = U._batch(tiny, texts)
-    _, resid = U._forward_keeping(tiny, tokens, U._intermediate(tiny))
+    resid = intermediate(tiny, tokens)
     assert len(resid) == tiny.cfg.n_layers - 1
-    assert U._lens_loss(tiny, texts, tokens, real, resid, same).abs() < 1e-6      # float32, one forward each
+    # The same weights on the same texts, in batches of another size and padding: float32 log-probs that agree to
+    # rounding (~1e-6 each), and the KL sum_v p (t - s) is at most their largest gap. Measured exactly 0.0 on the
+    # AVX-512 path and on ATEN_CPU_CAPABILITY=default with one thread; 1e-5 is ten such gaps, and the perturbed
+    # case below is > 1e-4.
+    assert U._lens_loss(tiny, texts, tokens, real, resid, same).abs() < 1e-5
     assert U._lens_loss(tiny, texts[2:], tokens[2:], real[2:], [r[2:] for r in resid], same) is None
     with torch.no_grad():
         for p in same.teacher.parameters():
             p.add_(0.05)
     with torch.enable_grad():
-        _, resid = U._forward_keeping(tiny, tokens, U._intermediate(tiny))
+        resid = intermediate(tiny, tokens)
         loss = U._lens_loss(tiny, texts, tokens, real, resid, same)
         loss.backward()
     assert loss > 1e-4 and any(p.grad is not None and p.grad.abs().sum() > 0 for p in tiny.parameters())

@@ -89,10 +89,8 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
         t0 = time.perf_counter()
         split = bench_split(original, world, FRACTION, list(methods), Budget(), seed, progress, log,
                             relearn_draws=RELEARN_DRAWS, table=_table())
-        rows += [row_of(r, seed) for r in split["rows"]]
+        rows = _ordered(rows + [row_of(r, seed) for r in split["rows"]])
         seconds[str(seed)] = time.perf_counter() - t0
-        order = {m: i for i, m in enumerate(("original", "oracle", *VARIANTS))}
-        rows.sort(key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
         results = {"fraction": FRACTION, "tuning_seeds": list(TUNING_SEEDS), "held_out_seeds": list(HELD_OUT_SEEDS),
                    "relearn_draws": RELEARN_DRAWS, "goal_utility": GOAL_UTILITY,
                    "labels": {m: v[0] for m, v in VARIANTS.items()}, "seed_seconds": seconds, "rows": rows}
@@ -100,6 +98,12 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
                      wall_seconds=time.perf_counter() - start, kept_from=kept_from)
         log(f"seed {seed}: {seconds[str(seed)]:.0f}s")
     return results
+
+
+def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The anchors, then the variants in VARIANTS order (unknown methods last), each by seed."""
+    order = {m: i for i, m in enumerate(("original", "oracle", *VARIANTS))}
+    return sorted(rows, key=lambda r: (order.get(r["method"], len(order)), r["seed"]))
 
 
 def merge(out: str | Path, parts: Sequence[str | Path], note: str | None = None) -> dict[str, Any]:
@@ -117,9 +121,8 @@ def merge(out: str | Path, parts: Sequence[str | Path], note: str | None = None)
     for f in files:
         rows |= {(r["method"], r["seed"]): r for r in f["rows"]}
         seconds |= f.get("seed_seconds", {})
-    order = {m: i for i, m in enumerate(("original", "oracle", *VARIANTS))}
     results = {**files[0], "labels": {k: v for f in files for k, v in f["labels"].items()}, "seed_seconds": seconds,
-               "rows": sorted(rows.values(), key=lambda r: (order.get(r["method"], len(order)), r["seed"]))}
+               "rows": _ordered(list(rows.values()))}
     blocks = [b for f in files for b in earlier(f)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,8 @@ def merge(out: str | Path, parts: Sequence[str | Path], note: str | None = None)
                         note=note)
 
 
-def _verdict(v: str | None, auc: float | None) -> str:
+def verdict_cell(v: str | None, auc: float | None) -> str:
+    """A verdict as a table cell: shortened, with its AUC."""
     short = {"indistinguishable": "indist.", "over_suppressed": "over-supp."}.get(v or "", v or "-")
     return f"{short} ({auc:.2f})" if auc is not None else short
 
@@ -144,7 +148,7 @@ def to_markdown(r: dict[str, Any]) -> str:
              "| seed | method | efficacy | utility | relearned | forget quality | " + " | ".join(attacks)
              + " | goal |", "|---|---|---|---|---|---|" + "---|" * (len(attacks) + 1)]
     for row in sorted(r["rows"], key=lambda x: (x["seed"], x["method"] not in ("original", "oracle"))):
-        cells = [_verdict(row["verdicts"].get(a), row["leakage"].get(a, {}).get("auc")) for a in attacks]
+        cells = [verdict_cell(row["verdicts"].get(a), row["leakage"].get(a, {}).get("auc")) for a in attacks]
         fq = row["forget_quality"]
         lines.append(f"| {row['seed']} | {row['method']} | {row['efficacy']:.3f} | {row['utility']:.3f} | "
                      f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | " + " | ".join(cells)

@@ -155,15 +155,15 @@ def _widths() -> str:
 
 def _heldout() -> str:
     """Per held-out seed and method: utility, each attack's verdict, the goal; from heldout.json."""
+    from excise.bench.heldout import verdict_cell
+
     r = json.loads((RESULTS / "heldout.json").read_text())
     rows = [x for x in r["rows"] if x["seed"] in r["held_out_seeds"] and x["method"] != "original"]
     attacks = sorted({a for x in rows for a in x["verdicts"]})
-    short = {"indistinguishable": "indist.", "over_suppressed": "over-supp."}
     lines = ["| seed | method | efficacy | utility | " + " | ".join(attacks) + " | goal |",
              "|---|---|---|---|" + "---|" * (len(attacks) + 1)]
     for x in sorted(rows, key=lambda x: (x["seed"], x["method"] != "oracle", x["method"])):
-        cells = [f"{short.get(x['verdicts'][a], x['verdicts'][a])} ({x['leakage'][a]['auc']:.2f})"
-                 if a in x["verdicts"] else "-" for a in attacks]
+        cells = [verdict_cell(x["verdicts"].get(a), x["leakage"].get(a, {}).get("auc")) for a in attacks]
         goal = "-" if x["method"] == "oracle" else "**met**" if x["meets_goal"] else "missed"
         lines.append(f"| {x['seed']} | {x['method']} | {x['efficacy']:.3f} | {x['utility']:.3f} | "
                      + " | ".join(cells) + f" | {goal} |")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from excise.components import OUTPUT_LINEAR, Component, hook_name
+from excise.components import OUTPUT_LINEAR, Component, forward_keeping, hook_name
 from excise.edit.record import EditRecord, recording
 from excise.scoring import encode, pad_batch
 from excise.weights import device_of, linear
@@ -64,15 +64,7 @@ def mean_activations(model: Any, texts: Sequence[str], layers: Iterable[int], ba
         batch = rows[start:start + batch_size]
         tokens, last = pad_batch(batch, pad)
         real = torch.arange(tokens.shape[1])[None] <= last[:, None]        # [b, pos]
-        acts: dict[str, torch.Tensor] = {}
-
-        def keeper(name):
-            def keep(act, hook):
-                acts[name] = act
-            return keep
-
-        with model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-            model(tokens.to(device))
+        _, acts = forward_keeping(model, tokens.to(device), names)
         mask = real.to(device)
         for n in names:
             total = acts[n][mask].float().sum(0).cpu()

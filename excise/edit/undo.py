@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from transformer_lens.tools.analysis import logit_readout
 
-from excise.components import stream_hook
+from excise.components import forward_keeping, stream_hook
 from excise.edit.record import EditRecord, recording, storage_owners
 from excise.facts import Fact
 from excise.scoring import encode, general_loss, pad_batch, recalled
@@ -172,19 +172,6 @@ def _intermediate(model: Any) -> list[str]:
     return [stream_hook(i) for i in range(1, model.cfg.n_layers)]
 
 
-def _forward_keeping(model: Any, tokens: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    kept: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str):
-        def keep(act, hook):
-            kept[name] = act
-            return act
-        return keep
-    with model.hooks(fwd_hooks=[(n, keeper(n)) for n in names]):
-        logits = model(tokens)
-    return logits, [kept[n] for n in names]
-
-
 def _common_suffix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
@@ -202,7 +189,8 @@ def _lens_loss(model: Any, batch: list[str], tokens: torch.Tensor, real: torch.T
         return None
     s_tokens, s_real = _batch(model, [lens.swaps[batch[i]] for i in rows])
     with torch.no_grad():
-        _, t_resid = _forward_keeping(lens.teacher, s_tokens, _intermediate(model))
+        _, kept = forward_keeping(lens.teacher, s_tokens, _intermediate(model))
+    t_resid = [kept[n] for n in _intermediate(model)]
     n_student, n_swap = real.sum(1) + 1, s_real.sum(1) + 1
     mine, theirs = [], []
     for j, i in enumerate(rows):
@@ -238,7 +226,8 @@ def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.O
         if lens is None:
             loss = _forward_kl(target, model(tokens), real)
         else:
-            logits, resid = _forward_keeping(model, tokens, _intermediate(model))
+            logits, kept = forward_keeping(model, tokens, _intermediate(model))
+            resid = [kept[n] for n in _intermediate(model)]
             loss = _forward_kl(target, logits, real)
             extra = _lens_loss(model, batch, tokens, real, resid, lens)
             if extra is not None:

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from excise.components import hook_name
+from excise.components import forward_keeping, hook_name
 from excise.weights import device_of
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Float[Tensor, " batch"]]
@@ -135,21 +135,11 @@ def subject_noise(
 
 def clean_states(model: Any, tokens: Int[Tensor, " pos"], hooks: set[str]) -> dict[str, Tensor]:
     """The activations at `hooks` of one run on `tokens` (no forward at all when `hooks` is empty)."""
-    store: dict[str, Tensor] = {}
     if not hooks:
-        return store
-
-    def keeper(name: str):  # by the requested name: an alias's hook.name is the canonical one
-        def keep(act: Tensor, hook: Any) -> None:
-            store[name] = act[0].detach().clone()
-        return keep
-
-    with torch.no_grad(), model.hooks(fwd_hooks=[(h, keeper(h)) for h in sorted(hooks)]):
-        model(tokens[None])
-    missing = hooks - set(store)
-    if missing:
-        raise RuntimeError(f"hooks never fired during the clean run: {sorted(missing)}")
-    return store
+        return {}
+    with torch.no_grad():
+        _, kept = forward_keeping(model, tokens[None], hooks)
+    return {name: act[0].detach().clone() for name, act in kept.items()}
 
 
 def _masks(plans: Sequence[Sequence[Restore]], rows: Sequence[int], clean: dict[str, Tensor],

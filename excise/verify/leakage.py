@@ -105,7 +105,12 @@ def detectable_effect(n1: int, n2: int, alpha: float = ALPHA, power: float = POW
     if n1 < 1 or n2 < 1:
         raise ValueError(f"both samples need at least one value, got {n1} and {n2}")
     z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
-    return float(z * math.sqrt((n1 + n2 + 1) / (12 * n1 * n2)))
+    return float(z * _noether_sd(n1, n2))
+
+
+def _noether_sd(n1: int, n2: int) -> float:
+    """The SD of the AUC estimate under H0, no ties (Noether 1987)."""
+    return math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))
 
 
 def mann_whitney(x: Values, y: Values) -> tuple[float, float]:
@@ -204,8 +209,7 @@ def compare_draws(attack: str, facts: Values, holdout: Values, sizes: Sequence[i
     parts = [h[a:b] for a, b in zip(edges[:-1], edges[1:])]
     null = [mann_whitney(p, np.concatenate(parts[:i] + parts[i + 1:]))[0] for i, p in enumerate(parts)]
     a = mann_whitney(f, h)[0]
-    noether = math.sqrt((len(f) + len(h) + 1) / (12 * len(f) * len(h)))
-    scale = max(float(np.std(null, ddof=1)), noether) * math.sqrt(1 + 1 / k)
+    scale = max(float(np.std(null, ddof=1)), _noether_sd(len(f), len(h))) * math.sqrt(1 + 1 / k)
     p = float(2 * student.sf(abs(a - 0.5) / scale, k - 1))
     d = float((student.ppf(1 - alpha / 2, k - 1) + student.ppf(power, k - 1)) * scale)
     direction, verdict = _verdict(a, p, d, alpha)
