@@ -14,6 +14,7 @@
     excise bench sisa      SISA (sharded exact unlearning): recall, deletion cost and audit vs the oracle (sisa.json/.md)
     excise bench calibration   derived never-seen baselines vs the organism's real ones, foreign oracles vs derived
     excise bench tofu --split forget01   unlearning on the TOFU organism by TOFU's metrics (tofu.json/.md, tofu-SPLIT.png)
+    excise bench anchor    TOFU's anchor: a setting chosen on forget01 by TOFU's metrics, tested on forget05
     excise tofu build      train (or find cached) the TOFU organism and its retain models
 
 MODEL: "organism", "stories260k" (a tiny Llama, shipped), a TransformerLens model name, or a local Hugging Face

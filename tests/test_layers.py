@@ -141,7 +141,6 @@ LONG = {
     "verify/plots.py:plot_report": "three panels of one figure",
     "bench/verify.py:run": "a benchmark script: its calibration cases in order",
     "bench/verify.py:to_markdown": "one document's lines in reading order",
-    "bench/tofu.py:run": "a benchmark script: the split's rows in order",
     "bench/robust.py:run": "a benchmark script: every method at every scope, in order",
 }
 

@@ -89,6 +89,13 @@ def _bench_heldout(a: argparse.Namespace) -> list[str]:
     return []
 
 
+def _bench_anchor(a: argparse.Namespace) -> list[str]:
+    from excise.bench.anchor import run
+
+    run(a.out, seed=a.seed, log=_log)
+    return []
+
+
 def _bench_calibration(a: argparse.Namespace) -> list[str]:
     from excise.bench.calibration import run
 
@@ -136,4 +143,4 @@ BENCH_SUITES = {"locate": _bench_locate, "edit": _bench_edit, "sequential": _ben
                 "verify": _bench_verify, "unlearn": _bench_unlearn, "stories": _bench_stories, "tofu": _bench_tofu,
                 "sisa": _bench_sisa, "sites": _bench_sites, "robust": _bench_robust,
                 "calibration": _bench_calibration, "batch": _bench_batch, "rescore": _bench_rescore,
-                "scale": _bench_scale, "widths": _bench_widths, "heldout": _bench_heldout}
+                "scale": _bench_scale, "widths": _bench_widths, "heldout": _bench_heldout, "anchor": _bench_anchor}

@@ -27,6 +27,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,32 +80,10 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    full = load_model(model_dir("full", recipe, progress), device="cpu")
-    oracle = load_model(model_dir(RETAIN_OF[split], recipe, progress), device="cpu")
-    forget_rows = load(split)
-    forget = list(as_facts(forget_rows))
-    utility_sets = tuple(load(s)[:utility_rows] for s in ("retain_perturbed", "real_authors", "world_facts"))
-    measured = {q.question for q in utility_sets[0]}
-    pool = [q for q in retain_for(split) if q.question not in measured]
-    retain_qas = random.Random(seed).sample(pool, min(n_retain, len(pool)))
-    retain = list(as_facts(retain_qas))
-    oracle_ratios = truth_ratio(oracle, forget_rows)
-
-    def score(model) -> dict[str, float]:
-        return {"forget_quality": forget_quality(truth_ratio(model, forget_rows), oracle_ratios),
-                "forget_rouge_l": float(rouge_l_recall(model, forget_rows, max_new_tokens).mean()),
-                "forget_probability": float(answer_probability(model, forget_rows).mean()),
-                **model_utility(model, *utility_sets, max_new_tokens=max_new_tokens)}
-
-    t = time.perf_counter()
-    loc = fisher(full, forget, retain=retain[:200], config=FisherConfig(progress=False))
-    located = loc.to_components(neurons_per_row * len(forget_rows), kind="neuron")
-    locate_seconds = time.perf_counter() - t
-    masks = {"located": located, "random": random_like(full, located, seed=seed + 1), "all": None}
-    rows = [{"method": "original", "scope": "-", "seconds": 0.0, "parameters_touched": 0, **score(full)},
-            {"method": f"retain model ({RETAIN_OF[split]})", "scope": "retrain", "parameters_touched": None,
-             "seconds": json.loads((model_dir(RETAIN_OF[split], recipe) / "excise_tofu.json").read_text())
-             ["train_seconds"], **score(oracle)}]
+    s = prepare(split, recipe, seed, neurons_per_row, n_retain, utility_rows, max_new_tokens, progress)
+    full, forget, retain, retain_qas, masks = s.full, s.forget, s.retain, s.retain_qas, s.masks
+    score = s.score
+    rows = s.reference_rows(recipe)
     for method in methods:
         for scope in {"rmu": RMU_SCOPES, "undo": UNDO_SCOPES}.get(method, SCOPES):
             model = copy_model(full)
@@ -128,11 +107,69 @@ def run(out: str | Path, split: str = "forget01", recipe: TofuRecipe = TofuRecip
             log(f"{method:<9} {scope:<8} fq {row['forget_quality']:.3g} utility {row['utility']:.3f} "
                 f"forget rouge {row['forget_rouge_l']:.3f} ({seconds:.0f}s)")
     results = {"split": split, "recipe": recipe.__dict__, "seed": seed, "steps": steps, "utility_rows": utility_rows,
-               "forget_rows": len(forget_rows), "forget_facts": len(forget), "retain_facts": len(retain),
-               "located_neurons": len(located), "locate_seconds": locate_seconds, "rows": rows,
+               "forget_rows": len(s.forget_rows), "forget_facts": len(forget), "retain_facts": len(retain),
+               "located_neurons": len(s.located), "locate_seconds": s.locate_seconds, "rows": rows,
                "wall_seconds": time.perf_counter() - t0}
     write(merged(results, out / "tofu.json", methods), out, seed, time.perf_counter() - t0)
     return results
+
+
+@dataclass
+class Prepared:
+    """One split made ready for unlearning runs: the organism, its retain model (the oracle), the forget rows
+    and facts, the training retain facts, the located / random masks and the scoring (`score`)."""
+
+    split: str
+    full: Any
+    oracle: Any
+    forget_rows: list
+    forget: list
+    retain_qas: list
+    retain: list
+    utility_sets: tuple
+    oracle_ratios: Any
+    located: list
+    masks: dict[str, Any]
+    locate_seconds: float
+    max_new_tokens: int | None
+
+    def score(self, model) -> dict[str, float]:
+        """Forget quality against the retain model, forget ROUGE-L and answer probability, TOFU's utility."""
+        return {"forget_quality": forget_quality(truth_ratio(model, self.forget_rows), self.oracle_ratios),
+                "forget_rouge_l": float(rouge_l_recall(model, self.forget_rows, self.max_new_tokens).mean()),
+                "forget_probability": float(answer_probability(model, self.forget_rows).mean()),
+                **model_utility(model, *self.utility_sets, max_new_tokens=self.max_new_tokens)}
+
+    def reference_rows(self, recipe: TofuRecipe) -> list[dict[str, Any]]:
+        """The un-unlearned organism's row and the retain model's (its training seconds from its metadata)."""
+        variant = RETAIN_OF[self.split]
+        trained = json.loads((model_dir(variant, recipe) / "excise_tofu.json").read_text())["train_seconds"]
+        return [{"method": "original", "scope": "-", "seconds": 0.0, "parameters_touched": 0, **self.score(self.full)},
+                {"method": f"retain model ({variant})", "scope": "retrain", "parameters_touched": None,
+                 "seconds": trained, **self.score(self.oracle)}]
+
+
+def prepare(split: str, recipe: TofuRecipe = TofuRecipe(), seed: int = 0, neurons_per_row: int = 4,
+            n_retain: int = 400, utility_rows: int | None = None, max_new_tokens: int | None = None,
+            progress: bool = True) -> Prepared:
+    """`split` ready to unlearn: the training retain facts are `n_retain` rows of the split's retain set drawn
+    with `seed` (none of them a utility row); located = the top `neurons_per_row` Fisher neurons per forget row."""
+    full = load_model(model_dir("full", recipe, progress), device="cpu")
+    oracle = load_model(model_dir(RETAIN_OF[split], recipe, progress), device="cpu")
+    forget_rows = load(split)
+    forget = list(as_facts(forget_rows))
+    utility_sets = tuple(load(s)[:utility_rows] for s in ("retain_perturbed", "real_authors", "world_facts"))
+    measured = {q.question for q in utility_sets[0]}
+    pool = [q for q in retain_for(split) if q.question not in measured]
+    retain_qas = random.Random(seed).sample(pool, min(n_retain, len(pool)))
+    retain = list(as_facts(retain_qas))
+    t = time.perf_counter()
+    loc = fisher(full, forget, retain=retain[:200], config=FisherConfig(progress=False))
+    located = loc.to_components(neurons_per_row * len(forget_rows), kind="neuron")
+    locate_seconds = time.perf_counter() - t
+    masks = {"located": located, "random": random_like(full, located, seed=seed + 1), "all": None}
+    return Prepared(split, full, oracle, forget_rows, forget, retain_qas, retain, utility_sets,
+                    truth_ratio(oracle, forget_rows), located, masks, locate_seconds, max_new_tokens)
 
 
 def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[str, Any]:

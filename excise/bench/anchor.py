@@ -1,0 +1,167 @@
+"""`excise bench anchor`: TOFU's literature anchor, with the setting chosen on forget01 only.
+
+The anchor (issue 39): open-unlearning's NPO on TOFU forget10, Llama-2-7b, reaches forget quality 0.42 at
+model utility 0.54, 86% of its retain model's 0.63. Here: forget quality >= ANCHOR_QUALITY on forget05 at
+>= ANCHOR_SHARE of the retain model's utility (stretch: STRETCH_SHARE), on the TOFU organism.
+
+Protocol, fixed before any run:
+1. TUNE_SPLIT (forget01): every setting of GRID (method x scope x epochs x learning rate) runs once from
+   the organism, seed 0, and is scored by TOFU's metrics against forget01's retain model.
+2. The rule (`choose`): per method, among the settings keeping utility >= ANCHOR_SHARE of the retain
+   model's, the highest forget quality, ties to the higher utility. The overall pick is the same rule over
+   every method.
+3. Each method's pick runs once on TEST_SPLITS (forget05), scored against forget05's retain model. Nothing
+   measured on forget05 chooses anything.
+
+Training length is in epochs over the forget rows (steps = ceil(epochs * rows / batch)), so a setting
+means the same thing on a split five times larger; the located mask scales the same way (4 Fisher neurons
+per forget row, as `excise bench tofu`). Writes DIR/anchor.json and anchor.md: every grid row, the picks
+and their test-split rows against the anchor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from excise.bench.results import write_result
+from excise.bench.tofu import Prepared, prepare
+from excise.display import fmt
+from excise.methods import unlearn
+from excise.tofu.organism import TofuRecipe
+from excise.weights import copy_model
+
+ANCHOR_QUALITY = 0.42           # open-unlearning's NPO, TOFU forget10, Llama-2-7b
+ANCHOR_SHARE = 0.86             # its utility, 0.54, over its retain model's, 0.63
+STRETCH_SHARE = 0.95
+TUNE_SPLIT = "forget01"
+TEST_SPLITS = ("forget05",)
+BATCH = 32
+# set before any run: NPO (the anchor's method) and GradDiff (forget05's highest forget quality in
+# `excise bench tofu`, at collapsed utility), at the located neurons and at every parameter; `excise bench tofu`
+# runs 40 steps at 1e-3 (34 epochs of forget01, 7 of forget05)
+GRID = {"method": ("npo", "graddiff"), "scope": ("located", "all"), "epochs": (5, 10, 20, 40),
+        "lr": (3e-4, 1e-3)}
+
+
+def settings(grid: dict[str, Sequence[Any]] = GRID) -> list[dict[str, Any]]:
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def steps_for(epochs: float, rows: int, batch: int = BATCH) -> int:
+    """Optimizer steps for `epochs` passes over `rows` forget facts at `batch` per step."""
+    return max(1, math.ceil(epochs * rows / batch))
+
+
+def run_setting(s: Prepared, setting: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One setting on a prepared split, from the organism: the row (setting, steps, seconds, TOFU's metrics)."""
+    model = copy_model(s.full)
+    steps = steps_for(setting["epochs"], len(s.forget))
+    t = time.perf_counter()
+    record = unlearn(model, s.forget, s.retain, setting["method"], mask=s.masks[setting["scope"]], steps=steps,
+                     lr=setting["lr"], batch_size=BATCH, stop_forget_recall=-1.0, families=("request",),
+                     progress=False, seed=seed)
+    seconds = time.perf_counter() - t
+    return {**setting, "steps": steps, "seconds": seconds, "parameters_touched": record.n_changed, **s.score(model)}
+
+
+def choose(rows: Sequence[dict[str, Any]], retain_utility: float, share: float = ANCHOR_SHARE) -> dict[str, Any] | None:
+    """The highest forget quality among `rows` keeping utility >= share * retain_utility (ties: higher
+    utility); None when no row keeps it."""
+    kept = [r for r in rows if r["utility"] >= share * retain_utility]
+    return max(kept, key=lambda r: (r["forget_quality"], r["utility"])) if kept else None
+
+
+def run(out: str | Path, grid: dict[str, Sequence[Any]] = GRID, tests: Sequence[str] = TEST_SPLITS, seed: int = 0,
+        recipe: TofuRecipe = TofuRecipe(), utility_rows: int | None = None, max_new_tokens: int | None = None,
+        progress: bool = True, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """The protocol of the module docstring; `utility_rows` and `max_new_tokens` shrink the scoring (smoke runs)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tune = prepare(TUNE_SPLIT, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens,
+                   progress=progress)
+    references = {TUNE_SPLIT: tune.reference_rows(recipe)}
+    retain_utility = references[TUNE_SPLIT][1]["utility"]
+    grid_rows = []
+    for setting in settings(grid):
+        grid_rows.append(run_setting(tune, setting, seed))
+        r = grid_rows[-1]
+        log(f"{TUNE_SPLIT} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f} ({r['seconds']:.0f}s)")
+    picks = {m: choose([r for r in grid_rows if r["method"] == m], retain_utility) for m in grid["method"]}
+    best = choose(grid_rows, retain_utility)
+    test_rows = []
+    for split in tests:
+        s = prepare(split, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens, progress=progress)
+        references[split] = s.reference_rows(recipe)
+        for method, pick in picks.items():
+            if pick is None:
+                continue
+            setting = {k: pick[k] for k in grid}
+            test_rows.append({"split": split, "overall_pick": pick is best, **run_setting(s, setting, seed)})
+            r = test_rows[-1]
+            log(f"{split} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f}")
+    results = {"tune_split": TUNE_SPLIT, "test_splits": list(tests), "grid": {k: list(v) for k, v in grid.items()},
+               "batch": BATCH, "anchor": {"forget_quality": ANCHOR_QUALITY, "utility_share": ANCHOR_SHARE,
+                                          "stretch_share": STRETCH_SHARE},
+               "references": references, "grid_rows": grid_rows,
+               "picks": {m: (None if p is None else {k: p[k] for k in grid}) for m, p in picks.items()},
+               "test_rows": [r | verdict(r, references[r["split"]][1]["utility"]) for r in test_rows]}
+    write_result(out, "anchor", results, to_markdown(results), seed=seed, wall_seconds=time.perf_counter() - t0)
+    return results
+
+
+def verdict(row: dict[str, Any], retain_utility: float) -> dict[str, Any]:
+    """Where a test row stands against the anchor: its utility share and whether it reaches the anchor / stretch."""
+    share = row["utility"] / retain_utility
+    quality = row["forget_quality"] >= ANCHOR_QUALITY
+    return {"utility_share": share, "meets_anchor": quality and share >= ANCHOR_SHARE,
+            "meets_stretch": quality and share >= STRETCH_SHARE}
+
+
+def _name(r: dict[str, Any]) -> str:
+    return f"{r['method']} {r['scope']} {r['epochs']} epochs lr {r['lr']:g}"
+
+
+def _q(v: float) -> str:
+    return fmt(v, significant=True, large=math.inf, outside=".1e")
+
+
+def to_markdown(r: dict[str, Any]) -> str:
+    a = r["anchor"]
+    ref = {split: rows[1] for split, rows in r["references"].items()}
+    lines = ["# TOFU anchor: the setting chosen on forget01, tested on forget05", "",
+             f"Anchor: forget quality >= {a['forget_quality']} at >= {a['utility_share']:.0%} of the retain model's "
+             f"utility (stretch {a['stretch_share']:.0%}); open-unlearning's NPO on TOFU forget10, Llama-2-7b. "
+             f"Settings ran on {r['tune_split']} only; each method's pick (highest forget quality keeping "
+             f">= {a['utility_share']:.0%} of the retain model's utility) then ran once on "
+             f"{', '.join(r['test_splits'])}. Batch {r['batch']}; steps = epochs x forget rows / batch.", "",
+             f"## Test: {', '.join(r['test_splits'])}", "",
+             "| split | method | scope | epochs | lr | steps | forget quality | utility | share of retain model's "
+             "| anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["test_rows"]:
+        lines.append(f"| {x['split']} | {x['method']}{' (pick)' if x['overall_pick'] else ''} | {x['scope']} | "
+                     f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {_q(x['forget_quality'])} | {x['utility']:.3f} | "
+                     f"{x['utility_share']:.0%} | {'met' if x['meets_anchor'] else 'missed'} | "
+                     f"{'met' if x['meets_stretch'] else 'missed'} | {x['seconds']:.0f} |")
+    for split, rows in r["references"].items():
+        orig, retain = rows
+        lines.append(f"\n{split}: original forget quality {_q(orig['forget_quality'])} at utility {orig['utility']:.3f}; "
+                     f"{retain['method']}: utility {retain['utility']:.3f}.")
+    lines += ["", f"## Tuning: {r['tune_split']}", "",
+              "| method | scope | epochs | lr | steps | forget quality | utility | forget ROUGE-L | s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    bar = a["utility_share"] * ref[r["tune_split"]]["utility"]
+    for x in sorted(r["grid_rows"], key=lambda x: (x["method"], x["scope"], x["epochs"], x["lr"])):
+        mark = " *" if x["utility"] < bar else ""
+        lines.append(f"| {x['method']} | {x['scope']} | {x['epochs']} | {x['lr']:g} | {x['steps']} | "
+                     f"{_q(x['forget_quality'])} | {x['utility']:.3f}{mark} | {x['forget_rouge_l']:.3f} | "
+                     f"{x['seconds']:.0f} |")
+    lines += ["", f"`*`: utility below {bar:.3f} ({a['utility_share']:.0%} of the retain model's), not eligible.",
+              "Picks: " + "; ".join(f"{m}: " + ("none" if p is None else f"{p['scope']}, {p['epochs']} epochs, lr "
+                                                 f"{p['lr']:g}") for m, p in r["picks"].items()) + "."]
+    return "\n".join(lines) + "\n"
