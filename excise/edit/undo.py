@@ -60,11 +60,14 @@ import numpy as np
 import torch
 from transformer_lens.tools.analysis import logit_readout
 
-from excise.components import forward_keeping, stream_hook
+from excise.components import Component, forward_keeping, stream_hook
+from excise.edit.masks import parameter_masks
 from excise.edit.record import EditRecord, recording, storage_owners
 from excise.facts import Fact
 from excise.scoring import encode, general_loss, pad_batch, recalled
 from excise.weights import copy_model, device_of
+
+NOISE = ("all", "mlp", "mask")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class UndoConfig:
     # excise's variant, not the reference's (0: off): on texts naming a forget subject, this weight x the KL at
     # every intermediate layer's logit lens to the teacher's lens on the text with stand-ins (see undo)
     lens_weight: float = 0.0
+    # excise's variant, not the reference's ("all"): what the noise touches; "mlp": every block's MLP weights
+    # and biases only, "mask": the entries of the components passed as undo's noise_mask (the teacher's mask)
+    noise: str = "all"
     seed: int = 0
     progress: bool = True
 
@@ -94,6 +100,8 @@ class UndoConfig:
             raise ValueError("max_steps, eval_every and batch_size must be >= 1")
         if self.stop not in ("loss", "recall"):
             raise ValueError(f"stop must be 'loss' (the reference's) or 'recall' (on eval_facts), got {self.stop!r}")
+        if self.noise not in NOISE:
+            raise ValueError(f"noise must be one of {', '.join(NOISE)}, got {self.noise!r}")
         if self.lens_weight < 0:
             raise ValueError(f"lens_weight must be >= 0, got {self.lens_weight}")
         if not 0 < self.min_lr <= self.lr:
@@ -101,24 +109,41 @@ class UndoConfig:
 
 
 @torch.no_grad()
-def shrink_and_perturb(model: Any, alpha: float, beta: float, seed: int = 0) -> int:
+def shrink_and_perturb(model: Any, alpha: float, beta: float, seed: int = 0,
+                       masks: Sequence[tuple[torch.nn.Parameter, torch.Tensor]] | None = None) -> int:
     """The reference's noise, in place: W <- (1 - alpha) W + alpha beta Xavier(W); w <- (1 - alpha) w for
-    vectors. Each storage once (tied embeddings are one matrix). Returns how many weights it touched."""
+    vectors. Each storage once (tied embeddings are one matrix). `masks` ((parameter, boolean entries), as
+    `excise.edit.masks` builds them; excise's variant): only those entries change, each parameter's noise
+    still drawn at its whole shape. Returns how many weights it touched."""
     gen = torch.Generator().manual_seed(seed)
     touched = 0
-    for _, p in sorted(storage_owners(model).items()):
+    pairs = [(p, None) for _, p in sorted(storage_owners(model).items())] if masks is None else list(masks)
+    for p, m in pairs:
         if p.dim() == 2:
             fan_in, fan_out = p.shape[1], p.shape[0]
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             noise = (torch.rand(p.shape, generator=gen, dtype=torch.float32) * 2 - 1) * bound
-            p.mul_(1 - alpha).add_(alpha * beta * noise.to(p.device, p.dtype))
+            new = (1 - alpha) * p + alpha * beta * noise.to(p.device, p.dtype)
         elif p.dim() == 1:
-            p.mul_(1 - alpha)
+            new = (1 - alpha) * p
         else:
             raise ValueError(f"UNDO's noise is defined for matrices and vectors; a parameter has shape "
                              f"{tuple(p.shape)}")
-        touched += p.numel()
+        p.copy_(new if m is None else torch.where(m, new, p))
+        touched += p.numel() if m is None else int(m.sum())
     return touched
+
+
+def _noise_masks(model: Any, noise: str, noise_mask: Sequence[Component] | None):
+    """The entries UNDO's noise touches under `noise` (see UndoConfig): None for every weight."""
+    if noise == "all":
+        return None
+    if noise == "mlp":
+        return parameter_masks(model, [Component(layer, "mlp") for layer in range(model.cfg.n_layers)])
+    if not noise_mask:
+        raise ValueError("noise='mask' noises the components passed as noise_mask, and none were passed (the "
+                         "undo method passes its teacher's mask; run it with one, or use noise='all' or 'mlp')")
+    return parameter_masks(model, noise_mask)
 
 
 def _batch(model: Any, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +273,7 @@ def _stopped(point: dict[str, float], config: UndoConfig, teacher_loss: float, t
 
 def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: UndoConfig | None = None,
          eval_facts: Sequence[Fact] = (), original: Any | None = None, forget_subjects: Sequence[str] = (),
-         stand_ins: Sequence[str] = ()) -> EditRecord:
+         stand_ins: Sequence[str] = (), noise_mask: Sequence[Component] | None = None) -> EditRecord:
     """Noise `model` (an unlearned model) and distill its own pre-noise outputs back into it; see the
     module docstring. `texts`: what to distill on (the reference: pretraining text of both domains);
     `eval_texts`: the retain domain the stop condition reads.
@@ -268,6 +293,9 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     weight x the KL, at each intermediate layer's logit lens, from the teacher's lens on the same text
     with each subject replaced by one of `stand_ins` to the student's, at the positions after the last
     name (the two texts' common token suffix): the layers are taught what they hold for a stranger.
+
+    `config.noise` (excise's variant, not the reference's "all"): "mlp" noises only every block's MLP, "mask"
+    only the entries of `noise_mask`'s components; every parameter is still distilled.
 
     Returns the EditRecord (every parameter in scope; meta: steps, history, seconds, the teacher's and
     student's eval loss, and the student's right after the noise). Cost: up to `max_steps` x (one
@@ -301,7 +329,7 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     with recording(model, "undo", asdict(config)) as box:
-        shrink_and_perturb(model, config.alpha, config.beta, config.seed)
+        shrink_and_perturb(model, config.alpha, config.beta, config.seed, _noise_masks(model, config.noise, noise_mask))
         noised_loss = general_loss(model, eval_texts)
         params = [p for p in storage_owners(model).values()]
         for p in params:

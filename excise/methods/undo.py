@@ -60,7 +60,8 @@ class Undo(Method):
             taught = teacher.run(model, facts, context, teacher.configure_run(config.seed, config.progress),
                                  mask if teacher.mask != "none" else None)
             distilled = undo(model, context.sample, fact_sentences(kept), distil, eval_facts=kept, original=original,
-                             forget_subjects=sorted({f.subject for f in facts}), stand_ins=context.stand_ins or ())
+                             forget_subjects=sorted({f.subject for f in facts}), stand_ins=context.stand_ins or (),
+                             noise_mask=mask)
             del original
         record = box["record"]
         record.meta |= {"teacher": {"method": taught.method, "meta": taught.meta, "parameters": taught.n_changed},
