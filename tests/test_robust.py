@@ -265,6 +265,34 @@ def test_undo_noise_is_the_references_shrink_and_perturb(tiny):
     assert same(weights(again), after)
 
 
+def test_undo_noise_restricted_to_the_mlps_or_a_mask_leaves_the_rest(tiny):
+    """noise='mlp' / 'mask' (excise's variant): the MLP weights (or the masked neurons' entries) change,
+    every other weight stays bitwise."""
+    from excise.components import Component
+    from excise.edit.undo import UndoConfig, _noise_masks, shrink_and_perturb
+
+    before = weights(tiny)
+    masks = _noise_masks(tiny, "mlp", None)
+    touched = shrink_and_perturb(tiny, alpha=0.5, beta=0.1, seed=3, masks=masks)
+    changed = {n: int((w != before[n]).sum()) for n, w in weights(tiny).items() if not torch.equal(w, before[n])}
+    mlp = {n for n in before if ".mlp." in n}
+    # every MLP matrix (its biases too, which are zero in this untrained model); attention, norms, embeddings not
+    assert {n for n in mlp if before[n].dim() == 2} <= set(changed) <= mlp
+    assert touched == sum(before[n].numel() for n in mlp)
+    neurons = [Component(0, "neuron", 1), Component(1, "neuron", 2)]
+    again = copy_model_of(tiny, before)
+    touched = shrink_and_perturb(again, alpha=0.5, beta=0.1, seed=3, masks=_noise_masks(again, "mask", neurons))
+    changed = {n: int((w != before[n]).sum()) for n, w in weights(again).items() if not torch.equal(w, before[n])}
+    d_model = tiny.cfg.d_model
+    assert touched == 2 * (2 * d_model + 1)           # per neuron: its W_in column, W_out row, b_in entry
+    assert set(changed) <= mlp and 0 < sum(changed.values()) <= touched
+    assert all(".h.0." in n or ".h.1." in n or "blocks.0." in n or "blocks.1." in n for n in changed)
+    with pytest.raises(ValueError, match="noise_mask"):
+        _noise_masks(again, "mask", None)
+    with pytest.raises(ValueError, match="noise must be one of all, mlp, mask"):
+        UndoConfig(noise="attn")
+
+
 def copy_model_of(model, state):
     from excise.weights import copy_model
 
