@@ -248,6 +248,36 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown methods"):
         run(tmp_path / "out", "forget01", recipe=recipe, methods=("swap",), progress=False)
 
+    # bench anchor on the same models: a two-setting grid, tuned and tested on forget01 (forget05 needs more authors)
+    from excise.bench import anchor
+
+    grid = {"method": ("npo",), "scope": ("located",), "epochs": (1, 4), "lr": (1e-3,)}
+    a = anchor.run(tmp_path / "anchor", grid=grid, tests=("forget01",), recipe=recipe, utility_rows=8,
+                   max_new_tokens=4, progress=False)
+    steps = [row["steps"] for row in a["grid_rows"]]
+    forget_rows = r["forget_facts"]
+    assert steps == [anchor.steps_for(1, forget_rows), anchor.steps_for(4, forget_rows)] and steps[0] < steps[1]
+    retain_utility = a["references"]["forget01"][1]["utility"]
+    pick = anchor.choose(a["grid_rows"], retain_utility)
+    assert a["picks"]["npo"] == (None if pick is None else {k: pick[k] for k in grid})
+    assert len(a["test_rows"]) == (pick is not None)
+    text = (tmp_path / "anchor" / "anchor.md").read_text()
+    assert "## Tuning: forget01" in text and text.count("| npo | located |") == 2
+
+
+def test_anchor_steps_scale_with_the_split_and_the_pick_keeps_utility():
+    from excise.bench.anchor import choose, steps_for, verdict
+
+    assert steps_for(10, 38) == 12 and steps_for(10, 189) == 60 and steps_for(0.01, 5) == 1
+    rows = [{"forget_quality": 0.9, "utility": 0.70}, {"forget_quality": 0.3, "utility": 0.85},
+            {"forget_quality": 0.3, "utility": 0.90}, {"forget_quality": 0.01, "utility": 0.93}]
+    assert choose(rows, retain_utility=0.94) == rows[2]           # 0.70 < 0.86 x 0.94; tie on quality -> utility
+    assert choose(rows, retain_utility=1.2) is None
+    v = verdict({"forget_quality": 0.5, "utility": 0.85}, retain_utility=0.94)
+    assert v["meets_anchor"] and not v["meets_stretch"] and v["utility_share"] == pytest.approx(0.85 / 0.94)
+    assert verdict({"forget_quality": 1.0, "utility": 0.0}, retain_utility=0.0) == \
+        {"utility_share": None, "meets_anchor": False, "meets_stretch": False}
+
 
 def test_the_shipped_tofu_organism_answers_what_it_was_trained_on_and_its_retain_models_were_not(
         tmp_path, monkeypatch):

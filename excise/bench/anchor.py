@@ -117,8 +117,8 @@ def run(out: str | Path, grid: dict[str, Sequence[Any]] = GRID, tests: Sequence[
 
 def verdict(row: dict[str, Any], retain_utility: float) -> dict[str, Any]:
     """Where a test row stands against the anchor: its utility share and whether it reaches the anchor / stretch."""
-    share = row["utility"] / retain_utility
-    quality = row["forget_quality"] >= ANCHOR_QUALITY
+    share = row["utility"] / retain_utility if retain_utility > 0 else None      # a retain model of no utility: none
+    quality = row["forget_quality"] >= ANCHOR_QUALITY and share is not None
     return {"utility_share": share, "meets_anchor": quality and share >= ANCHOR_SHARE,
             "meets_stretch": quality and share >= STRETCH_SHARE}
 
@@ -146,7 +146,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     for x in r["test_rows"]:
         lines.append(f"| {x['split']} | {x['method']}{' (pick)' if x['overall_pick'] else ''} | {x['scope']} | "
                      f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {_q(x['forget_quality'])} | {x['utility']:.3f} | "
-                     f"{x['utility_share']:.0%} | {'met' if x['meets_anchor'] else 'missed'} | "
+                     f"{'-' if x['utility_share'] is None else format(x['utility_share'], '.0%')} | {'met' if x['meets_anchor'] else 'missed'} | "
                      f"{'met' if x['meets_stretch'] else 'missed'} | {x['seconds']:.0f} |")
     for split, rows in r["references"].items():
         orig, retain = rows
