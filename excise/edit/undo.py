@@ -89,6 +89,9 @@ class UndoConfig:
     # excise's variant, not the reference's ("all"): what the noise touches; "mlp": every block's MLP weights
     # and biases only, "mask": the entries of the components passed as undo's noise_mask (the teacher's mask)
     noise: str = "all"
+    # excise's variant, not the reference's ("teacher": the unlearned model teaches every text): "drop" distils
+    # no text that names a forget subject, so nothing about them is taught back, not even the teacher's residue
+    forget_texts: str = "teacher"
     seed: int = 0
     progress: bool = True
 
@@ -102,6 +105,8 @@ class UndoConfig:
             raise ValueError(f"stop must be 'loss' (the reference's) or 'recall' (on eval_facts), got {self.stop!r}")
         if self.noise not in NOISE:
             raise ValueError(f"noise must be one of {', '.join(NOISE)}, got {self.noise!r}")
+        if self.forget_texts not in ("teacher", "drop"):
+            raise ValueError(f"forget_texts must be 'teacher' (the reference's) or 'drop', got {self.forget_texts!r}")
         if self.lens_weight < 0:
             raise ValueError(f"lens_weight must be >= 0, got {self.lens_weight}")
         if not 0 < self.min_lr <= self.lr:
@@ -294,6 +299,9 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     with each subject replaced by one of `stand_ins` to the student's, at the positions after the last
     name (the two texts' common token suffix): the layers are taught what they hold for a stranger.
 
+    `config.forget_texts="drop"` (excise's variant, not the reference's): the texts naming one of
+    `forget_subjects` are left out of the distillation (meta["dropped_texts"] counts them).
+
     `config.noise` (excise's variant, not the reference's "all"): "mlp" noises only every block's MLP, "mask"
     only the entries of `noise_mask`'s components; every parameter is still distilled.
 
@@ -313,6 +321,15 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     for p in teacher.parameters():
         p.requires_grad_(False)
     forget_subjects = list(forget_subjects)
+    dropped = 0
+    if config.forget_texts == "drop":
+        if not forget_subjects:
+            raise ValueError("forget_texts='drop' leaves out the texts naming a forget subject: pass "
+                             "forget_subjects")
+        kept_texts = [t for t in texts if not any(s in t for s in forget_subjects)]
+        dropped, texts = len(texts) - len(kept_texts), kept_texts
+        if not texts:
+            raise ValueError("every distillation text names a forget subject; forget_texts='drop' leaves none")
     if original is not None and not forget_subjects:
         raise ValueError("undo with an original teacher needs forget_subjects: the texts that name one are "
                          "distilled from the unlearned model")
@@ -357,6 +374,6 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
         bar.close()
     record: EditRecord = box["record"]
     record.meta |= {"steps": history[-1]["step"] if history else 0, "history": history,
-                    "teacher_eval_loss": teacher_loss, "teacher_eval_recall": teacher_recall, "noised_eval_loss": noised_loss, "student_eval_loss": history[-1]["eval_loss"] if history
+                    "teacher_eval_loss": teacher_loss, "teacher_eval_recall": teacher_recall, "dropped_texts": dropped, "noised_eval_loss": noised_loss, "student_eval_loss": history[-1]["eval_loss"] if history
                     else None, "seconds": time.perf_counter() - start}
     return record
