@@ -293,6 +293,22 @@ def test_undo_noise_restricted_to_the_mlps_or_a_mask_leaves_the_rest(tiny):
         UndoConfig(noise="attn")
 
 
+def test_undo_can_leave_the_forget_texts_out_of_the_distillation(tiny):
+    from excise.edit.undo import UndoConfig, undo
+
+    texts = [f"the cat number {i} sat on the mat" for i in range(40)]
+    config = UndoConfig(alpha=0.3, max_steps=2, eval_every=1, batch_size=8, forget_texts="drop", progress=False)
+    record = undo(tiny, texts, ["the dog sat on the mat"], config, forget_subjects=["number 3"])
+    assert record.meta["dropped_texts"] == 11                   # number 3 and number 30-39
+    record.undo()
+    with pytest.raises(ValueError, match="leaves none"):
+        undo(tiny, texts, ["the dog"], config, forget_subjects=["the cat"])
+    with pytest.raises(ValueError, match="pass forget_subjects"):
+        undo(tiny, texts, ["the dog"], config)
+    with pytest.raises(ValueError, match="forget_texts must be"):
+        UndoConfig(forget_texts="student")
+
+
 def copy_model_of(model, state):
     from excise.weights import copy_model
 
