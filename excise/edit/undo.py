@@ -45,6 +45,15 @@ Measured on the organism (5% split, seed 0, one CPU thread; scratch runs, not a 
   and 2 (not looked at before), 1,700 / 1,350 steps, efficacy 0.88 / 0.91, utility 0.93 / 0.92,
   relearned 0.06 / 0.07, the logit lens still leaks (AUC 0.63 / 0.62), and on seed 1 relearning
   (AUC 0.62). Benches use 0.05 (the reference's number, read on recall).
+- Restricted noise (`noise`, excise's variant; original outside, recall stop at 1%, tuning seeds only,
+  relearning's baseline 3 draws): noising only the MLPs or the teacher's neurons keeps utility 0.96-0.98
+  but every attack leaks. MLPs at alpha 0.6: 150 steps, efficacy 0.86, AUC 0.76-0.84; the 720 Fisher
+  neurons at 0.8: 50 steps, efficacy 0.53, AUC 0.88-0.91; MLPs at 0.9 / 1.0 (1.0: the MLPs re-drawn):
+  550 / 800 steps, efficacy 0.92, probes, lens, membership and truth ratio leak at AUC 0.71-0.73 /
+  0.67. With the MLPs re-drawn and no text naming a forget subject distilled (`forget_texts="drop"`),
+  0.73-0.80 of the forget facts are still forgotten and 0.20-0.27 still recalled (seeds 0, 1), every
+  attack but relearning leaks (AUC 0.79-0.82): the organism keeps a quarter of its facts outside the
+  MLPs (attention and embeddings), so a noise that spares those spares them.
 """
 
 from __future__ import annotations
