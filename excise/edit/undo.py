@@ -51,9 +51,10 @@ Measured on the organism (5% split, seed 0, one CPU thread; scratch runs, not a 
   neurons at 0.8: 50 steps, efficacy 0.53, AUC 0.88-0.91; MLPs at 0.9 / 1.0 (1.0: the MLPs re-drawn):
   550 / 800 steps, efficacy 0.92, probes, lens, membership and truth ratio leak at AUC 0.71-0.73 /
   0.67. With the MLPs re-drawn and no text naming a forget subject distilled (`forget_texts="drop"`),
-  efficacy is 0.80 / 0.73 (seeds 0 / 1): a fifth to a quarter of the forget facts are still recalled, and
-  every attack but relearning (underpowered on 3 draws) leaks (AUC 0.79-0.82): the organism keeps up to a quarter of its facts outside
-  the MLPs (attention and embeddings), so a noise that spares those spares them.
+  efficacy is 0.80 / 0.73 (seeds 0 / 1): a fifth to a quarter of the forget facts are still recalled,
+  and every attack but relearning (underpowered on 3 draws) leaks (AUC 0.79-0.82): the organism keeps
+  up to a quarter of its facts outside the MLPs (attention and embeddings), so a noise that spares
+  those spares them.
 """
 
 from __future__ import annotations
