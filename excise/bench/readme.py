@@ -14,6 +14,7 @@ a number in the README can only change by changing the file it comes from:
 | tofu | excise/tofu/models/*/excise_tofu.json and the weight files' sizes |
 | widths | benchmarks/results/widths.json (`excise bench widths`) |
 | heldout | benchmarks/results/heldout.json (`excise bench heldout`) |
+| anchor | benchmarks/results/anchor.json (`excise bench anchor`) |
 | tests | `pytest --collect-only` of the default suite |
 
 Rewrite the README with `python -m excise.bench.readme`; copy a new default
@@ -174,6 +175,28 @@ def _heldout() -> str:
                                                 for m, k in met.items()) + ".\n"
 
 
+def _anchor() -> str:
+    """The forget01 picks tested on forget05 against TOFU's anchor; from anchor.json."""
+    from excise.bench.anchor import _q
+
+    r = json.loads((RESULTS / "anchor.json").read_text())
+    a = r["anchor"]
+    lines = ["| split | method (scope, epochs, lr) | forget quality | utility | share of the retain model's | anchor |",
+             "|---|---|---|---|---|---|"]
+    for x in r["test_rows"]:
+        share = "-" if x["utility_share"] is None else f"{x['utility_share']:.0%}"
+        lines.append(f"| {x['split']} | {x['method']} ({x['scope']}, {x['epochs']}, {x['lr']:g}) | "
+                     f"{_q(x['forget_quality'])} | {x['utility']:.3f} | {share} | "
+                     f"{'met' if x['meets_anchor'] else 'missed'} |")
+    tune = r["references"][r["tune_split"]][1]["utility"]
+    kept = [x for x in r["grid_rows"] if x["utility"] >= a["utility_share"] * tune]
+    best = max(x["forget_quality"] for x in kept) if kept else None
+    return "\n".join(lines) + (f"\n\nOn {r['tune_split']}, {len(kept)} of {len(r['grid_rows'])} settings kept "
+                               f"{a['utility_share']:.0%} of the retain model's utility; the best of them reached "
+                               f"forget quality {_q(best) if best is not None else '-'} (anchor "
+                               f"{a['forget_quality']}).\n")
+
+
 def test_count() -> tuple[int, int]:
     """(tests, notebooks) that `python -m pytest` collects by default (one subprocess, seconds)."""
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-n", "0"],
@@ -224,7 +247,8 @@ def _suites() -> str:
 BLOCKS: dict[str, Callable[[], str]] = {"demo": lambda: _demo() + _machine(), "organism": _organism, "recall": _recall,
                                         "surnames": _surnames, "tofu": _tofu, "tests": _tests,
                                         "sites": _sites, "methods": _methods, "attacks": _attacks,
-                                        "suites": _suites, "widths": _widths, "heldout": _heldout}
+                                        "suites": _suites, "widths": _widths, "heldout": _heldout,
+                                        "anchor": _anchor}
 
 
 def render(text: str, only: set[str] | None = None) -> str:
