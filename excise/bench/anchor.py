@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from excise.bench.results import write_result
-from excise.bench.tofu import Prepared, prepare
-from excise.display import fmt
+from excise.bench.tofu import Prepared, prepare, quality_cell
 from excise.methods import unlearn
 from excise.tofu.organism import TofuRecipe
 from excise.weights import copy_model
@@ -127,10 +126,6 @@ def _name(r: dict[str, Any]) -> str:
     return f"{r['method']} {r['scope']} {r['epochs']} epochs lr {r['lr']:g}"
 
 
-def _q(v: float) -> str:
-    return fmt(v, significant=True, large=math.inf, outside=".1e")
-
-
 def to_markdown(r: dict[str, Any]) -> str:
     a = r["anchor"]
     ref = {split: rows[1] for split, rows in r["references"].items()}
@@ -145,12 +140,12 @@ def to_markdown(r: dict[str, Any]) -> str:
              "| anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["test_rows"]:
         lines.append(f"| {x['split']} | {x['method']}{' (pick)' if x['overall_pick'] else ''} | {x['scope']} | "
-                     f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {_q(x['forget_quality'])} | {x['utility']:.3f} | "
+                     f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {quality_cell(x['forget_quality'])} | {x['utility']:.3f} | "
                      f"{'-' if x['utility_share'] is None else format(x['utility_share'], '.0%')} | {'met' if x['meets_anchor'] else 'missed'} | "
                      f"{'met' if x['meets_stretch'] else 'missed'} | {x['seconds']:.0f} |")
     for split, rows in r["references"].items():
         orig, retain = rows
-        lines.append(f"\n{split}: original forget quality {_q(orig['forget_quality'])} at utility {orig['utility']:.3f}; "
+        lines.append(f"\n{split}: original forget quality {quality_cell(orig['forget_quality'])} at utility {orig['utility']:.3f}; "
                      f"{retain['method']}: utility {retain['utility']:.3f}.")
     lines += ["", f"## Tuning: {r['tune_split']}", "",
               "| method | scope | epochs | lr | steps | forget quality | utility | forget ROUGE-L | s |",
@@ -159,7 +154,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     for x in sorted(r["grid_rows"], key=lambda x: (x["method"], x["scope"], x["epochs"], x["lr"])):
         mark = " *" if x["utility"] < bar else ""
         lines.append(f"| {x['method']} | {x['scope']} | {x['epochs']} | {x['lr']:g} | {x['steps']} | "
-                     f"{_q(x['forget_quality'])} | {x['utility']:.3f}{mark} | {x['forget_rouge_l']:.3f} | "
+                     f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f}{mark} | {x['forget_rouge_l']:.3f} | "
                      f"{x['seconds']:.0f} |")
     lines += ["", f"`*`: utility below {bar:.3f} ({a['utility_share']:.0%} of the retain model's), not eligible.",
               "Picks: " + "; ".join(f"{m}: " + ("none" if p is None else f"{p['scope']}, {p['epochs']} epochs, lr "

@@ -177,7 +177,7 @@ def _heldout() -> str:
 
 def _anchor() -> str:
     """The forget01 picks tested on forget05 against TOFU's anchor; from anchor.json."""
-    from excise.bench.anchor import _q
+    from excise.bench.tofu import quality_cell
 
     r = json.loads((RESULTS / "anchor.json").read_text())
     a = r["anchor"]
@@ -186,14 +186,14 @@ def _anchor() -> str:
     for x in r["test_rows"]:
         share = "-" if x["utility_share"] is None else f"{x['utility_share']:.0%}"
         lines.append(f"| {x['split']} | {x['method']} ({x['scope']}, {x['epochs']}, {x['lr']:g}) | "
-                     f"{_q(x['forget_quality'])} | {x['utility']:.3f} | {share} | "
+                     f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f} | {share} | "
                      f"{'met' if x['meets_anchor'] else 'missed'} |")
     tune = r["references"][r["tune_split"]][1]["utility"]
     kept = [x for x in r["grid_rows"] if x["utility"] >= a["utility_share"] * tune]
     best = max(x["forget_quality"] for x in kept) if kept else None
     return "\n".join(lines) + (f"\n\nOn {r['tune_split']}, {len(kept)} of {len(r['grid_rows'])} settings kept "
                                f"{a['utility_share']:.0%} of the retain model's utility; the best of them reached "
-                               f"forget quality {_q(best) if best is not None else '-'} (anchor "
+                               f"forget quality {quality_cell(best) if best is not None else '-'} (anchor "
                                f"{a['forget_quality']}).\n")
 
 
