@@ -13,7 +13,8 @@ Protocol, fixed before any run:
 3. Each method's pick runs once on TEST_SPLITS (forget05), scored against forget05's retain model. Nothing
    measured on forget05 chooses anything.
 
-Training length is in epochs over the forget rows (steps = ceil(epochs * rows / batch)), so a setting
+Training length is in epochs over the forget facts (the forget rows that name their author, which are
+the ones trained on; steps = ceil(epochs * facts / batch)), so a setting
 means the same thing on a split five times larger; the located mask scales the same way (4 Fisher neurons
 per forget row, as `excise bench tofu`). Writes DIR/anchor.json and anchor.md: every grid row, the picks
 and their test-split rows against the anchor.
@@ -134,7 +135,7 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"utility (stretch {a['stretch_share']:.0%}); open-unlearning's NPO on TOFU forget10, Llama-2-7b. "
              f"Settings ran on {r['tune_split']} only; each method's pick (highest forget quality keeping "
              f">= {a['utility_share']:.0%} of the retain model's utility) then ran once on "
-             f"{', '.join(r['test_splits'])}. Batch {r['batch']}; steps = epochs x forget rows / batch.", "",
+             f"{', '.join(r['test_splits'])}. Batch {r['batch']}; steps = epochs x forget facts trained on / batch.", "",
              f"## Test: {', '.join(r['test_splits'])}", "",
              "| split | method | scope | epochs | lr | steps | forget quality | utility | share of retain model's "
              "| anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
