@@ -274,6 +274,7 @@ def test_anchor_steps_scale_with_the_split_and_the_pick_keeps_utility():
     assert choose(rows, retain_utility=0.94) == rows[2]           # 0.70 < 0.86 x 0.94; tie on quality -> utility
     assert choose(rows, retain_utility=1.2) is None
     v = verdict({"forget_quality": 0.5, "utility": 0.85}, retain_utility=0.94)
+    # the same float division on both sides: exact on any CPU, approx's default tolerance is only a guard
     assert v["meets_anchor"] and not v["meets_stretch"] and v["utility_share"] == pytest.approx(0.85 / 0.94)
     assert verdict({"forget_quality": 1.0, "utility": 0.0}, retain_utility=0.0) == \
         {"utility_share": None, "meets_anchor": False, "meets_stretch": False}

@@ -123,6 +123,11 @@ def verdict(row: dict[str, Any], retain_utility: float) -> dict[str, Any]:
             "meets_stretch": quality and share >= STRETCH_SHARE}
 
 
+def share_cell(row: dict[str, Any]) -> str:
+    """A test row's utility share of its retain model's, as a table cell ("-" where it has none)."""
+    return "-" if row["utility_share"] is None else f"{row['utility_share']:.0%}"
+
+
 def _name(r: dict[str, Any]) -> str:
     return f"{r['method']} {r['scope']} {r['epochs']} epochs lr {r['lr']:g}"
 
@@ -135,19 +140,20 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"utility (stretch {a['stretch_share']:.0%}); open-unlearning's NPO on TOFU forget10, Llama-2-7b. "
              f"Settings ran on {r['tune_split']} only; each method's pick (highest forget quality keeping "
              f">= {a['utility_share']:.0%} of the retain model's utility) then ran once on "
-             f"{', '.join(r['test_splits'])}. Batch {r['batch']}; steps = epochs x forget facts trained on / batch.", "",
+             f"{', '.join(r['test_splits'])}. Batch {r['batch']}; steps = epochs x forget facts trained on / "
+             "batch.", "",
              f"## Test: {', '.join(r['test_splits'])}", "",
              "| split | method | scope | epochs | lr | steps | forget quality | utility | share of retain model's "
              "| anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["test_rows"]:
         lines.append(f"| {x['split']} | {x['method']}{' (pick)' if x['overall_pick'] else ''} | {x['scope']} | "
-                     f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {quality_cell(x['forget_quality'])} | {x['utility']:.3f} | "
-                     f"{'-' if x['utility_share'] is None else format(x['utility_share'], '.0%')} | {'met' if x['meets_anchor'] else 'missed'} | "
+                     f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {quality_cell(x['forget_quality'])} | "
+                     f"{x['utility']:.3f} | {share_cell(x)} | {'met' if x['meets_anchor'] else 'missed'} | "
                      f"{'met' if x['meets_stretch'] else 'missed'} | {x['seconds']:.0f} |")
     for split, rows in r["references"].items():
         orig, retain = rows
-        lines.append(f"\n{split}: original forget quality {quality_cell(orig['forget_quality'])} at utility {orig['utility']:.3f}; "
-                     f"{retain['method']}: utility {retain['utility']:.3f}.")
+        lines.append(f"\n{split}: original forget quality {quality_cell(orig['forget_quality'])} at utility "
+                     f"{orig['utility']:.3f}; {retain['method']}: utility {retain['utility']:.3f}.")
     lines += ["", f"## Tuning: {r['tune_split']}", "",
               "| method | scope | epochs | lr | steps | forget quality | utility | forget ROUGE-L | s |",
               "|---|---|---|---|---|---|---|---|---|"]

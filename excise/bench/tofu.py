@@ -228,9 +228,9 @@ def to_markdown(every: dict[str, Any], figures: str, depth: int = 1) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for row in r["rows"]:
             params = "-" if row["parameters_touched"] is None else f"{row['parameters_touched']:,}"
-            lines.append(f"| {row['method']} | {row['scope']} | {quality_cell(row['forget_quality'])} | {row['utility']:.3f} "
-                         f"| {row['forget_rouge_l']:.3f} | {row['forget_probability']:.3f} | {params} | "
-                         f"{row['seconds']:.0f} |")
+            lines.append(f"| {row['method']} | {row['scope']} | {quality_cell(row['forget_quality'])} | "
+                         f"{row['utility']:.3f} | {row['forget_rouge_l']:.3f} | {row['forget_probability']:.3f} | "
+                         f"{params} | {row['seconds']:.0f} |")
         undone = [x for x in r["rows"] if x["method"] == "undo"]
         if undone:
             lines += ["", "undo: " + "; ".join(
@@ -246,17 +246,18 @@ def to_markdown(every: dict[str, Any], figures: str, depth: int = 1) -> str:
 def summary(r: dict[str, Any]) -> str:
     """Where the methods land against the original and the retain model, computed from the rows."""
     original, retain, *edits = r["rows"]
-    out = [f"- Original: forget quality {quality_cell(original['forget_quality'])}, utility {original['utility']:.3f}, "
-           f"forget ROUGE-L {original['forget_rouge_l']:.3f}. Retain model: forget quality "
-           f"{quality_cell(retain['forget_quality'])} (against itself), utility {retain['utility']:.3f}, forget ROUGE-L "
-           f"{retain['forget_rouge_l']:.3f}."]
+    out = [f"- Original: forget quality {quality_cell(original['forget_quality'])}, utility "
+           f"{original['utility']:.3f}, forget ROUGE-L {original['forget_rouge_l']:.3f}. Retain model: forget "
+           f"quality {quality_cell(retain['forget_quality'])} (against itself), utility {retain['utility']:.3f}, "
+           f"forget ROUGE-L {retain['forget_rouge_l']:.3f}."]
     if edits:
         best = max(edits, key=lambda x: (x["forget_quality"], x["utility"]))
         useful = [x for x in edits if x["utility"] >= 0.8 * retain["utility"]]
         close = [x for x in edits if x["forget_quality"] >= 0.05 and x["utility"] >= retain["utility"] - 0.05]
         collapsed = [x for x in edits if x["utility"] < 0.1]
-        out.append(f"- Highest forget quality: {best['method']} ({best['scope']}) {quality_cell(best['forget_quality'])} at "
-                   f"utility {best['utility']:.3f} (retain model {retain['utility']:.3f}).")
+        out.append(f"- Highest forget quality: {best['method']} ({best['scope']}) "
+                   f"{quality_cell(best['forget_quality'])} at utility {best['utility']:.3f} (retain model "
+                   f"{retain['utility']:.3f}).")
         if useful:
             top = max(useful, key=lambda x: (x["forget_quality"], x["utility"]))
             out.append(f"- Highest forget quality keeping utility >= 80% of the retain model's: {top['method']} "

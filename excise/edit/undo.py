@@ -153,6 +153,11 @@ def shrink_and_perturb(model: Any, alpha: float, beta: float, seed: int = 0,
     return touched
 
 
+def _names_any(text: str, subjects: Sequence[str]) -> bool:
+    """Whether `text` contains one of `subjects` (a substring match: a name inside a longer name counts)."""
+    return any(s in text for s in subjects)
+
+
 def _noise_masks(model: Any, noise: str, noise_mask: Sequence[Component] | None):
     """The entries UNDO's noise touches under `noise` (see UndoConfig): None for every weight."""
     if noise == "all":
@@ -261,7 +266,7 @@ def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.O
     with torch.no_grad():
         target = teacher(tokens)
         if original is not None:
-            outside = torch.tensor([not any(s in t for s in forget_subjects) for t in batch], device=tokens.device)
+            outside = torch.tensor([not _names_any(t, forget_subjects) for t in batch], device=tokens.device)
             if outside.any():
                 target[outside] = original(tokens[outside]).to(target.dtype)
     for group in opt.param_groups:
@@ -340,7 +345,7 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
         if not forget_subjects:
             raise ValueError("forget_texts='drop' leaves out the texts naming a forget subject: pass "
                              "forget_subjects")
-        kept_texts = [t for t in texts if not any(s in t for s in forget_subjects)]
+        kept_texts = [t for t in texts if not _names_any(t, forget_subjects)]
         dropped, texts = len(texts) - len(kept_texts), kept_texts
         if not texts:
             raise ValueError("every distillation text names a forget subject; forget_texts='drop' leaves none")
@@ -388,6 +393,8 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
         bar.close()
     record: EditRecord = box["record"]
     record.meta |= {"steps": history[-1]["step"] if history else 0, "history": history,
-                    "teacher_eval_loss": teacher_loss, "teacher_eval_recall": teacher_recall, "dropped_texts": dropped, "noised_eval_loss": noised_loss, "student_eval_loss": history[-1]["eval_loss"] if history
-                    else None, "seconds": time.perf_counter() - start}
+                    "teacher_eval_loss": teacher_loss, "teacher_eval_recall": teacher_recall,
+                    "dropped_texts": dropped, "noised_eval_loss": noised_loss,
+                    "student_eval_loss": history[-1]["eval_loss"] if history else None,
+                    "seconds": time.perf_counter() - start}
     return record
