@@ -252,7 +252,7 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     from excise.bench import anchor
 
     grid = {"method": ("npo",), "scope": ("located",), "epochs": (1, 4), "lr": (1e-3,)}
-    a = anchor.run(tmp_path / "anchor", grid=grid, tests=("forget01",), recipe=recipe, utility_rows=8,
+    a = anchor.run(tmp_path / "anchor", grids=grid, tests=("forget01",), recipe=recipe, utility_rows=8,
                    max_new_tokens=4, progress=False)
     steps = [row["steps"] for row in a["grid_rows"]]
     forget_rows = r["forget_facts"]
@@ -263,6 +263,59 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     assert len(a["test_rows"]) == (pick is not None)
     text = (tmp_path / "anchor" / "anchor.md").read_text()
     assert "## Tuning: forget01" in text and text.count("| npo | located |") == 2
+
+
+def test_anchor_grids_list_each_setting_once_and_need_the_base_keys():
+    from excise.bench.anchor import GRID, GRIDS, settings
+
+    one = {"method": ("npo",), "scope": ("all",), "epochs": (5, 10), "lr": (1e-3,)}
+    assert settings((one, one, {**one, "retain_weight": (3.0,)})) == [
+        {"method": "npo", "scope": "all", "epochs": 5, "lr": 1e-3},
+        {"method": "npo", "scope": "all", "epochs": 10, "lr": 1e-3},
+        {"method": "npo", "scope": "all", "epochs": 5, "lr": 1e-3, "retain_weight": 3.0},
+        {"method": "npo", "scope": "all", "epochs": 10, "lr": 1e-3, "retain_weight": 3.0}]
+    assert len(settings(GRID)) == 32 and len(settings(GRIDS)) == 32 + 16 + 18
+    with pytest.raises(ValueError, match="lacks lr"):
+        settings({"method": ("npo",), "scope": ("all",), "epochs": (5,)})
+
+
+def test_anchor_runs_only_what_its_results_file_lacks(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from excise.bench import anchor
+
+    ran = []
+
+    def run_setting(s, setting, seed):          # utility falls and forget quality rises with the epochs
+        ran.append((s.split, setting))
+        e = setting["epochs"] + setting.get("retain_weight", 0)
+        return {**setting, "options": sorted(set(setting) - set(anchor.BASE)), "steps": int(e), "seconds": 1.0,
+                "parameters_touched": 1, "forget_quality": e / 100, "utility": 1 - e / 100, "forget_rouge_l": 0.5}
+
+    def prepare(split, *args, **kwargs):
+        ref = [{"method": "original", "forget_quality": 0.0, "utility": 1.0},
+               {"method": "retain model", "forget_quality": 1.0, "utility": 1.0}]
+        return SimpleNamespace(split=split, reference_rows=lambda recipe: ref, stand_ins=["A B"], stand_ins_note="n")
+
+    monkeypatch.setattr(anchor, "run_setting", run_setting)
+    monkeypatch.setattr(anchor, "prepare", prepare)
+    grid = {"method": ("npo",), "scope": ("all",), "epochs": (5, 10), "lr": (1e-3,)}
+    more = {"method": ("graddiff",), "scope": ("all",), "epochs": (5,), "lr": (1e-3,), "retain_weight": (3.0,)}
+    a = anchor.run(tmp_path, grids=grid, progress=False)
+    assert [x[1]["epochs"] for x in ran] == [5, 10, 10] and a["picks"]["npo"]["epochs"] == 10   # 0.90 >= 0.86
+    ran.clear()
+    b = anchor.run(tmp_path, grids=(grid, more), progress=False)
+    assert ran == [("forget01", anchor.settings(more)[0]), ("forget05", anchor.settings(more)[0])]
+    assert b["grid_rows"][:2] == a["grid_rows"] and b["test_rows"][0] == a["test_rows"][0]
+    assert b["provenance"]["note"].startswith("3 rows kept") and "earlier" in b["provenance"]
+    assert b["picks"]["graddiff"] == {"method": "graddiff", "scope": "all", "epochs": 5, "lr": 1e-3,
+                                      "retain_weight": 3.0}
+    text = (tmp_path / "anchor.md").read_text()
+    assert "| graddiff | all | 5 | 0.001 | retain weight 3 | 8 |" in text
+    assert "graddiff: all, 5 epochs, lr 0.001, retain weight 3." in text
+    ran.clear()
+    c = anchor.run(tmp_path, grids=grid, seed=1, progress=False)        # measured another way: nothing kept
+    assert len(ran) == 3 and "earlier" not in c["provenance"] and "graddiff" not in c["picks"]
 
 
 def test_anchor_steps_scale_with_the_split_and_the_pick_keeps_utility():

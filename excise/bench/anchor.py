@@ -5,8 +5,10 @@ model utility 0.54, 86% of its retain model's 0.63. Here: forget quality >= ANCH
 >= ANCHOR_SHARE of the retain model's utility (stretch: STRETCH_SHARE), on the TOFU organism.
 
 Protocol, fixed before any run:
-1. TUNE_SPLIT (forget01): every setting of GRID (method x scope x epochs x learning rate) runs once from
-   the organism, seed 0, and is scored by TOFU's metrics against forget01's retain model.
+1. TUNE_SPLIT (forget01): every setting of GRIDS (method x scope x epochs x learning rate, and a config
+   field of the method where a grid names one) runs once from the organism, seed 0, and is scored by
+   TOFU's metrics against forget01's retain model. GRID was the first; the others were added after its
+   run, each before any of its settings ran on forget05.
 2. The rule (`choose`): per method, among the settings keeping utility >= ANCHOR_SHARE of the retain
    model's, the highest forget quality, ties to the higher utility. The overall pick is the same rule over
    every method.
@@ -17,7 +19,8 @@ Training length is in epochs over the forget facts (the forget rows that name th
 the ones trained on; steps = ceil(epochs * facts / batch)), so a setting
 means the same thing on a split five times larger; the located mask scales the same way (4 Fisher neurons
 per forget row, as `excise bench tofu`). Writes DIR/anchor.json and anchor.md: every grid row, the picks
-and their test-split rows against the anchor.
+and their test-split rows against the anchor. A rerun keeps the rows DIR/anchor.json already holds for
+the same settings measured the same way, so a grid added later runs alone (`run`'s `keep`).
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from excise.bench.results import write_result
+from excise.bench.results import read_result, write_result
 from excise.bench.tofu import Prepared, prepare, quality_cell
 from excise.methods import unlearn
 from excise.tofu.organism import TofuRecipe
@@ -46,10 +50,26 @@ BATCH = 32
 # runs 40 steps at 1e-3 (34 epochs of forget01, 7 of forget05)
 GRID = {"method": ("npo", "graddiff"), "scope": ("located", "all"), "epochs": (5, 10, 20, 40),
         "lr": (3e-4, 1e-3)}
+# added after GRID's run (stop 47), on forget01 only, before any of them ran on forget05:
+# - swap (subject-swap distillation; its stand-ins derived: `Prepared.stand_ins`), GRID's scopes and lengths;
+# - GradDiff at every parameter with a heavier retain term: GRID's only setting past the anchor's quality
+#   (5 epochs, lr 1e-3) lost a third of the utility, and forget quality rose then fell within 10 epochs.
+GRIDS = (GRID,
+         {"method": ("swap",), "scope": ("located", "all"), "epochs": (5, 10, 20, 40), "lr": (3e-4, 1e-3)},
+         {"method": ("graddiff",), "scope": ("all",), "epochs": (3, 5, 7, 9, 12, 16), "lr": (1e-3,),
+          "retain_weight": (3.0, 10.0, 30.0)})
+BASE = ("method", "scope", "epochs", "lr")      # every grid's keys; any other is a field of the method's config
 
 
-def settings(grid: dict[str, Sequence[Any]] = GRID) -> list[dict[str, Any]]:
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+def settings(grids: dict[str, Sequence[Any]] | Sequence[dict[str, Sequence[Any]]] = GRIDS) -> list[dict[str, Any]]:
+    """Every setting of `grids` (one grid or several), in order, each once."""
+    out: list[dict[str, Any]] = []
+    for grid in [grids] if isinstance(grids, dict) else grids:
+        missing = [k for k in BASE if k not in grid]
+        if missing:
+            raise ValueError(f"an anchor grid needs {', '.join(BASE)}; this one lacks {', '.join(missing)}")
+        out += [s for s in (dict(zip(grid, values)) for values in itertools.product(*grid.values())) if s not in out]
+    return out
 
 
 def steps_for(epochs: float, rows: int, batch: int = BATCH) -> int:
@@ -61,12 +81,14 @@ def run_setting(s: Prepared, setting: dict[str, Any], seed: int) -> dict[str, An
     """One setting on a prepared split, from the organism: the row (setting, steps, seconds, TOFU's metrics)."""
     model = copy_model(s.full)
     steps = steps_for(setting["epochs"], len(s.forget))
+    options = {k: v for k, v in setting.items() if k not in BASE}
     t = time.perf_counter()
     record = unlearn(model, s.forget, s.retain, setting["method"], mask=s.masks[setting["scope"]], steps=steps,
                      lr=setting["lr"], batch_size=BATCH, stop_forget_recall=-1.0, families=("request",),
-                     progress=False, seed=seed)
+                     progress=False, seed=seed, stand_ins=s.stand_ins, **options)
     seconds = time.perf_counter() - t
-    return {**setting, "steps": steps, "seconds": seconds, "parameters_touched": record.n_changed, **s.score(model)}
+    return {**setting, "options": sorted(options), "steps": steps, "seconds": seconds,
+            "parameters_touched": record.n_changed, **s.score(model)}
 
 
 def choose(rows: Sequence[dict[str, Any]], retain_utility: float, share: float = ANCHOR_SHARE) -> dict[str, Any] | None:
@@ -76,43 +98,79 @@ def choose(rows: Sequence[dict[str, Any]], retain_utility: float, share: float =
     return max(kept, key=lambda r: (r["forget_quality"], r["utility"])) if kept else None
 
 
-def run(out: str | Path, grid: dict[str, Sequence[Any]] = GRID, tests: Sequence[str] = TEST_SPLITS, seed: int = 0,
-        recipe: TofuRecipe = TofuRecipe(), utility_rows: int | None = None, max_new_tokens: int | None = None,
+def setting_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The setting a grid or test row ran: BASE and the config fields it names in row["options"]."""
+    return {k: row[k] for k in (*BASE, *row.get("options", ()))}
+
+
+def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Sequence[Any]]] = GRIDS,
+        tests: Sequence[str] = TEST_SPLITS, seed: int = 0, recipe: TofuRecipe = TofuRecipe(),
+        utility_rows: int | None = None, max_new_tokens: int | None = None, keep: bool = True,
         progress: bool = True, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """The protocol of the module docstring; `utility_rows` and `max_new_tokens` shrink the scoring (smoke runs)."""
+    """The protocol of the module docstring; `utility_rows` and `max_new_tokens` shrink the scoring (smoke runs).
+
+    keep: reuse the rows of DIR/anchor.json measured the same way (recipe, seed, scoring) for settings still in
+    `grids` and for picks tested before, and run only the rest (a grid added later runs alone; the picks
+    are chosen over every row). The file's provenance then names both runs."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    how = {"recipe": asdict(recipe), "seed": seed, "utility_rows": utility_rows, "max_new_tokens": max_new_tokens}
+    old = read_result(out / "anchor.json") if keep else None
+    if old is not None and {k: old.get(k, _BEFORE.get(k)) for k in how} != how:
+        old = None                                  # measured another way: nothing of it is reused
     tune = prepare(TUNE_SPLIT, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens,
                    progress=progress)
     references = {TUNE_SPLIT: tune.reference_rows(recipe)}
     retain_utility = references[TUNE_SPLIT][1]["utility"]
-    grid_rows = []
-    for setting in settings(grid):
-        grid_rows.append(run_setting(tune, setting, seed))
+    grid_rows, reused = [], 0
+    for setting in settings(grids):
+        before = [r for r in (old or {}).get("grid_rows", ()) if setting_of(r) == setting]
+        grid_rows.append(before[0] if before else run_setting(tune, setting, seed))
+        reused += bool(before)
         r = grid_rows[-1]
-        log(f"{TUNE_SPLIT} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f} ({r['seconds']:.0f}s)")
-    picks = {m: choose([r for r in grid_rows if r["method"] == m], retain_utility) for m in grid["method"]}
+        log(f"{TUNE_SPLIT} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f} ({r['seconds']:.0f}s)"
+            + (" (kept)" if before else ""))
+    methods = list(dict.fromkeys(r["method"] for r in grid_rows))
+    picks = {m: choose([r for r in grid_rows if r["method"] == m], retain_utility) for m in methods}
     best = choose(grid_rows, retain_utility)
     test_rows = []
     for split in tests:
-        s = prepare(split, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens, progress=progress)
-        references[split] = s.reference_rows(recipe)
-        for method, pick in picks.items():
+        s = None
+        for pick in picks.values():
             if pick is None:
                 continue
-            setting = {k: pick[k] for k in grid}
-            test_rows.append({"split": split, "overall_pick": pick is best, **run_setting(s, setting, seed)})
-            r = test_rows[-1]
-            log(f"{split} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f}")
-    results = {"tune_split": TUNE_SPLIT, "test_splits": list(tests), "grid": {k: list(v) for k, v in grid.items()},
-               "batch": BATCH, "anchor": {"forget_quality": ANCHOR_QUALITY, "utility_share": ANCHOR_SHARE,
-                                          "stretch_share": STRETCH_SHARE},
+            before = [r for r in (old or {}).get("test_rows", ())
+                      if r["split"] == split and setting_of(r) == setting_of(pick)]
+            if before:
+                row = {k: v for k, v in before[0].items() if k not in ("utility_share", "meets_anchor",
+                                                                        "meets_stretch")}
+                references[split] = old["references"][split]
+                reused += 1
+            else:
+                if s is None:
+                    s = prepare(split, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens,
+                                progress=progress)
+                    references[split] = s.reference_rows(recipe)
+                row = {"split": split, **run_setting(s, setting_of(pick), seed)}
+            test_rows.append(row | {"overall_pick": pick is best})
+            log(f"{split} {_name(row)}: fq {row['forget_quality']:.3g} utility {row['utility']:.3f}")
+    results = {"tune_split": TUNE_SPLIT, "test_splits": list(tests), **how, "batch": BATCH,
+               "grids": [{k: list(v) for k, v in g.items()} for g in ([grids] if isinstance(grids, dict) else grids)],
+               "anchor": {"forget_quality": ANCHOR_QUALITY, "utility_share": ANCHOR_SHARE,
+                          "stretch_share": STRETCH_SHARE},
+               "stand_ins": {"names": tune.stand_ins, "note": tune.stand_ins_note},
                "references": references, "grid_rows": grid_rows,
-               "picks": {m: (None if p is None else {k: p[k] for k in grid}) for m, p in picks.items()},
+               "picks": {m: (None if p is None else setting_of(p)) for m, p in picks.items()},
                "test_rows": [r | verdict(r, references[r["split"]][1]["utility"]) for r in test_rows]}
-    write_result(out, "anchor", results, to_markdown(results), seed=seed, wall_seconds=time.perf_counter() - t0)
+    write_result(out, "anchor", results, to_markdown(results), seed=seed, wall_seconds=time.perf_counter() - t0,
+                 kept_from=old if reused else None,
+                 note=f"{reused} rows kept from the earlier run(s) below, measured the same way" if reused else None)
     return results
+
+
+# what a results file written before `how` was recorded was measured with (the defaults of its one run)
+_BEFORE = {"recipe": asdict(TofuRecipe()), "seed": 0, "utility_rows": None, "max_new_tokens": None}
 
 
 def verdict(row: dict[str, Any], retain_utility: float) -> dict[str, Any]:
@@ -129,7 +187,12 @@ def share_cell(row: dict[str, Any]) -> str:
 
 
 def _name(r: dict[str, Any]) -> str:
-    return f"{r['method']} {r['scope']} {r['epochs']} epochs lr {r['lr']:g}"
+    return f"{r['method']} {r['scope']} {r['epochs']} epochs lr {r['lr']:g}{_options(r)}"
+
+
+def _options(r: dict[str, Any], keys: Sequence[str] | None = None) -> str:
+    """A row's config fields beyond BASE (`keys`, else its "options"), as ", name value" ("" for the defaults)."""
+    return "".join(f", {k.replace('_', ' ')} {r[k]:g}" for k in (r.get("options", ()) if keys is None else keys))
 
 
 def to_markdown(r: dict[str, Any]) -> str:
@@ -143,27 +206,31 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"{', '.join(r['test_splits'])}. Batch {r['batch']}; steps = epochs x forget facts trained on / "
              "batch.", "",
              f"## Test: {', '.join(r['test_splits'])}", "",
-             "| split | method | scope | epochs | lr | steps | forget quality | utility | share of retain model's "
-             "| anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| split | method | scope | epochs | lr | options | steps | forget quality | utility | share of retain "
+             "model's | anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["test_rows"]:
         lines.append(f"| {x['split']} | {x['method']}{' (pick)' if x['overall_pick'] else ''} | {x['scope']} | "
-                     f"{x['epochs']} | {x['lr']:g} | {x['steps']} | {quality_cell(x['forget_quality'])} | "
-                     f"{x['utility']:.3f} | {share_cell(x)} | {'met' if x['meets_anchor'] else 'missed'} | "
-                     f"{'met' if x['meets_stretch'] else 'missed'} | {x['seconds']:.0f} |")
+                     f"{x['epochs']} | {x['lr']:g} | {_options(x)[2:] or '-'} | {x['steps']} | "
+                     f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f} | {share_cell(x)} | "
+                     f"{'met' if x['meets_anchor'] else 'missed'} | {'met' if x['meets_stretch'] else 'missed'} | "
+                     f"{x['seconds']:.0f} |")
     for split, rows in r["references"].items():
         orig, retain = rows
         lines.append(f"\n{split}: original forget quality {quality_cell(orig['forget_quality'])} at utility "
                      f"{orig['utility']:.3f}; {retain['method']}: utility {retain['utility']:.3f}.")
     lines += ["", f"## Tuning: {r['tune_split']}", "",
-              "| method | scope | epochs | lr | steps | forget quality | utility | forget ROUGE-L | s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| method | scope | epochs | lr | options | steps | forget quality | utility | forget ROUGE-L | s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     bar = a["utility_share"] * ref[r["tune_split"]]["utility"]
-    for x in sorted(r["grid_rows"], key=lambda x: (x["method"], x["scope"], x["epochs"], x["lr"])):
+    for x in sorted(r["grid_rows"], key=lambda x: (x["method"], x["scope"], _options(x), x["epochs"], x["lr"])):
         mark = " *" if x["utility"] < bar else ""
-        lines.append(f"| {x['method']} | {x['scope']} | {x['epochs']} | {x['lr']:g} | {x['steps']} | "
+        lines.append(f"| {x['method']} | {x['scope']} | {x['epochs']} | {x['lr']:g} | {_options(x)[2:] or '-'} | "
+                     f"{x['steps']} | "
                      f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f}{mark} | {x['forget_rouge_l']:.3f} | "
                      f"{x['seconds']:.0f} |")
     lines += ["", f"`*`: utility below {bar:.3f} ({a['utility_share']:.0%} of the retain model's), not eligible.",
               "Picks: " + "; ".join(f"{m}: " + ("none" if p is None else f"{p['scope']}, {p['epochs']} epochs, lr "
-                                                 f"{p['lr']:g}") for m, p in r["picks"].items()) + "."]
+                                                 f"{p['lr']:g}{_options(p, [k for k in p if k not in BASE])}")
+                                    for m, p in r["picks"].items()) + ".",
+              f"Stand-ins (swap): {r['stand_ins']['note']}."]
     return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ from typing import Any
 
 from excise.bench.results import read_result, rerun_rows, write_result, write_results
 from excise.bench.robust import UNDO
+from excise.context import never_seen_subjects
 from excise.display import fmt
 from excise.edit import RmuConfig, UndoConfig, random_like, rmu, undo
 from excise.locate import FisherConfig, fisher
@@ -63,6 +64,7 @@ RMU_SCOPES = ("layer", "located", "random")     # RMU's own layer (WMDP's), or t
 # the reference's (TOFU's answers are sentences: first-token recall, excise's recall stop, says nothing here).
 UNDO_SCOPES = ("located",)
 UNDO_MAX_STEPS = 1000
+N_STAND_INS = 40
 RETAIN_OF = {without: variant for variant, without in VARIANTS.items() if without}
 
 
@@ -132,6 +134,8 @@ class Prepared:
     masks: dict[str, Any]
     locate_seconds: float
     max_new_tokens: int | None
+    stand_ins: list[str]            # never-seen author names (swap's), derived: `stand_ins_note` says how
+    stand_ins_note: str
 
     def score(self, model) -> dict[str, float]:
         """Forget quality against the retain model, forget ROUGE-L and answer probability, TOFU's utility."""
@@ -153,7 +157,9 @@ def prepare(split: str, recipe: TofuRecipe = TofuRecipe(), seed: int = 0, neuron
             n_retain: int = 400, utility_rows: int | None = None, max_new_tokens: int | None = None,
             progress: bool = True) -> Prepared:
     """`split` ready to unlearn: the training retain facts are `n_retain` rows of the split's retain set drawn
-    with `seed` (none of them a utility row); located = the top `neurons_per_row` Fisher neurons per forget row."""
+    with `seed` (none of them a utility row); located = the top `neurons_per_row` Fisher neurons per forget row;
+    stand-ins = N_STAND_INS recombinations of TOFU's author names the organism finds unlikely
+    (`excise.context.never_seen_subjects`: TOFU has no never-seen authors of its own)."""
     full = load_model(model_dir("full", recipe, progress), device="cpu")
     oracle = load_model(model_dir(RETAIN_OF[split], recipe, progress), device="cpu")
     forget_rows = load(split)
@@ -168,8 +174,11 @@ def prepare(split: str, recipe: TofuRecipe = TofuRecipe(), seed: int = 0, neuron
     located = loc.to_components(neurons_per_row * len(forget_rows), kind="neuron")
     locate_seconds = time.perf_counter() - t
     masks = {"located": located, "random": random_like(full, located, seed=seed + 1), "all": None}
+    authors = sorted({q.author for s in ("forget10", "retain90") for q in load(s) if q.author})
+    stand_ins, note = never_seen_subjects(full, authors, N_STAND_INS, seed)
     return Prepared(split, full, oracle, forget_rows, forget, retain_qas, retain, utility_sets,
-                    truth_ratio(oracle, forget_rows), located, masks, locate_seconds, max_new_tokens)
+                    truth_ratio(oracle, forget_rows), located, masks, locate_seconds, max_new_tokens,
+                    stand_ins, f"{note}, from TOFU's {len(authors)} authors")
 
 
 def merged(results: dict[str, Any], path: Path, methods: Sequence[str]) -> dict[str, Any]:
