@@ -181,6 +181,12 @@ def verdict(row: dict[str, Any], retain_utility: float) -> dict[str, Any]:
             "meets_stretch": quality and share >= STRETCH_SHARE}
 
 
+def options_cell(row: dict[str, Any], lead: str = "") -> str:
+    """A row's config fields beyond BASE for a table cell: `lead` + "retain weight 10", or "" for the defaults."""
+    text = _options(row)[2:]
+    return lead + text if text else ""
+
+
 def share_cell(row: dict[str, Any]) -> str:
     """A test row's utility share of its retain model's, as a table cell ("-" where it has none)."""
     return "-" if row["utility_share"] is None else f"{row['utility_share']:.0%}"
@@ -210,7 +216,7 @@ def to_markdown(r: dict[str, Any]) -> str:
              "model's | anchor | stretch | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["test_rows"]:
         lines.append(f"| {x['split']} | {x['method']}{' (pick)' if x['overall_pick'] else ''} | {x['scope']} | "
-                     f"{x['epochs']} | {x['lr']:g} | {_options(x)[2:] or '-'} | {x['steps']} | "
+                     f"{x['epochs']} | {x['lr']:g} | {options_cell(x) or '-'} | {x['steps']} | "
                      f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f} | {share_cell(x)} | "
                      f"{'met' if x['meets_anchor'] else 'missed'} | {'met' if x['meets_stretch'] else 'missed'} | "
                      f"{x['seconds']:.0f} |")
@@ -224,7 +230,7 @@ def to_markdown(r: dict[str, Any]) -> str:
     bar = a["utility_share"] * ref[r["tune_split"]]["utility"]
     for x in sorted(r["grid_rows"], key=lambda x: (x["method"], x["scope"], _options(x), x["epochs"], x["lr"])):
         mark = " *" if x["utility"] < bar else ""
-        lines.append(f"| {x['method']} | {x['scope']} | {x['epochs']} | {x['lr']:g} | {_options(x)[2:] or '-'} | "
+        lines.append(f"| {x['method']} | {x['scope']} | {x['epochs']} | {x['lr']:g} | {options_cell(x) or '-'} | "
                      f"{x['steps']} | "
                      f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f}{mark} | {x['forget_rouge_l']:.3f} | "
                      f"{x['seconds']:.0f} |")

@@ -177,7 +177,7 @@ def _heldout() -> str:
 
 def _anchor() -> str:
     """The forget01 picks tested on forget05 against TOFU's anchor; from anchor.json."""
-    from excise.bench.anchor import share_cell
+    from excise.bench.anchor import options_cell, share_cell
     from excise.bench.tofu import quality_cell
 
     r = json.loads((RESULTS / "anchor.json").read_text())
@@ -185,7 +185,8 @@ def _anchor() -> str:
     lines = ["| split | method (scope, epochs, lr) | forget quality | utility | share of the retain model's | anchor |",
              "|---|---|---|---|---|---|"]
     for x in r["test_rows"]:
-        lines.append(f"| {x['split']} | {x['method']} ({x['scope']}, {x['epochs']}, {x['lr']:g}) | "
+        setting = f"{x['scope']}, {x['epochs']}, {x['lr']:g}{options_cell(x, ', ')}"
+        lines.append(f"| {x['split']} | {x['method']} ({setting}) | "
                      f"{quality_cell(x['forget_quality'])} | {x['utility']:.3f} | {share_cell(x)} | "
                      f"{'met' if x['meets_anchor'] else 'missed'} |")
     tune = r["references"][r["tune_split"]][1]["utility"]
