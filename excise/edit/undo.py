@@ -59,6 +59,10 @@ Measured on the organism (5% split, seed 0, one CPU thread; scratch runs, not a 
   0.997, efficacy 0.91, relearned 0.03, probes, membership and truth ratio indistinguishable, the logit
   lens leaks (AUC 0.605, p 0.005), relearning underpowered on 3 draws (AUC 0.63). 1,834 s: about ten
   times the retrain oracle's 166-178 s (`excise bench heldout`, one thread each).
+- The same at alpha 0.8: the logit lens no longer leaks (AUC 0.57, p 0.14) but utility is 0.739 after
+  the 4,000 steps (retained recall 0.725), efficacy 0.87, and membership leaks (AUC 0.58, p 0.01);
+  2,013 s on a shared core. More noise removes what the lens reads and takes utility with it: between
+  0.6 and 0.8, no setting here gets both.
 """
 
 from __future__ import annotations
