@@ -54,8 +54,8 @@ from excise.tofu import (
 from excise.tofu.organism import VARIANTS, TofuRecipe, model_dir, rows_for, text
 from excise.weights import copy_model
 
-# every registered gradient method that needs nothing TOFU lacks (swap needs never-seen stand-in authors), then
-# rmu and undo (distilling rmu's result)
+# every registered gradient method that needs nothing TOFU lacks, then rmu and undo (distilling rmu's result);
+# swap, which needs never-seen authors (`prepare` derives them), runs in `excise bench anchor`
 METHODS = (*(m.name for m in REGISTRY if isinstance(m, GradientMethod) and set(m.requires) <= {"retain"}), "rmu", "undo")
 SCOPES = ("located", "random", "all")
 RMU_SCOPES = ("layer", "located", "random")     # RMU's own layer (WMDP's), or the same masks as the others
