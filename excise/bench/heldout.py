@@ -46,6 +46,12 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "undo_original_outside": ("UNDO, every text naming no forget subject taught by the original, distilled until "
                               "99% of the original's retained recall (at most 2,000 steps)", "undo",
                               {"outside_teacher": "original", "retain_threshold": 0.01, "max_steps": 2000}),
+    # set before any held-out run of it, from tuning seed 0 only (excise/edit/undo.py): every step distilled,
+    # alpha 0.6 -> utility 0.997 with the logit lens leaking (0.605), 0.8 -> a clean lens at utility 0.739,
+    # 0.7 -> utility 0.990 and no attack leaking (relearning underpowered on 3 draws)
+    "undo_alpha07_long": ("UNDO at alpha 0.7, every text naming no forget subject taught by the original, all "
+                          "4,000 steps distilled (no stop)", "undo",
+                          {"alpha": 0.7, "outside_teacher": "original", "retain_threshold": -1.0, "max_steps": 4000}),
 }
 METHODS = tuple(VARIANTS)
 KEYS = ("method", "seed", "scope", "efficacy", "utility", "relearn_recall", "forget_quality", "retain_kept",

@@ -63,6 +63,10 @@ Measured on the organism (5% split, seed 0, one CPU thread; scratch runs, not a 
   the 4,000 steps (retained recall 0.725), efficacy 0.87, and membership leaks (AUC 0.58, p 0.01);
   2,013 s on a shared core. More noise removes what the lens reads and takes utility with it: between
   0.6 and 0.8, no setting here gets both.
+- At alpha 0.7 (same seed, same 4,000 steps): utility 0.990, efficacy 0.91, relearned 0.04; probes,
+  logit lens (AUC 0.56), membership and truth ratio indistinguishable, relearning underpowered on 3
+  draws (AUC 0.57); 1,983 s on a shared core. The first setting with no attack leaking at utility >= 0.95
+  on a tuning seed; `excise bench heldout`'s `undo_alpha07_long` runs it on the held-out seeds 3-5.
 """
 
 from __future__ import annotations
