@@ -134,27 +134,10 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
     methods = list(dict.fromkeys(r["method"] for r in grid_rows))
     picks = {m: choose([r for r in grid_rows if r["method"] == m], retain_utility) for m in methods}
     best = choose(grid_rows, retain_utility)
-    test_rows = []
-    for split in tests:
-        s = None
-        for pick in picks.values():
-            if pick is None:
-                continue
-            before = [r for r in (old or {}).get("test_rows", ())
-                      if r["split"] == split and setting_of(r) == setting_of(pick)]
-            if before:
-                row = {k: v for k, v in before[0].items() if k not in ("utility_share", "meets_anchor",
-                                                                        "meets_stretch")}
-                references[split] = old["references"][split]
-                reused += 1
-            else:
-                if s is None:
-                    s = prepare(split, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens,
-                                progress=progress)
-                    references[split] = s.reference_rows(recipe)
-                row = {"split": split, **run_setting(s, setting_of(pick), seed)}
-            test_rows.append(row | {"overall_pick": pick is best})
-            log(f"{split} {_name(row)}: fq {row['forget_quality']:.3g} utility {row['utility']:.3f}")
+    ready = lambda split: prepare(split, recipe, seed, utility_rows=utility_rows,  # noqa: E731
+                                  max_new_tokens=max_new_tokens, progress=progress)
+    test_rows, kept = _test_picks(picks, best, tests, ready, recipe, seed, old, references, log)
+    reused += kept
     results = {"tune_split": TUNE_SPLIT, "test_splits": list(tests), **how, "batch": BATCH,
                "grids": [{k: list(v) for k, v in g.items()} for g in ([grids] if isinstance(grids, dict) else grids)],
                "anchor": {"forget_quality": ANCHOR_QUALITY, "utility_share": ANCHOR_SHARE,
@@ -167,6 +150,34 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
                  kept_from=old if reused else None,
                  note=f"{reused} rows kept from the earlier run(s) below, measured the same way" if reused else None)
     return results
+
+
+def _test_picks(picks: dict[str, Any], best: Any, tests: Sequence[str], ready: Callable[[str], Prepared],
+                recipe: TofuRecipe, seed: int, old: dict[str, Any] | None, references: dict[str, Any],
+                log: Callable[[str], None]) -> tuple[list[dict[str, Any]], int]:
+    """Each pick run on each test split (`ready` prepares one, only when a pick needs a run), or its row from
+    `old` where that pick ran there before; fills `references`. Returns (rows, how many were kept)."""
+    rows, kept = [], 0
+    for split in tests:
+        s = None
+        for pick in picks.values():
+            if pick is None:
+                continue
+            before = [r for r in (old or {}).get("test_rows", ())
+                      if r["split"] == split and setting_of(r) == setting_of(pick)]
+            if before:
+                row = {k: v for k, v in before[0].items() if k not in ("utility_share", "meets_anchor",
+                                                                        "meets_stretch")}
+                references[split] = old["references"][split]
+                kept += 1
+            else:
+                if s is None:
+                    s = ready(split)
+                    references[split] = s.reference_rows(recipe)
+                row = {"split": split, **run_setting(s, setting_of(pick), seed)}
+            rows.append(row | {"overall_pick": pick is best})
+            log(f"{split} {_name(row)}: fq {row['forget_quality']:.3g} utility {row['utility']:.3f}")
+    return rows, kept
 
 
 # what a results file written before `how` was recorded was measured with (the defaults of its one run)
