@@ -274,7 +274,7 @@ def test_anchor_grids_list_each_setting_once_and_need_the_base_keys():
         {"method": "npo", "scope": "all", "epochs": 10, "lr": 1e-3},
         {"method": "npo", "scope": "all", "epochs": 5, "lr": 1e-3, "retain_weight": 3.0},
         {"method": "npo", "scope": "all", "epochs": 10, "lr": 1e-3, "retain_weight": 3.0}]
-    assert len(settings(GRID)) == 32 and len(settings(GRIDS)) == 32 + 16 + 18
+    assert len(settings(GRID)) == 32 and len(settings(GRIDS)) == 32 + 16 + 18 + 20
     with pytest.raises(ValueError, match="lacks lr"):
         settings({"method": ("npo",), "scope": ("all",), "epochs": (5,)})
 

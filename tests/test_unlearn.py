@@ -195,3 +195,27 @@ def test_organism_stand_ins_are_nobody_the_audit_uses(world):
     assert len(set(strangers)) == len(strangers) == 60
     assert not set(strangers) & (audit_people | set(world.people))
     assert excise.organism.context(list(world.of_subject(world.people[0])), seed=0).stand_ins == strangers
+
+def test_probability_stop_ends_at_the_first_check_under_the_target(organism_model, world):
+    """`stop_forget_probability`: the run ends at the first check where the forget answers' mean probability
+    (TOFU's Prob.) is at most the target, and the record's last check is the model the run leaves."""
+    from excise.edit.unlearn import mean_answer_probability
+    from excise.scoring import answer_examples
+
+    forget = world.of_subject(world.people[5])
+    retain = world.retain_set(forget, n=100, seed=0)
+    examples = answer_examples(organism_model, forget, ("request",))
+    assert mean_answer_probability(organism_model, examples) > 0.9
+    # measured here: 0.960, 0.634, 0.419, ... 0.044, 0.0028 at step 10 (lr 3e-4): several checks before the stop
+    target = 0.01
+    record = unlearn(organism_model, forget, retain, "npo", progress=False, steps=200, eval_every=1, lr=3e-4,
+                     stop_forget_recall=-1.0, stop_forget_probability=target, families=("request",))
+    try:
+        checks = [h["forget_probability"] for h in record.meta["history"]]
+        assert len(checks) >= 3 and checks[-1] <= target < min(checks[:-1])
+        assert record.meta["steps"] == len(checks) < 200
+        assert mean_answer_probability(organism_model, examples) == pytest.approx(checks[-1], rel=1e-5)
+    finally:
+        record.undo()
+    with pytest.raises(ValueError, match="stop_forget_probability is a probability"):
+        unlearn(organism_model, forget, retain, "npo", progress=False, stop_forget_probability=1.5)

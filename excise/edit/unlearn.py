@@ -16,7 +16,10 @@ parameters) move: gradients are masked and Adam (no weight decay) leaves an
 entry whose gradient is always zero exactly where it was. Early stopping:
 every `eval_every` steps the forget recall (request prompts) is measured; the
 run stops once it is <= `stop_forget_recall` (unless the loss sets
-`early_stop = False`).
+`early_stop = False`). `stop_forget_probability` stops on the forget answers'
+own likelihood instead (for any loss): once their mean probability, exp of the
+mean token log-probability per answer (TOFU's Prob.), is at most it. Unlike a
+step count, that target means the same on a forget set five times larger.
 `task_vector`: fine-tune on F, then subtract `alpha` times the difference.
 """
 
@@ -35,7 +38,7 @@ from excise.components import Component
 from excise.edit.masks import all_parameter_masks, count, masked_step, parameter_masks
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact
-from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch, recall_table
+from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch, recall_table, sequence_logprobs
 from excise.weights import device_of
 
 log = logging.getLogger(__name__)
@@ -55,12 +58,16 @@ class UnlearnConfig:
     families: tuple[str, ...] = ("request", "paraphrase")   # prompts trained on
     eval_every: int = 5
     stop_forget_recall: float = 0.0   # stop once request recall of F is at most this
+    stop_forget_probability: float | None = None   # or once F's mean answer probability is at most this
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1:
             raise ValueError("steps, batch_size and eval_every must be >= 1")
+        if self.stop_forget_probability is not None and not 0 < self.stop_forget_probability < 1:
+            raise ValueError(f"stop_forget_probability is a probability in (0, 1), got {self.stop_forget_probability}; "
+                             "None runs every step")
 
 
 class ForgetLoss:
@@ -162,6 +169,10 @@ def unlearn_with(
                 recall = recall_table(model, forget, ("request",)).rate("request")
                 history.append({"step": step + 1, "loss": float(total.detach()), "forget_recall": recall})
                 bar.set_postfix(forget_recall=f"{recall:.2f}", refresh=False)
+                if config.stop_forget_probability is not None:
+                    history[-1]["forget_probability"] = mean_answer_probability(model, f_ex)
+                    if history[-1]["forget_probability"] <= config.stop_forget_probability:
+                        break
                 if recall <= stop:
                     break
         bar.close()
@@ -171,6 +182,12 @@ def unlearn_with(
     record.meta |= {"history": history, "steps": history[-1]["step"] if history else 0,
                     "parameters_in_mask": count(masks)}
     return record
+
+
+def mean_answer_probability(model: Any, examples: Sequence[Example]) -> float:
+    """Mean over `examples` of exp(mean token log p(answer)): TOFU's Prob., on excise's Examples."""
+    logps = sequence_logprobs(model, examples)
+    return float(torch.exp(logps / torch.tensor([len(e.answer) for e in examples])).mean())
 
 
 def _answer_positions(examples: list[Example]) -> tuple[list[int], list[int]]:
