@@ -13,7 +13,9 @@ to within 0.0003):
   summed over facts, ranks are what a mask uses;
 - ROME, MEMIT: the written update points the same way, cosine >= 0.8 with float32's (measured ROME 0.9997 /
   0.993, MEMIT 0.997 / 0.976; the optimized value is an early-stopped Adam loop on a rounded model, whose
-  length can differ by a step); the same facts recalled after and the same retain facts kept as in float32;
+  length can differ by a step); the same facts recalled after as in float32, and the retain facts kept
+  differing on at most one in twenty (measured: none on both Intel paths; on an AMD EPYC, MEMIT's bf16 edit
+  kept one of the organism's 60 retain facts fewer: a fact at its top-1 margin flips under bf16 rounding);
   the weights stay bf16 and the record undoes the edit bit for bit;
 - NPO: the same facts recalled after, retain kept within one fact in twenty (measured: equal);
 - the audit: the same verdict on every attack, AUCs within 0.1 (measured: equal).
@@ -112,7 +114,9 @@ def test_every_operation_runs_in_bf16_and_agrees_with_float32(name):
     assert d["fisher_top64_overlap"] >= 0.8, d
     for method in ("rome", "memit"):
         assert b[method]["dtype"] == torch.bfloat16 and b[method]["undone"], method   # stays bf16, undone exactly
-        assert b[method]["recalled"] == a[method]["recalled"] and b[method]["kept"] == a[method]["kept"], method
+        assert b[method]["recalled"] == a[method]["recalled"], method
+        flipped = sum(x != y for x, y in zip(a[method]["kept"], b[method]["kept"], strict=True))
+        assert flipped <= len(a[method]["kept"]) / 20, (method, flipped)
         assert d[f"{method}_cosine"] >= 0.8, d
     assert b["npo"]["recalled"] == a["npo"]["recalled"] and d["npo_kept_difference"] <= 0.05, d
     assert {k: v[0] for k, v in b["audit"].items()} == {k: v[0] for k, v in a["audit"].items()}
