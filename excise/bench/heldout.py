@@ -52,6 +52,12 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "undo_alpha07_long": ("UNDO at alpha 0.7, every text naming no forget subject taught by the original, all "
                           "4,000 steps distilled (no stop)", "undo",
                           {"alpha": 0.7, "outside_teacher": "original", "retain_threshold": -1.0, "max_steps": 4000}),
+    # set before any run of it, after undo_alpha07_long's held-out rows (the logit lens its only leak, AUC 0.58-0.59
+    # on seeds 4-5): the same with the lens term (UndoConfig.lens_weight) at weight 1; tuned on seed 0 only
+    "undo_alpha07_lens": ("UNDO at alpha 0.7 as undo_alpha07_long, plus the logit-lens term at weight 1 (each "
+                          "intermediate layer's lens on a forget text taught the teacher's lens on its stand-in text)",
+                          "undo", {"alpha": 0.7, "outside_teacher": "original", "retain_threshold": -1.0,
+                                   "max_steps": 4000, "lens_weight": 1.0}),
 }
 METHODS = tuple(VARIANTS)
 KEYS = ("method", "seed", "scope", "efficacy", "utility", "relearn_recall", "forget_quality", "retain_kept",
