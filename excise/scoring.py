@@ -213,6 +213,13 @@ def sequence_logprobs(model: Any, examples: Sequence[Example], batch_size: int =
                       for i in range(0, len(examples), batch_size)])
 
 
+def mean_token_logprobs(model: Any, examples: Sequence[Example]) -> Float[Tensor, " n"]:
+    """Per example, the mean log-probability of its answer's tokens (float64): -L of TOFU's loss, and
+    exp of it TOFU's Prob."""
+    lengths = torch.tensor([len(e.answer) for e in examples], dtype=torch.float64)
+    return sequence_logprobs(model, examples).double() / lengths
+
+
 def recalled(model: Any, facts: Sequence[Fact]) -> list[bool]:
     """Per fact: recalled (top-1) under its request prompt."""
     if not facts:

@@ -38,7 +38,7 @@ from excise.components import Component
 from excise.edit.masks import all_parameter_masks, count, masked_step, parameter_masks
 from excise.edit.record import EditRecord, recording
 from excise.facts import Fact
-from excise.scoring import Example, answer_examples, answer_logprobs, pad_batch, recall_table, sequence_logprobs
+from excise.scoring import Example, answer_examples, answer_logprobs, mean_token_logprobs, pad_batch, recall_table
 from excise.weights import device_of
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,7 @@ def unlearn_with(
 
 def mean_answer_probability(model: Any, examples: Sequence[Example]) -> float:
     """Mean over `examples` of exp(mean token log p(answer)): TOFU's Prob., on excise's Examples."""
-    logps = sequence_logprobs(model, examples)
-    return float(torch.exp(logps / torch.tensor([len(e.answer) for e in examples])).mean())
+    return float(mean_token_logprobs(model, examples).exp().mean())
 
 
 def _answer_positions(examples: list[Example]) -> tuple[list[int], list[int]]:

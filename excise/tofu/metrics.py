@@ -60,7 +60,7 @@ from jaxtyping import Float
 from scipy.stats import hmean
 
 from excise import generation
-from excise.scoring import Example, encode, sequence_logprobs
+from excise.scoring import Example, encode, mean_token_logprobs
 from excise.tofu.data import QA
 from excise.verify.forget_quality import forget_quality
 
@@ -211,7 +211,7 @@ def answer_losses(model: Any, prompts: Sequence[str], answers: Sequence[str]) ->
     if not prompts:
         return np.zeros(0)
     ex = examples(model, prompts, answers)
-    return -sequence_logprobs(model, ex).double().numpy() / np.array([len(e.answer) for e in ex], dtype=float)
+    return -mean_token_logprobs(model, ex).numpy()
 
 
 def _option_losses(model: Any, qas: Sequence[QA]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
