@@ -318,6 +318,44 @@ def test_anchor_runs_only_what_its_results_file_lacks(tmp_path, monkeypatch):
     assert len(ran) == 3 and "earlier" not in c["provenance"] and "graddiff" not in c["picks"]
 
 
+def test_an_interrupted_anchor_run_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from excise.bench import anchor
+
+    ran, stop = [], [True]
+
+    def run_setting(s, setting, seed):
+        if stop[0] and len(ran) == 2:
+            raise RuntimeError("stopped")           # the run is stopped during the third setting
+        ran.append((s.split, setting["epochs"]))
+        e = setting["epochs"]
+        return {**setting, "options": [], "steps": e, "seconds": 1.0, "parameters_touched": 1,
+                "forget_quality": e / 100, "utility": 1 - e / 100, "forget_rouge_l": 0.5}
+
+    ref = [{"method": "original", "forget_quality": 0.0, "utility": 1.0},
+           {"method": "retain model", "forget_quality": 1.0, "utility": 1.0}]
+    monkeypatch.setattr(anchor, "run_setting", run_setting)
+    monkeypatch.setattr(anchor, "prepare", lambda split, *a, **k: SimpleNamespace(
+        split=split, reference_rows=lambda recipe: ref, stand_ins=["A B"], stand_ins_note="n"))
+    grid = {"method": ("npo",), "scope": ("all",), "epochs": (5, 10, 12), "lr": (1e-3,)}
+    with pytest.raises(RuntimeError, match="stopped"):
+        anchor.run(tmp_path, grids=grid, progress=False)
+    partial = json.loads((tmp_path / "anchor.partial.json").read_text())
+    assert [r["epochs"] for r in partial["grid_rows"]] == [5, 10] and not (tmp_path / "anchor.json").exists()
+    ran.clear()
+    stop[0] = False
+    r = anchor.run(tmp_path, grids=grid, progress=False)
+    assert ran == [("forget01", 12), ("forget05", 12)]                 # only what the first run had not measured
+    assert [g["epochs"] for g in r["grid_rows"]] == [5, 10, 12] and r["picks"]["npo"]["epochs"] == 12
+    assert r["provenance"]["note"].startswith("2 rows kept") and r["provenance"]["earlier"][0]["note"] == \
+        "rows of a run not yet finished"
+    assert not (tmp_path / "anchor.partial.json").exists()
+    ran.clear()
+    anchor.run(tmp_path, grids=grid, seed=1, progress=False)            # measured another way: all rerun
+    assert ran == [("forget01", 5), ("forget01", 10), ("forget01", 12), ("forget05", 12)]
+
+
 def test_anchor_steps_scale_with_the_split_and_the_pick_keeps_utility():
     from excise.bench.anchor import choose, steps_for, verdict
 

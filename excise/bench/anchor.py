@@ -20,12 +20,15 @@ the ones trained on; steps = ceil(epochs * facts / batch)), so a setting
 means the same thing on a split five times larger; the located mask scales the same way (4 Fisher neurons
 per forget row, as `excise bench tofu`). Writes DIR/anchor.json and anchor.md: every grid row, the picks
 and their test-split rows against the anchor. A rerun keeps the rows DIR/anchor.json already holds for
-the same settings measured the same way, so a grid added later runs alone (`run`'s `keep`).
+the same settings measured the same way, so a grid added later runs alone (`run`'s `keep`); rows measured
+so far sit in DIR/anchor.partial.json until the run ends, so a stopped run loses only the row in hand.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +39,7 @@ from typing import Any
 from excise.bench.results import read_result, write_result
 from excise.bench.tofu import Prepared, prepare, quality_cell
 from excise.methods import unlearn
+from excise.provenance import earlier, provenance
 from excise.tofu.organism import TofuRecipe
 from excise.weights import copy_model
 
@@ -131,14 +135,16 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
     old = read_result(out / "anchor.json") if keep else None
     if old is not None and {k: old.get(k, _BEFORE.get(k)) for k in how} != how:
         old = None                                  # measured another way: nothing of it is reused
+    checkpoint = _Checkpoint(out, how, seed, keep)
+    known = checkpoint.known(old)
     tune = prepare(TUNE_SPLIT, recipe, seed, utility_rows=utility_rows, max_new_tokens=max_new_tokens,
                    progress=progress)
     references = {TUNE_SPLIT: tune.reference_rows(recipe)}
     retain_utility = references[TUNE_SPLIT][1]["utility"]
     grid_rows, reused = [], 0
     for setting in settings(grids):
-        before = [r for r in (old or {}).get("grid_rows", ()) if setting_of(r) == setting]
-        grid_rows.append(before[0] if before else run_setting(tune, setting, seed))
+        before = [r for r in known["grid_rows"] if setting_of(r) == setting]
+        grid_rows.append(before[0] if before else checkpoint.add("grid_rows", run_setting(tune, setting, seed)))
         reused += bool(before)
         r = grid_rows[-1]
         log(f"{TUNE_SPLIT} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f} ({r['seconds']:.0f}s)"
@@ -148,7 +154,7 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
     best = choose(grid_rows, retain_utility)
     ready = lambda split: prepare(split, recipe, seed, utility_rows=utility_rows,  # noqa: E731
                                   max_new_tokens=max_new_tokens, progress=progress)
-    test_rows, kept = _test_picks(picks, best, tests, ready, recipe, seed, old, references, log)
+    test_rows, kept = _test_picks(picks, best, tests, ready, recipe, seed, known, references, log, checkpoint)
     reused += kept
     results = {"tune_split": TUNE_SPLIT, "test_splits": list(tests), **how, "batch": BATCH,
                "grids": [{k: list(v) for k, v in g.items()} for g in ([grids] if isinstance(grids, dict) else grids)],
@@ -158,17 +164,60 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
                "references": references, "grid_rows": grid_rows,
                "picks": {m: (None if p is None else setting_of(p)) for m, p in picks.items()},
                "test_rows": [r | verdict(r, references[r["split"]][1]["utility"]) for r in test_rows]}
+    kept_from = checkpoint.kept_from(old) if reused else None
     write_result(out, "anchor", results, to_markdown(results), seed=seed, wall_seconds=time.perf_counter() - t0,
-                 kept_from=old if reused else None,
+                 kept_from=kept_from,
                  note=f"{reused} rows kept from the earlier run(s) below, measured the same way" if reused else None)
+    checkpoint.done()
     return results
+
+
+class _Checkpoint:
+    """DIR/anchor.partial.json: every row a run has measured so far, written after each one, so that a run
+    stopped part-way (killed, a session's end) loses only the row in hand; a rerun measured the same way
+    (`how`) keeps them, as it keeps anchor.json's. Removed once anchor.json is written."""
+
+    def __init__(self, out: Path, how: dict[str, Any], seed: int, keep: bool) -> None:
+        self.path, self.how, self.seed = out / "anchor.partial.json", json.loads(json.dumps(how)), seed
+        found = read_result(self.path) if keep else None
+        self.found = found if found is not None and found.get("how") == self.how else None
+        self.rows = {k: copy.deepcopy((self.found or {}).get(k, [] if k != "references" else {}))
+                     for k in ("grid_rows", "test_rows", "references")}
+
+    def known(self, old: dict[str, Any] | None) -> dict[str, Any]:
+        """The rows a run may keep: anchor.json's (`old`), then this file's."""
+        old = old or {}
+        return {"grid_rows": [*old.get("grid_rows", ()), *self.rows["grid_rows"]],
+                "test_rows": [*old.get("test_rows", ()), *self.rows["test_rows"]],
+                "references": {**old.get("references", {}), **self.rows["references"]}}
+
+    def add(self, kind: str, row: dict[str, Any], references: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record `row` (and its split's references) and rewrite the file; returns `row`."""
+        self.rows[kind].append(row)
+        self.rows["references"].update(references or {})
+        block = provenance(self.seed, None, note="rows of a run not yet finished", earlier=earlier(self.found))
+        self.path.write_text(json.dumps({"how": self.how, **self.rows, "provenance": block}, indent=1))
+        return row
+
+    def kept_from(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
+        """What the finished file's rows were kept from, for write_result: anchor.json's runs, then the
+        interrupted runs this file holds rows of."""
+        if self.found is None:
+            return old
+        if old is None:
+            return self.found
+        return {"provenance": {**old["provenance"], "earlier": [*earlier(old)[1:], *earlier(self.found)]}}
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _test_picks(picks: dict[str, Any], best: Any, tests: Sequence[str], ready: Callable[[str], Prepared],
                 recipe: TofuRecipe, seed: int, old: dict[str, Any] | None, references: dict[str, Any],
-                log: Callable[[str], None]) -> tuple[list[dict[str, Any]], int]:
+                log: Callable[[str], None], checkpoint: _Checkpoint) -> tuple[list[dict[str, Any]], int]:
     """Each pick run on each test split (`ready` prepares one, only when a pick needs a run), or its row from
-    `old` where that pick ran there before; fills `references`. Returns (rows, how many were kept)."""
+    `old` where that pick ran there before; fills `references`; each new row goes to `checkpoint`. Returns
+    (rows, how many were kept)."""
     rows, kept = [], 0
     for split in tests:
         s = None
@@ -186,7 +235,8 @@ def _test_picks(picks: dict[str, Any], best: Any, tests: Sequence[str], ready: C
                 if s is None:
                     s = ready(split)
                     references[split] = s.reference_rows(recipe)
-                row = {"split": split, **run_setting(s, setting_of(pick), seed)}
+                row = checkpoint.add("test_rows", {"split": split, **run_setting(s, setting_of(pick), seed)},
+                                     {split: references[split]})
             rows.append(row | {"overall_pick": pick is best})
             log(f"{split} {_name(row)}: fq {row['forget_quality']:.3g} utility {row['utility']:.3f}")
     return rows, kept
