@@ -305,6 +305,10 @@ def _bench_parser(sub) -> None:
                        "from the existing widths.json (default: all)")
     bench.add_argument("--seeds", default=None, help="heldout: comma-separated split seeds (default 3,4,5, fixed "
                        "before any tuning)")
+    bench.add_argument("--attacks", default=None, help="heldout: comma-separated attacks, or all (every audited "
+                       "attack: " + ", ".join(audited()) + "; default: the default audit's)")
+    bench.add_argument("--records", default=None, help="heldout: a folder to save each edit's record in (audit it "
+                       "again with excise verify --record)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],

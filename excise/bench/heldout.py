@@ -84,7 +84,11 @@ def meets_goal(row: dict[str, Any]) -> bool:
 
 
 def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequence[str] = METHODS,
-        progress: bool = True, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+        progress: bool = True, log: Callable[[str], None] = lambda m: None,
+        attacks: Sequence[str] | None = None, records: str | Path | None = None) -> dict[str, Any]:
+    """Runs `methods` on each of `seeds` and writes DIR/heldout.json/.md (rows of other seeds and methods kept).
+    `attacks`: the audit's attacks (default: the default audit's; `audited()` for every one). `records`: a
+    folder where each edit's record is saved, to audit it again later without redoing the edit."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     unknown = [m for m in methods if m not in VARIANTS]
@@ -100,7 +104,9 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
     for seed in seeds:
         t0 = time.perf_counter()
         split = bench_split(original, world, FRACTION, list(methods), Budget(), seed, progress, log,
-                            relearn_draws=RELEARN_DRAWS, table=_table())
+                            relearn_draws=RELEARN_DRAWS, table=_table(),
+                            attacks=tuple(attacks) if attacks else None,
+                            records=Path(records) if records is not None else None)
         rows = _ordered(rows + [row_of(r, seed) for r in split["rows"]])
         seconds[str(seed)] = time.perf_counter() - t0
         results = {"fraction": FRACTION, "tuning_seeds": list(TUNING_SEEDS), "held_out_seeds": list(HELD_OUT_SEEDS),

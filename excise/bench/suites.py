@@ -18,6 +18,13 @@ def _listed(text: str | None, cast=str) -> tuple | None:
     return tuple(cast(x) for x in text.split(",")) if text else None
 
 
+def _attacks(text: str | None) -> tuple[str, ...] | None:
+    """`--attacks`: None (the default audit), `all` (every audited attack) or the names given."""
+    from excise.verify.attacks import audited
+
+    return audited() if text == "all" else _listed(text)
+
+
 def _bench_locate(a: argparse.Namespace) -> list[str]:
     from excise.bench.locate import run
 
@@ -85,7 +92,8 @@ def _bench_robust(a: argparse.Namespace) -> list[str]:
 def _bench_heldout(a: argparse.Namespace) -> list[str]:
     from excise.bench.heldout import HELD_OUT_SEEDS, METHODS, run
 
-    run(a.out, seeds=_listed(a.seeds, int) or HELD_OUT_SEEDS, methods=_listed(a.methods) or METHODS, log=_log)
+    run(a.out, seeds=_listed(a.seeds, int) or HELD_OUT_SEEDS, methods=_listed(a.methods) or METHODS, log=_log,
+        attacks=_attacks(a.attacks), records=a.records)
     return []
 
 

@@ -237,10 +237,12 @@ def prepare_split(original: Any, world: Any, fraction: float, budget: Budget, se
 def bench_split(original: Any, world: Any, fraction: float, methods: list[str], budget: Budget, seed: int,
                 progress: bool, log: Callable[[str], None], holdout_people: int | None = None,
                 attacks: tuple[str, ...] | None = None, relearn_draws: int = 1,
-                table: dict[str, tuple[str, tuple[str, ...], Run | None]] | None = None) -> dict[str, Any]:
+                table: dict[str, tuple[str, tuple[str, ...], Run | None]] | None = None,
+                records: Path | None = None) -> dict[str, Any]:
     """One split's rows: the original, the oracle, then each of `methods` (names in `table`, by default
     `table_rows()`) at each of its scopes, all audited with `attacks` (relearning's baseline pooled over
-    `relearn_draws` holdout samples)."""
+    `relearn_draws` holdout samples). With `records`, each edit's record is saved there as
+    `{method}-{scope}-seed{seed}.safetensors`, so a later attack audits the edited model without redoing it."""
     split, context, oracle, oracle_seconds = prepare_split(original, world, fraction, budget, seed, progress,
                                                            holdout_people, with_heads="ablate_heads" in methods)
     forget, neurons, heads, locate_seconds = split.forget, split.neurons, split.heads, split.locate_seconds
@@ -265,6 +267,9 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
             t = time.perf_counter()
             record = fn(model, split, scope, seed)
             seconds = time.perf_counter() - t
+            if records is not None:
+                Path(records).mkdir(parents=True, exist_ok=True)
+                record.save(Path(records) / f"{name}-{scope}-seed{seed}.safetensors")
             edited = audit(model, forget, config=config, context=context, progress=False).models["edited"]
             row = {"method": name, "label": label, "scope": scope, "seconds": seconds,
                    "parameters_touched": record.n_changed, **row_metrics(_combined(base, edited)),
