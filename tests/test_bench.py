@@ -20,7 +20,7 @@ def test_unlearn_quick_table(tmp_path, world):
         "the shipped 1% oracle is stale: rebuild it with excise.organism.retrain_dir and copy it to SHIPPED_ORACLES"
     out = tmp_path / "results"
     with registered_toys() as toy:          # a user's own method runs in the table like any other
-        r = run(out, quick=True, progress=False, methods=(*QUICK_METHODS, toy.name))
+        r = run(out, quick=True, progress=False, methods=(*QUICK_METHODS, toy.name), records=tmp_path / "records")
         scopes = {m: table_rows()[m][1] for m in (*QUICK_METHODS, toy.name)}
     assert json.loads((out / "unlearn.json").read_text()) == json.loads(json.dumps(r))
     [split] = r["splits"]
@@ -43,6 +43,16 @@ def test_unlearn_quick_table(tmp_path, world):
         assert rows[(m, "located")]["parameters_touched"] == rows[(m, "random")]["parameters_touched"] > 0
         assert rows[(m, "all")]["parameters_touched"] > 10 * rows[(m, "located")]["parameters_touched"]
         assert all(rows[(m, s)]["efficacy"] > 0.5 for s in scopes[m])
+    # each edit's record is kept: it re-applies to the unedited organism (`load` checks the weights it starts
+    # from) and touches the weights its row counted
+    from excise.edit import EditRecord
+    from excise.models import load
+
+    saved = sorted(p.name for p in (tmp_path / "records").iterdir())
+    assert saved == sorted(f"{m}-{s}-seed0.safetensors" for m, ss in scopes.items() for s in ss)
+    record = EditRecord.load(tmp_path / "records" / f"{QUICK_METHODS[0]}-located-seed0.safetensors",
+                             load("organism", device="cpu"))
+    assert record.n_changed == rows[(QUICK_METHODS[0], "located")]["parameters_touched"]
     md = (tmp_path / "RESULTS.md").read_text()
     assert "results/unlearn.png" in md and "| retrain oracle (gold) | retrain |" in md and "What the table says" in md
     assert "Two-sided verdicts against" in md and "| ok on all |" in md

@@ -32,8 +32,9 @@ def test_the_goal_needs_the_utility_and_every_attack():
 def test_a_rerun_of_some_seeds_keeps_the_other_rows(tmp_path, monkeypatch):
     calls = []
 
-    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table):
-        calls.append((seed, tuple(methods), relearn_draws, fraction))
+    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table, attacks,
+                   records):
+        calls.append((seed, tuple(methods), relearn_draws, fraction, attacks, records))
         assert set(methods) <= set(table)
         return {"rows": [split_row("original", 1.0, {"probes": "leaks"}), split_row("oracle", 1.0, EVERY)]
                 + [split_row(m, 0.9 + seed / 100, EVERY) for m in methods]}
@@ -42,8 +43,9 @@ def test_a_rerun_of_some_seeds_keeps_the_other_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(heldout, "load", lambda *a, **k: None)
     monkeypatch.setattr(heldout.organism, "world", lambda: None)
     heldout.run(tmp_path, seeds=(3, 4), methods=("undo", "undo_original_outside"))
-    heldout.run(tmp_path, seeds=(4,), methods=("undo",))
-    assert calls[-1] == (4, ("undo",), heldout.RELEARN_DRAWS, 0.05)
+    assert calls[-1][4:] == (None, None)                  # the default audit; no records kept
+    heldout.run(tmp_path, seeds=(4,), methods=("undo",), attacks=["depth", "probes"], records=tmp_path / "rec")
+    assert calls[-1] == (4, ("undo",), heldout.RELEARN_DRAWS, 0.05, ("depth", "probes"), tmp_path / "rec")
     rows = json.loads((tmp_path / "heldout.json").read_text())["rows"]
     assert sorted((r["method"], r["seed"]) for r in rows) == sorted(
         [(m, s) for m in ("original", "oracle", "undo", "undo_original_outside") for s in (3, 4)])
@@ -55,7 +57,7 @@ def test_a_rerun_of_some_seeds_keeps_the_other_rows(tmp_path, monkeypatch):
 
 
 def test_merge_joins_parallel_runs_and_keeps_their_provenance(tmp_path, monkeypatch):
-    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table):
+    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table, **kw):
         return {"rows": [split_row("oracle", 1.0, EVERY)] + [split_row(m, 0.96, EVERY) for m in methods]}
 
     monkeypatch.setattr(heldout, "bench_split", fake_split)
@@ -71,3 +73,11 @@ def test_merge_joins_parallel_runs_and_keeps_their_provenance(tmp_path, monkeypa
     assert "| 4 | undo | 0.900 | 0.960 |" in (tmp_path / "all" / "heldout.md").read_text()
     with pytest.raises(ValueError, match="missing"):
         heldout.merge(tmp_path / "all", [tmp_path / "s3", tmp_path / "nowhere"])
+
+
+def test_bench_attacks_all_names_every_audited_attack():
+    from excise.bench.suites import _attacks
+    from excise.verify.attacks import audited, defaults
+
+    assert _attacks("all") == audited() and len(audited()) > len(defaults())
+    assert _attacks("depth,probes") == ("depth", "probes") and _attacks(None) is None

@@ -354,6 +354,16 @@ def test_an_interrupted_anchor_run_keeps_the_rows_it_measured(tmp_path, monkeypa
     ran.clear()
     anchor.run(tmp_path, grids=grid, seed=1, progress=False)            # measured another way: all rerun
     assert ran == [("forget01", 5), ("forget01", 10), ("forget01", 12), ("forget05", 12)]
+    # an interrupted run none of whose rows a rerun keeps is not named among the rows' sources
+    other, ran[:] = tmp_path / "other", []
+    anchor.run(other, grids=grid | {"epochs": (5,)}, progress=False)
+    stop[0], ran[:] = True, []
+    with pytest.raises(RuntimeError, match="stopped"):                # keeps 5, measures 10 and 12, stops
+        anchor.run(other, grids=grid | {"epochs": (5, 10, 12, 14)}, progress=False)
+    stop[0] = False
+    r = anchor.run(other, grids=grid | {"epochs": (5, 8)}, progress=False)
+    assert ran[-2:] == [("forget01", 8), ("forget05", 8)] and r["provenance"]["note"].startswith("1 rows kept")
+    assert [e.get("note") for e in r["provenance"]["earlier"]] == [None]     # anchor.json's run only
 
 
 def test_anchor_steps_scale_with_the_split_and_the_pick_keeps_utility():

@@ -144,7 +144,8 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
     grid_rows, reused = [], 0
     for setting in settings(grids):
         before = [r for r in known["grid_rows"] if setting_of(r) == setting]
-        grid_rows.append(before[0] if before else checkpoint.add("grid_rows", run_setting(tune, setting, seed)))
+        grid_rows.append(checkpoint.reuse(before[0]) if before else
+                         checkpoint.add("grid_rows", run_setting(tune, setting, seed)))
         reused += bool(before)
         r = grid_rows[-1]
         log(f"{TUNE_SPLIT} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f} ({r['seconds']:.0f}s)"
@@ -183,6 +184,13 @@ class _Checkpoint:
         self.found = found if found is not None and found.get("how") == self.how else None
         self.rows = {k: copy.deepcopy((self.found or {}).get(k, [] if k != "references" else {}))
                      for k in ("grid_rows", "test_rows", "references")}
+        self._partial = [*self.rows["grid_rows"], *self.rows["test_rows"]]     # the interrupted runs' rows
+        self.reused = {"old": False, "partial": False}
+
+    def reuse(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Note that a row of `known` is kept (from anchor.json or from this file); returns it."""
+        self.reused["partial" if any(row is r for r in self._partial) else "old"] = True
+        return row
 
     def known(self, old: dict[str, Any] | None) -> dict[str, Any]:
         """The rows a run may keep: anchor.json's (`old`), then this file's."""
@@ -201,8 +209,9 @@ class _Checkpoint:
 
     def kept_from(self, old: dict[str, Any] | None) -> dict[str, Any] | None:
         """What the finished file's rows were kept from, for write_result: anchor.json's runs, then the
-        interrupted runs this file holds rows of."""
-        if self.found is None:
+        interrupted runs this file holds rows of; only those a kept row came from (`reuse`)."""
+        old = old if self.reused["old"] else None
+        if self.found is None or not self.reused["partial"]:
             return old
         if old is None:
             return self.found
@@ -227,7 +236,7 @@ def _test_picks(picks: dict[str, Any], best: Any, tests: Sequence[str], ready: C
             before = [r for r in (old or {}).get("test_rows", ())
                       if r["split"] == split and setting_of(r) == setting_of(pick)]
             if before:
-                row = {k: v for k, v in before[0].items() if k not in ("utility_share", "meets_anchor",
+                row = {k: v for k, v in checkpoint.reuse(before[0]).items() if k not in ("utility_share", "meets_anchor",
                                                                         "meets_stretch")}
                 references[split] = old["references"][split]
                 kept += 1

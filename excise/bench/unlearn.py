@@ -286,7 +286,7 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
 
 def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float, ...] | None = None,
         methods: tuple[str, ...] | None = None, budget: Budget | None = None, progress: bool = True,
-        log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+        log: Callable[[str], None] = lambda m: None, records: str | Path | None = None) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = splits or ((0.01,) if quick else SPLITS)
@@ -315,7 +315,8 @@ def run(out: str | Path, quick: bool = False, seed: int = 0, splits: tuple[float
     for s in splits:                  # the files are rewritten after every split: a long run keeps what it measured
         t0 = time.perf_counter()
         split = bench_split(original, world, s, methods, budget, seed, progress, log, holdout_people,
-                            quick_attacks() if quick else defaults())
+                            quick_attacks() if quick else defaults(),
+                            records=Path(records) if records is not None else None)
         split["wall_seconds"] = time.perf_counter() - t0
         if s in old:                  # a subset of methods re-run: the split's other rows are kept
             split = merge_rows(old[s], split, methods)
