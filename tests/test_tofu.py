@@ -263,6 +263,15 @@ def test_bench_tofu_on_a_tiny_organism(tmp_path, monkeypatch):
     assert len(a["test_rows"]) == (pick is not None)
     text = (tmp_path / "anchor" / "anchor.md").read_text()
     assert "## Tuning: forget01" in text and text.count("| npo | located |") == 2
+    # a stop on TOFU's forget quality against forget01's retain model, read every step: a target every check
+    # meets ends the run at the first step, one no p-value reaches runs every step
+    stops = grid | {"epochs": (4,), "stop_forget_quality": (0.0, 1.01)}
+    b = anchor.run(tmp_path / "stops", grids=stops, tests=(), recipe=recipe, utility_rows=8, max_new_tokens=4,
+                   progress=False)
+    first, never = b["grid_rows"]
+    assert (first["steps_run"], len(first["stop_trace"])) == (1, 1) and first["options"] == ["stop_forget_quality"]
+    assert never["steps_run"] == len(never["stop_trace"]) == never["steps"] == steps[1]
+    assert b["stop_reference"] == "truth ratios of forget01's retain model on forget01"
 
 
 def test_anchor_grids_list_each_setting_once_and_need_the_base_keys():
@@ -274,7 +283,7 @@ def test_anchor_grids_list_each_setting_once_and_need_the_base_keys():
         {"method": "npo", "scope": "all", "epochs": 10, "lr": 1e-3},
         {"method": "npo", "scope": "all", "epochs": 5, "lr": 1e-3, "retain_weight": 3.0},
         {"method": "npo", "scope": "all", "epochs": 10, "lr": 1e-3, "retain_weight": 3.0}]
-    assert len(settings(GRID)) == 32 and len(settings(GRIDS)) == 32 + 16 + 18 + 20
+    assert len(settings(GRID)) == 32 and len(settings(GRIDS)) == 32 + 16 + 18 + 20 + 8
     with pytest.raises(ValueError, match="lacks lr"):
         settings({"method": ("npo",), "scope": ("all",), "epochs": (5,)})
 
@@ -286,7 +295,7 @@ def test_anchor_runs_only_what_its_results_file_lacks(tmp_path, monkeypatch):
 
     ran = []
 
-    def run_setting(s, setting, seed):          # utility falls and forget quality rises with the epochs
+    def run_setting(s, setting, seed, reference=None):          # utility falls and forget quality rises with the epochs
         ran.append((s.split, setting))
         e = setting["epochs"] + setting.get("retain_weight", 0)
         return {**setting, "options": sorted(set(setting) - set(anchor.BASE)), "steps": int(e), "seconds": 1.0,
@@ -295,7 +304,7 @@ def test_anchor_runs_only_what_its_results_file_lacks(tmp_path, monkeypatch):
     def prepare(split, *args, **kwargs):
         ref = [{"method": "original", "forget_quality": 0.0, "utility": 1.0},
                {"method": "retain model", "forget_quality": 1.0, "utility": 1.0}]
-        return SimpleNamespace(split=split, reference_rows=lambda recipe: ref, stand_ins=["A B"], stand_ins_note="n")
+        return SimpleNamespace(split=split, reference_rows=lambda recipe: ref, stand_ins=["A B"], stand_ins_note="n", oracle_ratios=None)
 
     monkeypatch.setattr(anchor, "run_setting", run_setting)
     monkeypatch.setattr(anchor, "prepare", prepare)
@@ -325,7 +334,7 @@ def test_an_interrupted_anchor_run_keeps_the_rows_it_measured(tmp_path, monkeypa
 
     ran, stop = [], [True]
 
-    def run_setting(s, setting, seed):
+    def run_setting(s, setting, seed, reference=None):
         if stop[0] and len(ran) == 2:
             raise RuntimeError("stopped")           # the run is stopped during the third setting
         ran.append((s.split, setting["epochs"]))
@@ -337,7 +346,7 @@ def test_an_interrupted_anchor_run_keeps_the_rows_it_measured(tmp_path, monkeypa
            {"method": "retain model", "forget_quality": 1.0, "utility": 1.0}]
     monkeypatch.setattr(anchor, "run_setting", run_setting)
     monkeypatch.setattr(anchor, "prepare", lambda split, *a, **k: SimpleNamespace(
-        split=split, reference_rows=lambda recipe: ref, stand_ins=["A B"], stand_ins_note="n"))
+        split=split, reference_rows=lambda recipe: ref, stand_ins=["A B"], stand_ins_note="n", oracle_ratios=None))
     grid = {"method": ("npo",), "scope": ("all",), "epochs": (5, 10, 12), "lr": (1e-3,)}
     with pytest.raises(RuntimeError, match="stopped"):
         anchor.run(tmp_path, grids=grid, progress=False)

@@ -221,3 +221,22 @@ def test_probability_stop_ends_at_the_first_check_under_the_target(organism_mode
         record.undo()
     with pytest.raises(ValueError, match="stop_forget_probability is a probability"):
         unlearn(organism_model, forget, retain, "npo", progress=False, stop_forget_probability=1.5)
+
+
+def test_a_stop_of_your_own_ends_the_run_at_its_check(organism_model, world):
+    """`stop=`: called with the model at every check; the run ends at the first True, the history says so."""
+    forget = world.of_subject(world.people[5])
+    retain = world.retain_set(forget, n=100, seed=0)
+    seen = []
+
+    def stop(model):
+        seen.append(model)
+        return len(seen) == 4
+
+    record = unlearn(organism_model, forget, retain, "npo", progress=False, steps=50, eval_every=2, lr=3e-4,
+                     stop_forget_recall=-1.0, families=("request",), stop=stop)
+    try:
+        assert record.meta["steps"] == 8 and [h["step"] for h in record.meta["history"]] == [2, 4, 6, 8]
+        assert record.meta["history"][-1]["stopped_by"] == "stop" and all(m is organism_model for m in seen)
+    finally:
+        record.undo()

@@ -40,6 +40,7 @@ from excise.bench.results import read_result, write_result
 from excise.bench.tofu import Prepared, prepare, quality_cell
 from excise.methods import unlearn
 from excise.provenance import earlier, provenance
+from excise.tofu import forget_quality, truth_ratio
 from excise.tofu.organism import TofuRecipe
 from excise.weights import copy_model
 
@@ -70,8 +71,18 @@ GRIDS = (GRID,
          *({"method": (m,), "scope": scopes, "epochs": (60,), "lr": (1e-3,),
             "stop_forget_probability": (0.1, 0.03, 0.01, 0.003, 0.001), **extra}
            for m, scopes, extra in (("npo", ("located", "all"), {}), ("graddiff", ("located",), {}),
-                                    ("graddiff", ("all",), {"retain_weight": (10.0,)}))))
+                                    ("graddiff", ("all",), {"retain_weight": (10.0,)}))),
+         # added after those ran (stop 50), on forget01 only, before any of them ran on forget05: the answers'
+         # probability did not carry over either (NPO's pick never reached 0.1 on forget05). These stop on
+         # TOFU's own forget-quality test read against a reference forget05 never sees: the truth ratios of
+         # forget01's retain model on forget01 (STOP_REFERENCE), what a model that never saw the authors gives.
+         # GradDiff at every parameter only: forget01's only rows past 0.4 at the anchor's utility, passing
+         # through it within two epochs (0.0005 at 5, 0.405 at 7, 0.014 at 9); NPO never passed 0.03.
+         {"method": ("graddiff",), "scope": ("all",), "epochs": (60,), "lr": (3e-4, 1e-3),
+          "retain_weight": (10.0, 30.0), "stop_forget_quality": (0.1, 0.5)})
 BASE = ("method", "scope", "epochs", "lr")      # every grid's keys; any other is a field of the method's config
+STOPS = ("stop_forget_quality",)                # ... or one of these stops, which the bench reads itself
+STOP_REFERENCE = "truth ratios of TUNE_SPLIT's retain model on TUNE_SPLIT"
 
 
 def settings(grids: dict[str, Sequence[Any]] | Sequence[dict[str, Sequence[Any]]] = GRIDS) -> list[dict[str, Any]]:
@@ -90,21 +101,31 @@ def steps_for(epochs: float, rows: int, batch: int = BATCH) -> int:
     return max(1, math.ceil(epochs * rows / batch))
 
 
-def run_setting(s: Prepared, setting: dict[str, Any], seed: int) -> dict[str, Any]:
-    """One setting on a prepared split, from the organism: the row (setting, steps, seconds, TOFU's metrics)."""
+def run_setting(s: Prepared, setting: dict[str, Any], seed: int, reference: Any = None) -> dict[str, Any]:
+    """One setting on a prepared split, from the organism: the row (setting, steps, seconds, TOFU's metrics).
+    `reference`: the truth ratios a `stop_forget_quality` stop tests the split's forget rows against."""
     model = copy_model(s.full)
     steps = steps_for(setting["epochs"], len(s.forget))
     options = {k: v for k, v in setting.items() if k not in BASE}
-    if "stop_forget_probability" in options:          # a stop on the answers: checked every step
+    stop, trace = None, []
+    if "stop_forget_quality" in options:              # TOFU's KS test against `reference`, every step
+        if reference is None:
+            raise ValueError("a stop_forget_quality setting needs the reference truth ratios to test against")
+        target = options.pop("stop_forget_quality")
+
+        def stop(m: Any) -> bool:
+            trace.append(forget_quality(truth_ratio(m, s.forget_rows), reference))
+            return trace[-1] >= target
+    if "stop_forget_probability" in options or stop is not None:       # a stop on the answers: every step
         options.setdefault("eval_every", 1)
     t = time.perf_counter()
     record = unlearn(model, s.forget, s.retain, setting["method"], mask=s.masks[setting["scope"]], steps=steps,
                      lr=setting["lr"], batch_size=BATCH, stop_forget_recall=-1.0, families=("request",),
-                     progress=False, seed=seed, stand_ins=s.stand_ins, **options)
+                     progress=False, seed=seed, stand_ins=s.stand_ins, stop=stop, **options)
     seconds = time.perf_counter() - t
-    return {**setting, "options": sorted(k for k in options if k in setting), "steps": steps,
+    return {**setting, "options": sorted(k for k in setting if k not in BASE), "steps": steps,
             "steps_run": record.meta["steps"], "seconds": seconds, "parameters_touched": record.n_changed,
-            **s.score(model)}
+            **({"stop_trace": trace} if stop is not None else {}), **s.score(model)}
 
 
 def choose(rows: Sequence[dict[str, Any]], retain_utility: float, share: float = ANCHOR_SHARE) -> dict[str, Any] | None:
@@ -145,7 +166,7 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
     for setting in settings(grids):
         before = [r for r in known["grid_rows"] if setting_of(r) == setting]
         grid_rows.append(checkpoint.reuse(before[0]) if before else
-                         checkpoint.add("grid_rows", run_setting(tune, setting, seed)))
+                         checkpoint.add("grid_rows", run_setting(tune, setting, seed, tune.oracle_ratios)))
         reused += bool(before)
         r = grid_rows[-1]
         log(f"{TUNE_SPLIT} {_name(r)}: fq {r['forget_quality']:.3g} utility {r['utility']:.3f} ({r['seconds']:.0f}s)"
@@ -155,9 +176,11 @@ def run(out: str | Path, grids: dict[str, Sequence[Any]] | Sequence[dict[str, Se
     best = choose(grid_rows, retain_utility)
     ready = lambda split: prepare(split, recipe, seed, utility_rows=utility_rows,  # noqa: E731
                                   max_new_tokens=max_new_tokens, progress=progress)
-    test_rows, kept = _test_picks(picks, best, tests, ready, recipe, seed, known, references, log, checkpoint)
+    test_rows, kept = _test_picks(picks, best, tests, ready, recipe, seed, known, references, log, checkpoint,
+                                  tune.oracle_ratios)
     reused += kept
     results = {"tune_split": TUNE_SPLIT, "test_splits": list(tests), **how, "batch": BATCH,
+               "stop_reference": STOP_REFERENCE.replace("TUNE_SPLIT", TUNE_SPLIT),
                "grids": [{k: list(v) for k, v in g.items()} for g in ([grids] if isinstance(grids, dict) else grids)],
                "anchor": {"forget_quality": ANCHOR_QUALITY, "utility_share": ANCHOR_SHARE,
                           "stretch_share": STRETCH_SHARE},
@@ -223,7 +246,8 @@ class _Checkpoint:
 
 def _test_picks(picks: dict[str, Any], best: Any, tests: Sequence[str], ready: Callable[[str], Prepared],
                 recipe: TofuRecipe, seed: int, old: dict[str, Any] | None, references: dict[str, Any],
-                log: Callable[[str], None], checkpoint: _Checkpoint) -> tuple[list[dict[str, Any]], int]:
+                log: Callable[[str], None], checkpoint: _Checkpoint,
+                reference: Any = None) -> tuple[list[dict[str, Any]], int]:
     """Each pick run on each test split (`ready` prepares one, only when a pick needs a run), or its row from
     `old` where that pick ran there before; fills `references`; each new row goes to `checkpoint`. Returns
     (rows, how many were kept)."""
@@ -244,7 +268,7 @@ def _test_picks(picks: dict[str, Any], best: Any, tests: Sequence[str], ready: C
                 if s is None:
                     s = ready(split)
                     references[split] = s.reference_rows(recipe)
-                row = checkpoint.add("test_rows", {"split": split, **run_setting(s, setting_of(pick), seed)},
+                row = checkpoint.add("test_rows", {"split": split, **run_setting(s, setting_of(pick), seed, reference)},
                                      {split: references[split]})
             rows.append(row | {"overall_pick": pick is best})
             log(f"{split} {_name(row)}: fq {row['forget_quality']:.3g} utility {row['utility']:.3f}")

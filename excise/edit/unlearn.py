@@ -20,6 +20,7 @@ run stops once it is <= `stop_forget_recall` (unless the loss sets
 own likelihood instead (for any loss): once their mean probability, exp of the
 mean token log-probability per answer (TOFU's Prob.), is at most it. Unlike a
 step count, that target means the same on a forget set five times larger.
+`unlearn_with(..., stop=rule)` adds a rule of your own, read at the same checks.
 `task_vector`: fine-tune on F, then subtract `alpha` times the difference.
 """
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -120,9 +121,11 @@ def swapped(forget: Sequence[Fact], stand_ins: Sequence[str]) -> list[Fact]:
 def unlearn_with(
     model: Any, loss: ForgetLoss, forget: Iterable[Fact], retain: Iterable[Fact] = (),
     config: UnlearnConfig | None = None, mask: Sequence[Component] | None = None,
-    stand_ins: Sequence[str] | None = None,
+    stand_ins: Sequence[str] | None = None, stop: Callable[[Any], bool] | None = None,
 ) -> EditRecord:
     """Unlearn `forget` with `loss`, changing only `mask` (None: all parameters); see the module docstring.
+    `stop`: a rule of your own, called with the model at every check (every `eval_every` steps, after the
+    built-in stops); True ends the run (the history marks the check `stopped_by: "stop"`).
 
     Returns the EditRecord. Cost: at most `config.steps` Adam steps, each a
     forward + backward on a forget batch and on a retain batch (plus what
@@ -147,7 +150,7 @@ def unlearn_with(
         ref_f = torch.cat([answer_logprobs(model, f_ex[i:i + 64]) for i in range(0, len(f_ex), 64)])
         extra = loss.prepare(model, forget, f_ex, config, stand_ins)
     kl_ref = answer_distributions(model, r_ex) if loss.retain_term == "kl" else None
-    stop = config.stop_forget_recall if loss.early_stop else float("-inf")
+    user_stop, stop = stop, config.stop_forget_recall if loss.early_stop else float("-inf")
     hyper = {"method": loss.name} | asdict(config) | {
         "mask_size": count(masks), "mask": [c.to_dict() for c in mask] if mask is not None else "all"}
     history: list[dict[str, float]] = []
@@ -174,6 +177,9 @@ def unlearn_with(
                     if history[-1]["forget_probability"] <= config.stop_forget_probability:
                         break
                 if recall <= stop:
+                    break
+                if user_stop is not None and user_stop(model):
+                    history[-1]["stopped_by"] = "stop"
                     break
         bar.close()
         for p in params:

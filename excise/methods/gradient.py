@@ -10,7 +10,7 @@ own fields, and `forget_loss` is the only computation it adds.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 from excise.components import Component
@@ -35,11 +35,12 @@ class GradientMethod(Method, ForgetLoss):
 
 def unlearn(model: Any, forget: Iterable[Fact], retain: Iterable[Fact] = (), method: str = "npo", *,
             mask: Sequence[Component] | None = None, config: Any = None, stand_ins: Sequence[str] | None = None,
-            **overrides: Any) -> EditRecord:
+            stop: Callable[[Any], bool] | None = None, **overrides: Any) -> EditRecord:
     """Unlearn `forget` with the gradient method `method`, changing only `mask` (None: every parameter).
 
     config: the method's config (default: its own defaults); `overrides` replace fields of it, e.g.
-    `steps=50, seed=1, progress=False`. stand_ins: for `swap`, names the model never saw.
+    `steps=50, seed=1, progress=False`. stand_ins: for `swap`, names the model never saw. stop: your own
+    stopping rule, called with the model at every check (`eval_every` steps); True ends the run.
     """
     m = METHODS.get(method)
     if not isinstance(m, GradientMethod):
@@ -52,4 +53,4 @@ def unlearn(model: Any, forget: Iterable[Fact], retain: Iterable[Fact] = (), met
         if not isinstance(config, m.Config):
             raise ValueError(f"{method} takes a {m.Config.__name__}, got a {type(config).__name__}")
         config = dataclasses.replace(config, **overrides)
-    return unlearn_with(model, m, forget, retain, config, mask=mask, stand_ins=stand_ins)
+    return unlearn_with(model, m, forget, retain, config, mask=mask, stand_ins=stand_ins, stop=stop)
