@@ -7,9 +7,9 @@ and used to choose no setting; `--seeds` runs others (the tuning seeds, to choos
 
 Per seed, the organism's 5% split (`world.subjects_split(0.05, seed)`: 15 people, 90 facts) runs as
 `excise bench unlearn` runs it (`bench_split`: the located neurons, the split's retain and stand-in
-facts, the audit context of 150 never-seen people, every default attack), with relearning's never-seen
-baseline pooled over RELEARN_DRAWS samples of 90 facts (one sample read `leaks` for the retrain
-oracle itself on seed 4: `excise.verify.attacks.relearn`). The original and the retrain oracle are
+facts, the audit context of 150 never-seen people, every default attack, or `attacks`: `--attacks all`
+runs every audited one), with relearning's never-seen baseline pooled over RELEARN_DRAWS samples of 90
+facts (one sample read `leaks` for the retrain oracle itself on seed 4: `excise.verify.attacks.relearn`). The original and the retrain oracle are
 audited beside the methods: the oracle's verdicts are the calibration, what a perfect deletion gets.
 
 One JSON row per (method, seed): `method`, `seed`, `efficacy`, `utility`, `relearn_recall` (top-1

@@ -168,11 +168,17 @@ def _heldout() -> str:
         goal = "-" if x["method"] == "oracle" else "**met**" if x["meets_goal"] else "missed"
         lines.append(f"| {x['seed']} | {x['method']} | {x['efficacy']:.3f} | {x['utility']:.3f} | "
                      + " | ".join(cells) + f" | {goal} |")
-    met = {m: sum(x["meets_goal"] for x in rows if x["method"] == m) for m in dict.fromkeys(x["method"] for x in rows)
-           if m != "oracle"}
+    methods = [m for m in dict.fromkeys(x["method"] for x in rows) if m != "oracle"]
     n = len(r["held_out_seeds"])
-    return "\n".join(lines) + "\n\n" + "; ".join(f"`{m}` meets the goal on {k} of {n} held-out seeds"
-                                                for m, k in met.items()) + ".\n"
+
+    def met(m: str) -> str:
+        ran = {a for x in rows if x["method"] == m for a in x["verdicts"]}
+        missing = [a for a in attacks if a not in ran]
+        k = sum(x["meets_goal"] for x in rows if x["method"] == m)
+        return (f"`{m}` meets the goal on {k} of {n} held-out seeds on the {len(ran)} attacks its rows ran"
+                + (f" (not run on them: {', '.join(missing)})" if missing else ""))
+
+    return "\n".join(lines) + "\n\n" + "; ".join(met(m) for m in methods) + ". A `-` cell: not run on that row.\n"
 
 
 def _anchor() -> str:
