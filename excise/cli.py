@@ -309,6 +309,8 @@ def _bench_parser(sub) -> None:
                        "attack: " + ", ".join(audited()) + "; default: the default audit's)")
     bench.add_argument("--records", default=None, help="heldout: a folder to save each edit's record in (audit it "
                        "again with excise verify --record)")
+    bench.add_argument("--reaudit", action="store_true", help="heldout: add the attacks that compare models "
+                       "(reference, depth) to DIR/heldout.json's rows from the records in --records (no edit redone)")
     bench.add_argument("--splits", default=None, help="unlearn: comma-separated fractions (default 0.01,0.05,0.1)")
     bench.add_argument("--shards", default="5", help="sisa: comma-separated shard counts k (default 5; 5,10 trains both)")
     bench.add_argument("--split", default="forget01", choices=["forget01", "forget05", "forget10"],

@@ -29,9 +29,13 @@ from typing import Any
 
 from excise import organism
 from excise.bench.results import read_result, write_result
-from excise.bench.unlearn import Budget, _registered, bench_split
+from excise.bench.unlearn import Budget, _registered, bench_split, compared, prepare_split
+from excise.edit import EditRecord
 from excise.models import load
 from excise.provenance import earlier
+from excise.verify import AuditConfig
+from excise.verify.attacks import audited, to_run
+from excise.weights import copy_model
 
 TUNING_SEEDS = (0, 1, 2)
 HELD_OUT_SEEDS = (3, 4, 5)
@@ -61,7 +65,7 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
 }
 METHODS = tuple(VARIANTS)
 KEYS = ("method", "seed", "scope", "efficacy", "utility", "relearn_recall", "forget_quality", "retain_kept",
-        "seconds", "undo_steps")
+        "seconds", "undo_steps", "depth")
 
 
 def _table() -> dict[str, tuple[str, tuple[str, ...], Any]]:
@@ -115,6 +119,48 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
         write_result(out, "heldout", results, to_markdown(results), seed=sorted({r["seed"] for r in rows}),
                      wall_seconds=time.perf_counter() - start, kept_from=kept_from)
         log(f"seed {seed}: {seconds[str(seed)]:.0f}s")
+    return results
+
+
+def audit_records(out: str | Path, records: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS,
+                  methods: Sequence[str] = METHODS, attacks: Sequence[str] | None = None,
+                  log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """The attacks that compare models (`reference`, `depth`; or `attacks`) on the edits `run(records=)` saved,
+    added to DIR/heldout.json's rows of (method, seed), without redoing the edits: each record is applied to
+    the organism and audited against it and the seed's retrain oracle (`compared`). Rows without a record are
+    left as they are; a record whose row is missing is an error."""
+    out, records = Path(out), Path(records)
+    kept_from = read_result(out / "heldout.json")
+    if kept_from is None:
+        raise ValueError(f"no {out / 'heldout.json'}: run excise bench heldout first")
+    rows = {(r["method"], r["seed"]): r for r in kept_from["rows"]}
+    original, world = load("organism", device="cpu"), organism.world()
+    names = tuple(attacks) if attacks else tuple(a.name for a in to_run(audited()) if a.compares_models)
+    start, done = time.perf_counter(), []
+    for seed in seeds:
+        todo = [(m, p) for m in methods if (p := records / f"{m}-located-seed{seed}.safetensors").exists()]
+        if not todo:
+            continue
+        split, context, oracle, _ = prepare_split(original, world, FRACTION, Budget(), seed, False, with_heads=False)
+        config = AuditConfig(seed=seed, attacks=names, relearn_draws=RELEARN_DRAWS)
+        for method, path in todo:
+            if (method, seed) not in rows:
+                raise ValueError(f"{path} has no row in {out / 'heldout.json'}: run that method on seed {seed}")
+            model = copy_model(original)
+            EditRecord.load(path, model).apply()
+            more = compared(model, original, oracle, split.forget, config, context)
+            row = rows[(method, seed)]
+            row["leakage"] |= {a: {"auc": v["auc"], "p_value": v["p_value"]} for a, v in more["leakage"].items()}
+            row["verdicts"] |= {a: v["verdict"] for a, v in more["leakage"].items()}
+            row["depth"] = more.get("depth")
+            row["meets_goal"] = meets_goal(row)
+            done.append(f"{method} seed {seed}")
+            log(f"{method} seed {seed}: " + ", ".join(f"{a} {v}" for a, v in row["verdicts"].items() if a in names))
+    results = {**kept_from, "rows": _ordered(list(rows.values()))}
+    results.pop("provenance", None)
+    write_result(out, "heldout", results, to_markdown(results), seed=sorted({r["seed"] for r in rows.values()}),
+                 wall_seconds=time.perf_counter() - start, kept_from=kept_from,
+                 note=f"{', '.join(names)} added from saved edit records ({'; '.join(done) or 'none'})")
     return results
 
 

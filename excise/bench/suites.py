@@ -90,8 +90,14 @@ def _bench_robust(a: argparse.Namespace) -> list[str]:
 
 
 def _bench_heldout(a: argparse.Namespace) -> list[str]:
-    from excise.bench.heldout import HELD_OUT_SEEDS, METHODS, run
+    from excise.bench.heldout import HELD_OUT_SEEDS, METHODS, audit_records, run
 
+    if a.reaudit:
+        if not a.records:
+            raise SystemExit("--reaudit audits the records --records DIR holds: name the folder")
+        audit_records(a.out, a.records, seeds=_listed(a.seeds, int) or HELD_OUT_SEEDS,
+                      methods=_listed(a.methods) or METHODS, attacks=_attacks(a.attacks), log=_log)
+        return []
     run(a.out, seeds=_listed(a.seeds, int) or HELD_OUT_SEEDS, methods=_listed(a.methods) or METHODS, log=_log,
         attacks=_attacks(a.attacks), records=a.records)
     return []

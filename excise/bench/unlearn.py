@@ -213,6 +213,29 @@ def row_metrics(report: AuditReport) -> dict[str, Any]:
     }
 
 
+def compared(model: Any, original: Any, oracle: Any, forget: list[Fact], config: AuditConfig,
+             context: Any) -> dict[str, Any]:
+    """The attacks of `config` that compare models (`reference`, `depth`), on the edited `model` against the
+    unedited `original` and the retrain `oracle`, which the edited row's own audit does not have: {"leakage":
+    their two-sided verdicts, as row_metrics gives them, "depth": the mean Unlearning Depth Score and the share
+    of facts below `depth`'s cut, or None}. Empty when `config` names none. Cost: one audit of the three models
+    with those attacks only (no relearning)."""
+    from excise.verify.attacks import to_run
+    from excise.verify.attacks.depth import SHALLOW
+
+    names = tuple(a.name for a in to_run(config.attacks) if a.compares_models)
+    if not names:
+        return {}
+    report = audit(model, forget, reference=original, oracle=oracle, context=context, progress=False,
+                   config=AuditConfig(seed=config.seed, attacks=names, relearn_draws=config.relearn_draws))
+    rows = report.models["edited"].attacks.extra.get("depth_rows")
+    uds = [u for u in rows["uds"] if u is not None] if rows else []
+    return {"leakage": {a: {"verdict": v.verdict, "auc": v.auc, "p_value": v.p_value, "layer": v.layer}
+                        for a, v in report.leakage("edited").items()},
+            "depth": {"uds": rows["score"], "shallow_share": sum(u < SHALLOW for u in uds) / len(uds),
+                      "facts": len(uds)} if uds else None}
+
+
 def prepare_split(original: Any, world: Any, fraction: float, budget: Budget, seed: int, progress: bool,
                   holdout_people: int | None = None, with_heads: bool = True
                   ) -> tuple[Split, KnowledgeContext, Any, float | None]:
@@ -274,6 +297,10 @@ def bench_split(original: Any, world: Any, fraction: float, methods: list[str], 
             row = {"method": name, "label": label, "scope": scope, "seconds": seconds,
                    "parameters_touched": record.n_changed, **row_metrics(_combined(base, edited)),
                    **({"undo_steps": record.meta["steps"]} if record.method == "undo" else {})}
+            more = compared(model, original, oracle, forget, config, context)
+            row["leakage"] |= more.get("leakage", {})
+            if "depth" in more:
+                row["depth"] = more["depth"]
             rows.append(row)
             log(f"  {name:<17} {scope:<8} eff {row['efficacy']:.2f} fq {row['forget_quality']:.2g} "
                 f"util {row['utility']:.3f} ({seconds:.0f}s)")
