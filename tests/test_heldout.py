@@ -81,3 +81,46 @@ def test_bench_attacks_all_names_every_audited_attack():
 
     assert _attacks("all") == audited() and len(audited()) > len(defaults())
     assert _attacks("depth,probes") == ("depth", "probes") and _attacks(None) is None
+
+
+def test_saved_records_get_the_attacks_that_compare_models_without_redoing_the_edit(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    def fake_split(original, world, fraction, methods, budget, seed, progress, log, relearn_draws, table, **kw):
+        return {"rows": [split_row("oracle", 1.0, EVERY)] + [split_row(m, 0.96, EVERY) for m in methods]}
+
+    applied, audited_with = [], []
+
+    class Record:
+        @staticmethod
+        def load(path, model):
+            return SimpleNamespace(apply=lambda: applied.append(path.name))
+
+    def fake_compared(model, original, oracle, forget, config, context):
+        audited_with.append((config.attacks, config.seed))
+        return {"leakage": {"reference": {"verdict": "leaks", "auc": 0.7, "p_value": 0.01, "layer": None}},
+                "depth": {"uds": 0.9, "shallow_share": 0.1, "facts": 80}}
+
+    monkeypatch.setattr(heldout, "bench_split", fake_split)
+    monkeypatch.setattr(heldout, "load", lambda *a, **k: None)
+    monkeypatch.setattr(heldout.organism, "world", lambda: None)
+    monkeypatch.setattr(heldout, "prepare_split", lambda *a, **k: (SimpleNamespace(forget=[]), None, None, None))
+    monkeypatch.setattr(heldout, "compared", fake_compared)
+    monkeypatch.setattr(heldout, "EditRecord", Record)
+    monkeypatch.setattr(heldout, "copy_model", lambda m: m)
+    heldout.run(tmp_path, seeds=(3, 4), methods=("undo",))
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "undo-located-seed3.safetensors").write_bytes(b"")
+    r = heldout.audit_records(tmp_path, records, seeds=(3, 4), methods=("undo",))
+    assert applied == ["undo-located-seed3.safetensors"] and audited_with == [(("reference", "depth"), 3)]
+    rows = {(x["method"], x["seed"]): x for x in r["rows"]}
+    assert rows[("undo", 3)]["verdicts"] == EVERY | {"reference": "leaks"} and not rows[("undo", 3)]["meets_goal"]
+    assert rows[("undo", 3)]["depth"]["uds"] == 0.9 and rows[("undo", 4)]["verdicts"] == EVERY   # no record: as it was
+    assert rows[("undo", 4)]["meets_goal"] and "reference, depth added from saved edit records (undo seed 3)" in \
+        json.loads((tmp_path / "heldout.json").read_text())["provenance"]["note"]
+    md = (tmp_path / "heldout.md").read_text()
+    assert "| 3 | undo | 0.900 | 0.960 | 0.050 | 0.3 | 0.90 (10% shallow) |" in md and "| 4 | undo | 0.900 | 0.960 | 0.050 | 0.3 | - |" in md
+    (records / "undo_alpha07_lens-located-seed3.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="has no row"):
+        heldout.audit_records(tmp_path, records, seeds=(3,), methods=("undo_alpha07_lens",))

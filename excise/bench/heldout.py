@@ -201,6 +201,13 @@ def verdict_cell(v: str | None, auc: float | None) -> str:
     return f"{short} ({auc:.2f})" if auc is not None else short
 
 
+def depth_cell(row: dict[str, Any]) -> str:
+    """The Unlearning Depth Score (1: as deep as the retrain oracle; 0: the unedited model) and the share of
+    facts under depth's cut, or - where it was not measured."""
+    d = row.get("depth")
+    return "-" if not d else f"{d['uds']:.2f} ({d['shallow_share']:.0%} shallow)"
+
+
 def to_markdown(r: dict[str, Any]) -> str:
     attacks = sorted({a for row in r["rows"] for a in row["verdicts"]})
     lines = ["# Deletion on held-out split seeds (organism, 5% split)", "",
@@ -208,14 +215,17 @@ def to_markdown(r: dict[str, Any]) -> str:
              f"{', '.join(map(str, r['tuning_seeds']))} chose the settings. Goal: utility >= "
              f"{r['goal_utility']} of the original's and indistinguishable from never-seen facts on every attack "
              f"(verdict and AUC per attack; relearning's baseline pooled over {r['relearn_draws']} samples). "
-             "The oracle's row is what a perfect deletion gets.", "",
-             "| seed | method | efficacy | utility | relearned | forget quality | " + " | ".join(attacks)
-             + " | goal |", "|---|---|---|---|---|---|" + "---|" * (len(attacks) + 1)]
+             "The oracle's row is what a perfect deletion gets. Depth (UDS, `excise.verify.depth`): how much of "
+             "what the retrain oracle lacks the unedited model cannot read back from the row's residual stream "
+             "(1 as deep as the oracle), and the share of facts below depth's cut.", "",
+             "| seed | method | efficacy | utility | relearned | forget quality | depth (UDS) | " + " | ".join(attacks)
+             + " | goal |", "|---|---|---|---|---|---|---|" + "---|" * (len(attacks) + 1)]
     for row in sorted(r["rows"], key=lambda x: (x["seed"], x["method"] not in ("original", "oracle"))):
         cells = [verdict_cell(row["verdicts"].get(a), row["leakage"].get(a, {}).get("auc")) for a in attacks]
         fq = row["forget_quality"]
         lines.append(f"| {row['seed']} | {row['method']} | {row['efficacy']:.3f} | {row['utility']:.3f} | "
-                     f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | " + " | ".join(cells)
+                     f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | {depth_cell(row)} | "
+                     + " | ".join(cells)
                      + f" | {'**met**' if row['meets_goal'] else 'missed'} |")
     lines += ["", "Methods:"] + [f"- `{m}`: {label}" for m, label in r["labels"].items()]
     return "\n".join(lines) + "\n"

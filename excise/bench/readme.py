@@ -156,17 +156,17 @@ def _widths() -> str:
 
 def _heldout() -> str:
     """Per held-out seed and method: utility, each attack's verdict, the goal; from heldout.json."""
-    from excise.bench.heldout import verdict_cell
+    from excise.bench.heldout import depth_cell, verdict_cell
 
     r = json.loads((RESULTS / "heldout.json").read_text())
     rows = [x for x in r["rows"] if x["seed"] in r["held_out_seeds"] and x["method"] != "original"]
     attacks = sorted({a for x in rows for a in x["verdicts"]})
-    lines = ["| seed | method | efficacy | utility | " + " | ".join(attacks) + " | goal |",
-             "|---|---|---|---|" + "---|" * (len(attacks) + 1)]
+    lines = ["| seed | method | efficacy | utility | depth (UDS) | " + " | ".join(attacks) + " | goal |",
+             "|---|---|---|---|---|" + "---|" * (len(attacks) + 1)]
     for x in sorted(rows, key=lambda x: (x["seed"], x["method"] != "oracle", x["method"])):
         cells = [verdict_cell(x["verdicts"].get(a), x["leakage"].get(a, {}).get("auc")) for a in attacks]
         goal = "-" if x["method"] == "oracle" else "**met**" if x["meets_goal"] else "missed"
-        lines.append(f"| {x['seed']} | {x['method']} | {x['efficacy']:.3f} | {x['utility']:.3f} | "
+        lines.append(f"| {x['seed']} | {x['method']} | {x['efficacy']:.3f} | {x['utility']:.3f} | {depth_cell(x)} | "
                      + " | ".join(cells) + f" | {goal} |")
     methods = [m for m in dict.fromkeys(x["method"] for x in rows) if m != "oracle"]
     n = len(r["held_out_seeds"])
