@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -307,6 +308,47 @@ def test_undo_can_leave_the_forget_texts_out_of_the_distillation(tiny):
         undo(tiny, texts, ["the dog"], config)
     with pytest.raises(ValueError, match="forget_texts must be"):
         UndoConfig(forget_texts="student")
+
+
+def test_undo_teaches_forget_texts_a_strangers_outputs(tiny):
+    """forget_texts="stranger": on a text naming a forget subject, the target outside the name is the teacher's
+    on the text with a stand-in (prefix position for position, suffix shifted by the names' length difference),
+    the positions inside the name leave the loss, and other texts keep their targets."""
+    from excise.edit.undo import UndoConfig, _batch, _Lens, _teach_strangers, undo
+
+    batch = ["the cat Zork Blimpfen sat on the mat", "the dog sat on the mat"]
+    lens = _Lens.of(0.0, batch, ["Zork Blimpfen"], ["Al"], tiny)
+    tokens, real = _batch(tiny, batch)
+    mine, stand_in = (tiny.tokenizer.encode(t) for t in (batch[0], lens.swaps[batch[0]]))
+    a, b = len(mine), len(stand_in)
+    head = next(i for i, (x, y) in enumerate(zip(mine, stand_in)) if x != y)
+    tail = next(i for i, (x, y) in enumerate(zip(mine[::-1], stand_in[::-1])) if x != y)
+    assert lens.swaps[batch[0]] == "the cat Al sat on the mat" and a - tail - head > b - tail - head > 0
+    with torch.no_grad():
+        target = tiny(tokens)
+        before = target.clone()
+        theirs = tiny(_batch(tiny, [lens.swaps[batch[0]]])[0])
+    taught = _teach_strangers(tiny, batch, tokens, real, target, lens)
+    left_out = [p for p in range(a - 1) if not taught[0, p]]
+    # exactly the positions that predict the forget name's second to last token
+    assert left_out == list(range(head, a - tail - 1))
+    assert torch.equal(taught[1], real[1]) and torch.equal(target[1], before[1])
+    kept = [p for p in range(a - 1) if taught[0, p]]
+    assert len(kept) == head + tail
+    shift = [p if p < head else p - (a - b) for p in kept]
+    torch.testing.assert_close(target[0, kept], theirs[0, shift], rtol=0, atol=0)   # copied, not recomputed
+    config = UndoConfig(alpha=0.3, max_steps=2, eval_every=1, batch_size=2, retain_threshold=-1.0,
+                        forget_texts="stranger", progress=False)
+    with pytest.raises(ValueError, match="stand_ins"):
+        undo(tiny, batch, ["the dog"], config, forget_subjects=["Zork Blimpfen"])
+    after = {}
+    for mode in ("stranger", "teacher"):
+        record = undo(tiny, batch, ["the dog"], replace(config, forget_texts=mode), forget_subjects=["Zork Blimpfen"],
+                      stand_ins=["Al"])
+        assert record.meta["steps"] == 2
+        after[mode] = record.after_hash
+        record.undo()
+    assert after["stranger"] != after["teacher"]                    # the same seed, other targets
 
 
 def copy_model_of(model, state):

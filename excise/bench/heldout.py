@@ -62,6 +62,18 @@ VARIANTS: dict[str, tuple[str, str, dict[str, Any]]] = {
                           "intermediate layer's lens on a forget text taught the teacher's lens on its stand-in text)",
                           "undo", {"alpha": 0.7, "outside_teacher": "original", "retain_threshold": -1.0,
                                    "max_steps": 4000, "lens_weight": 1.0}),
+    # set before any run of it, after undo_alpha07_lens's held-out rows (gradnorm its only leak, AUC 0.58-0.61, as
+    # its swap teacher's 0.59; the forget answers' gradients smaller in blocks 0-2): no text naming a forget subject
+    # distilled, so nothing trains the student on them; to be read on tuning seed 0 before any held-out run
+    "undo_alpha07_drop": ("UNDO at alpha 0.7 as undo_alpha07_long, with no text naming a forget subject distilled",
+                          "undo", {"alpha": 0.7, "outside_teacher": "original", "retain_threshold": -1.0,
+                                   "max_steps": 4000, "forget_texts": "drop"}),
+    # set with it, the other reading of the same rows: the swap teacher's approximation of a stranger carries the
+    # leak, so the forget texts are taught the original's outputs on the text with stand-ins, lens term included
+    "undo_alpha07_stranger": ("UNDO at alpha 0.7 as undo_alpha07_lens, each text naming a forget subject taught "
+                              "(outputs and lens) what the original gives it with a stand-in's name", "undo",
+                              {"alpha": 0.7, "outside_teacher": "original", "retain_threshold": -1.0,
+                               "max_steps": 4000, "lens_weight": 1.0, "forget_texts": "stranger"}),
 }
 METHODS = tuple(VARIANTS)
 KEYS = ("method", "seed", "scope", "efficacy", "utility", "relearn_recall", "forget_quality", "retain_kept",

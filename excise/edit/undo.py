@@ -98,6 +98,7 @@ from excise.scoring import encode, general_loss, pad_batch, recalled
 from excise.weights import copy_model, device_of
 
 NOISE = ("all", "mlp", "mask")
+FORGET_TEXTS = ("teacher", "drop", "stranger")
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ class UndoConfig:
     # and biases only, "mask": the entries of the components passed as undo's noise_mask (the teacher's mask)
     noise: str = "all"
     # excise's variant, not the reference's ("teacher": the unlearned model teaches every text): "drop" distils
-    # no text that names a forget subject, so nothing about them is taught back, not even the teacher's residue
+    # no text that names a forget subject, so nothing about them is taught back, not even the teacher's residue;
+    # "stranger" teaches such a text what the retain domain's teacher gives the text with stand-ins (see undo)
     forget_texts: str = "teacher"
     seed: int = 0
     progress: bool = True
@@ -135,8 +137,9 @@ class UndoConfig:
             raise ValueError(f"stop must be 'loss' (the reference's) or 'recall' (on eval_facts), got {self.stop!r}")
         if self.noise not in NOISE:
             raise ValueError(f"noise must be one of {', '.join(NOISE)}, got {self.noise!r}")
-        if self.forget_texts not in ("teacher", "drop"):
-            raise ValueError(f"forget_texts must be 'teacher' (the reference's) or 'drop', got {self.forget_texts!r}")
+        if self.forget_texts not in FORGET_TEXTS:
+            raise ValueError(f"forget_texts must be 'teacher' (the reference's), 'drop' or 'stranger', got "
+                             f"{self.forget_texts!r}")
         if self.lens_weight < 0:
             raise ValueError(f"lens_weight must be >= 0, got {self.lens_weight}")
         if not 0 < self.min_lr <= self.lr:
@@ -244,6 +247,39 @@ def _common_suffix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _teach_strangers(model: Any, batch: list[str], tokens: torch.Tensor, real: torch.Tensor, target: torch.Tensor,
+                     lens: _Lens) -> torch.Tensor:
+    """forget_texts="stranger": on each text of `batch` naming a forget subject, the target at every
+    position outside the names becomes `lens.teacher`'s on the text with stand-ins (the common token prefix
+    position for position, the common suffix from the last name token on), and the positions inside the names
+    (which predict a forget name's next token) leave the loss. Changes `target` in place; returns the positions
+    the loss reads (`real` without those)."""
+    rows = [i for i, t in enumerate(batch) if t in lens.swaps]
+    taught = real.clone()
+    if not rows:
+        return taught
+    s_tokens, s_real = _batch(model, [lens.swaps[batch[i]] for i in rows])
+    with torch.no_grad():
+        theirs = lens.teacher(s_tokens).to(target.dtype)
+    n_student, n_swap = real.sum(1) + 1, s_real.sum(1) + 1
+    for j, i in enumerate(rows):
+        a, b = int(n_student[i]), int(n_swap[j])
+        mine, swapped = tokens[i, :a].tolist(), s_tokens[j, :b].tolist()
+        head = _common_prefix(mine, swapped)
+        tail = min(_common_suffix(mine, swapped), min(a, b) - head)
+        target[i, :head] = theirs[j, :head]
+        target[i, a - tail - 1:a - 1] = theirs[j, b - tail - 1:b - 1]
+        taught[i, head:a - tail - 1] = False
+    return taught
+
+
 def _lens_loss(model: Any, batch: list[str], tokens: torch.Tensor, real: torch.Tensor,
                resid: list[torch.Tensor], lens: _Lens) -> torch.Tensor | None:
     """KL(teacher's lens on the swapped text || the model's lens), mean over the intermediate layers and the
@@ -274,10 +310,12 @@ def _lens_loss(model: Any, batch: list[str], tokens: torch.Tensor, real: torch.T
 
 def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.Optimizer,
                   params: list[torch.nn.Parameter], lr: float, clip: float, original: Any | None = None,
-                  forget_subjects: Sequence[str] = (), lens: _Lens | None = None) -> torch.Tensor:
+                  forget_subjects: Sequence[str] = (), lens: _Lens | None = None, stranger: bool = False
+                  ) -> torch.Tensor:
     """One AdamW step on forward KL(teacher || model) over `batch`; returns the loss. With `original`,
     the texts that name none of `forget_subjects` take their targets from `original` instead; with `lens`,
-    its weight x `_lens_loss` is added."""
+    its weight x `_lens_loss` is added; with `stranger`, the texts naming one take theirs from `lens.teacher` on
+    the text with stand-ins (`_teach_strangers`)."""
     tokens, real = _batch(model, batch)
     with torch.no_grad():
         target = teacher(tokens)
@@ -285,15 +323,16 @@ def _distill_step(model: Any, teacher: Any, batch: list[str], opt: torch.optim.O
             outside = torch.tensor([not _names_any(t, forget_subjects) for t in batch], device=tokens.device)
             if outside.any():
                 target[outside] = original(tokens[outside]).to(target.dtype)
+        taught = _teach_strangers(model, batch, tokens, real, target, lens) if stranger else real
     for group in opt.param_groups:
         group["lr"] = lr
     with torch.enable_grad():
-        if lens is None:
-            loss = _forward_kl(target, model(tokens), real)
+        if lens is None or lens.weight == 0:
+            loss = _forward_kl(target, model(tokens), taught)
         else:
             logits, kept = forward_keeping(model, tokens, _intermediate(model))
             resid = [kept[n] for n in _intermediate(model)]
-            loss = _forward_kl(target, logits, real)
+            loss = _forward_kl(target, logits, taught)
             extra = _lens_loss(model, batch, tokens, real, resid, lens)
             if extra is not None:
                 loss = loss + lens.weight * extra
@@ -336,6 +375,10 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
 
     `config.forget_texts="drop"` (excise's variant, not the reference's): the texts naming one of
     `forget_subjects` are left out of the distillation (meta["dropped_texts"] counts them).
+    `config.forget_texts="stranger"` (excise's variant): each such text is taught, at every position outside
+    the names, what the retain domain's teacher (`original` if given) gives the same text with each subject
+    replaced by one of `stand_ins`; the positions inside a name are not taught; the lens term, if on, reads that
+    teacher too. The student is taught a stranger's outputs, not the unlearned model's approximation of them.
 
     `config.noise` (excise's variant, not the reference's "all"): "mlp" noises only every block's MLP, "mask"
     only the entries of `noise_mask`'s components; every parameter is still distilled.
@@ -368,9 +411,10 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     if original is not None and not forget_subjects:
         raise ValueError("undo with an original teacher needs forget_subjects: the texts that name one are "
                          "distilled from the unlearned model")
-    lens = _Lens.of(config.lens_weight, texts, forget_subjects, list(stand_ins), teacher) \
-        if config.lens_weight > 0 else None
     outside = original if original is not None else teacher         # the teacher of the retain domain
+    stranger = config.forget_texts == "stranger"
+    lens = _Lens.of(config.lens_weight, texts, forget_subjects, list(stand_ins), outside if stranger else teacher) \
+        if config.lens_weight > 0 or stranger else None
     teacher_loss = general_loss(outside, eval_texts)
     eval_facts = list(eval_facts)
     if config.stop == "recall" and not eval_facts:
@@ -396,7 +440,7 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
                 order += fresh
             batch, order = [texts[i] for i in order[:config.batch_size]], order[config.batch_size:]
             loss = _distill_step(model, teacher, batch, opt, params, _lr_at(step, config), config.grad_clip,
-                                 original, forget_subjects, lens)
+                                 original, forget_subjects, lens, stranger)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.max_steps:
                 student_loss = general_loss(model, eval_texts)
                 point = {"step": step + 1, "kl": float(loss.detach()), "eval_loss": student_loss}
