@@ -87,11 +87,17 @@ def _table() -> dict[str, tuple[str, tuple[str, ...], Any]]:
 
 def row_of(row: dict[str, Any], seed: int) -> dict[str, Any]:
     """The bench's row from a `bench_split` row: its columns, the verdicts, and whether it meets the goal."""
-    out = {k: row.get(k) for k in KEYS} | {"seed": seed}
-    out["verdicts"] = {a: v["verdict"] for a, v in row["leakage"].items()}
-    out["leakage"] = {a: {"auc": v["auc"], "p_value": v["p_value"]} for a, v in row["leakage"].items()}
-    out["meets_goal"] = meets_goal(out)
+    out = {k: row.get(k) for k in KEYS} | {"seed": seed, "verdicts": {}, "leakage": {}}
+    _add_leakage(out, row["leakage"])
     return out
+
+
+def _add_leakage(row: dict[str, Any], leakage: dict[str, dict[str, Any]]) -> None:
+    """Adds an audit's `leakage` ({attack: {verdict, auc, p_value, ...}}) to the bench's `row` and re-reads
+    its goal."""
+    row["verdicts"] |= {a: v["verdict"] for a, v in leakage.items()}
+    row["leakage"] |= {a: {"auc": v["auc"], "p_value": v["p_value"]} for a, v in leakage.items()}
+    row["meets_goal"] = meets_goal(row)
 
 
 def meets_goal(row: dict[str, Any]) -> bool:
@@ -162,10 +168,8 @@ def audit_records(out: str | Path, records: str | Path, seeds: Sequence[int] = H
             EditRecord.load(path, model).apply()
             more = compared(model, original, oracle, split.forget, config, context)
             row = rows[(method, seed)]
-            row["leakage"] |= {a: {"auc": v["auc"], "p_value": v["p_value"]} for a, v in more["leakage"].items()}
-            row["verdicts"] |= {a: v["verdict"] for a, v in more["leakage"].items()}
+            _add_leakage(row, more["leakage"])
             row["depth"] = more.get("depth")
-            row["meets_goal"] = meets_goal(row)
             done.append(f"{method} seed {seed}")
             log(f"{method} seed {seed}: " + ", ".join(f"{a} {v}" for a, v in row["verdicts"].items() if a in names))
     results = {**kept_from, "rows": _ordered(list(rows.values()))}
