@@ -239,7 +239,8 @@ def to_markdown(r: dict[str, Any]) -> str:
     for row in sorted(r["rows"], key=lambda x: (x["seed"], x["method"] not in ("original", "oracle"))):
         cells = [verdict_cell(row["verdicts"].get(a), row["leakage"].get(a, {}).get("auc")) for a in attacks]
         fq = row["forget_quality"]
-        lines.append(f"| {row['seed']} | {row['method']} | {row['efficacy']:.3f} | {row['utility']:.3f} | "
+        seed = f"{row['seed']} (tuning)" if row["seed"] in r["tuning_seeds"] else str(row["seed"])
+        lines.append(f"| {seed} | {row['method']} | {row['efficacy']:.3f} | {row['utility']:.3f} | "
                      f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | {depth_cell(row)} | "
                      + " | ".join(cells)
                      + f" | {'**met**' if row['meets_goal'] else 'missed'} |")
