@@ -75,6 +75,15 @@ Measured on the organism (5% split, seed 0, one CPU thread; scratch runs, not a 
   scores, quantization and reference indistinguishable too, but `gradnorm` leaks on all three seeds (AUC
   0.58-0.61, p 0.0006-0.012; the oracle's own 0.43-0.54): the forget answers' loss gradients are smaller
   than never-seen facts'. Unlearning Depth Score 0.88-0.91 (1-2% of facts shallow).
+- Where gradnorm's leak lives (seed 3's saved record, per parameter tensor): the forget answers' gradients are
+  about a fifth smaller in blocks 0-2 (attention values and outputs, block 0's MLP) at equal answer loss (5.18
+  vs 5.16 nats); the swap teacher alone reads 0.59 (`bench rescore`). Two readings, both set before either
+  ran, on tuning seed 0 with every attack: the forget texts taught the original's outputs and lens on the text
+  with a stand-in (`forget_texts="stranger"`, `undo_alpha07_stranger`): utility 0.967, gradnorm still leaks
+  (0.59), so it is not the teacher's approximation of a stranger; no forget text distilled at all
+  (`forget_texts="drop"`, alpha 0.7, `undo_alpha07_drop`): utility 0.991, efficacy 0.933, relearned 0.04,
+  gradnorm 0.45 and all eleven verdicts indistinguishable, UDS 0.92. Training on a forget text, whatever its
+  target, is what gradnorm reads; 4,282-4,329 s each, one thread, three processes on 2 cores.
 """
 
 from __future__ import annotations
