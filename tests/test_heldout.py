@@ -127,3 +127,19 @@ def test_saved_records_get_the_attacks_that_compare_models_without_redoing_the_e
     (records / "undo_alpha07_lens-located-seed3.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="has no row"):
         heldout.audit_records(tmp_path, records, seeds=(3,), methods=("undo_alpha07_lens",))
+
+
+def test_the_readme_block_says_which_held_out_seeds_a_method_ran_on(tmp_path, monkeypatch):
+    """A method run on fewer held-out seeds than fixed says which; a seed it did not run is not a seed met."""
+    from excise.bench import readme
+
+    rows = [heldout.row_of(split_row(m, 0.99, EVERY), s) | {"depth": None}
+            for m, seeds in (("oracle", (3, 4, 5)), ("undo", (3, 4, 5)), ("undo_alpha07_drop", (3, 5)))
+            for s in seeds]
+    rows.append(heldout.row_of(split_row("undo_alpha07_drop", 0.99, EVERY), 0) | {"depth": None})   # tuning
+    (tmp_path / "heldout.json").write_text(json.dumps({"held_out_seeds": [3, 4, 5], "rows": rows}))
+    monkeypatch.setattr(readme, "RESULTS", tmp_path)
+    block = readme._heldout()
+    assert "`undo` meets the goal on 3 of 3 held-out seeds on the 3 attacks" in block
+    assert "`undo_alpha07_drop` meets the goal on 2 of 3 held-out seeds (run on 2: 3, 5) on the 3 attacks" in block
+    assert "| 0 |" not in block

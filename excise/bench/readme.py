@@ -175,7 +175,9 @@ def _heldout() -> str:
         ran = {a for x in rows if x["method"] == m for a in x["verdicts"]}
         missing = [a for a in attacks if a not in ran]
         k = sum(x["meets_goal"] for x in rows if x["method"] == m)
-        return (f"`{m}` meets the goal on {k} of {n} held-out seeds on the {len(ran)} attacks its rows ran"
+        seeds = sorted(x["seed"] for x in rows if x["method"] == m)
+        run_on = f" (run on {len(seeds)}: {', '.join(map(str, seeds))})" if len(seeds) < n else ""
+        return (f"`{m}` meets the goal on {k} of {n} held-out seeds{run_on} on the {len(ran)} attacks its rows ran"
                 + (f" (not run on them: {', '.join(missing)})" if missing else ""))
 
     return "\n".join(lines) + "\n\n" + "; ".join(met(m) for m in methods) + ". A `-` cell: not run on that row.\n"
