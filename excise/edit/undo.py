@@ -272,9 +272,9 @@ def _teach_strangers(model: Any, batch: list[str], tokens: torch.Tensor, real: t
                      lens: _Lens) -> torch.Tensor:
     """forget_texts="stranger": on each text of `batch` naming a forget subject, the target at every
     position outside the names becomes `lens.teacher`'s on the text with stand-ins (the common token prefix
-    position for position, the common suffix from the last name token on), and the positions inside the names
-    (which predict a forget name's next token) leave the loss. Changes `target` in place; returns the positions
-    the loss reads (`real` without those)."""
+    position for position, the common suffix from the last name token on), and the positions from the first
+    name's first token to the last name's last (a forget name's next tokens, and any text between two names)
+    leave the loss. Changes `target` in place; returns the positions the loss reads (`real` without those)."""
     rows = [i for i, t in enumerate(batch) if t in lens.swaps]
     taught = real.clone()
     if not rows:
@@ -391,7 +391,8 @@ def undo(model: Any, texts: Sequence[str], eval_texts: Sequence[str], config: Un
     `forget_subjects` are left out of the distillation (meta["dropped_texts"] counts them).
     `config.forget_texts="stranger"` (excise's variant): each such text is taught, at every position outside
     the names, what the retain domain's teacher (`original` if given) gives the same text with each subject
-    replaced by one of `stand_ins`; the positions inside a name are not taught; the lens term, if on, reads that
+    replaced by one of `stand_ins`; the positions from the first name to the last are not taught (a text naming
+    one subject: those inside the name); the lens term, if on, reads that
     teacher too. The student is taught a stranger's outputs, not the unlearned model's approximation of them.
 
     `config.noise` (excise's variant, not the reference's "all"): "mlp" noises only every block's MLP, "mask"
