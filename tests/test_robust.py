@@ -336,7 +336,9 @@ def test_undo_teaches_forget_texts_a_strangers_outputs(tiny):
     kept = [p for p in range(a - 1) if taught[0, p]]
     assert len(kept) == head + tail
     shift = [p if p < head else p - (a - b) for p in kept]
-    torch.testing.assert_close(target[0, kept], theirs[0, shift], rtol=0, atol=0)   # copied, not recomputed
+    # exact on any CPU: both sides come from the same one-row forward of the same stand-in text on this machine
+    # (same shapes, same kernels, same threads); the function copies those logits, it computes nothing from them
+    torch.testing.assert_close(target[0, kept], theirs[0, shift], rtol=0, atol=0)
     config = UndoConfig(alpha=0.3, max_steps=2, eval_every=1, batch_size=2, retain_threshold=-1.0,
                         forget_texts="stranger", progress=False)
     with pytest.raises(ValueError, match="stand_ins"):
