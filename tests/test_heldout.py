@@ -143,3 +143,48 @@ def test_the_readme_block_says_which_held_out_seeds_a_method_ran_on(tmp_path, mo
     assert "`undo` meets the goal on 3 of 3 held-out seeds on the 3 attacks" in block
     assert "`undo_alpha07_drop` meets the goal on 2 of 3 held-out seeds (run on 2: 3, 5) on the 3 attacks" in block
     assert "| 0 |" not in block
+
+
+def test_retrain_again_writes_the_other_retrain_into_the_organism_as_one_undoable_record(monkeypatch):
+    """The calibration row's model is the retrain's weights, every one, and its record undoes to the organism
+    (a shipped oracle stands in for the training-seed-1 retrain, which takes minutes to train)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from excise.edit.record import storage_owners
+    from excise.models import load
+    from excise.weights import copy_model
+
+    shipped = sorted(heldout.organism.SHIPPED_ORACLES.iterdir())[0]
+    asked = []
+
+    def fake_dir(forget, rec, progress):
+        asked.append((forget, rec.seed, rec.world_seed))
+        return shipped
+
+    monkeypatch.setattr(heldout.organism, "retrain_dir", fake_dir)
+    original = load("organism", device="cpu")
+    model = copy_model(original)
+    forget = list(heldout.organism.world())[:2]
+    record = heldout.retrain_again(model, SimpleNamespace(forget=forget), "retrain", 3)
+    assert asked == [(forget, heldout.RETRAIN_AGAIN_SEED, heldout.organism.recipe().world_seed)]
+    other = storage_owners(load(str(shipped), device="cpu"))
+    mine = storage_owners(model)
+    assert set(mine) == set(other) and all(torch.equal(p, other[n]) for n, p in mine.items())
+    assert record.method == "retrain" and record.n_changed > 0
+    record.undo()
+    assert all(torch.equal(p, storage_owners(original)[n]) for n, p in mine.items())
+    monkeypatch.setattr(heldout, "RETRAIN_AGAIN_SEED", heldout.organism.recipe().seed)
+    with pytest.raises(ValueError, match="is the oracle itself"):
+        heldout.retrain_again(model, SimpleNamespace(forget=forget), "retrain", 3)
+
+
+def test_the_exact_line_counts_the_retrains_that_read_indistinguishable_everywhere():
+    rows = [heldout.row_of(split_row("oracle", 1.0, EVERY), 3),
+            heldout.row_of(split_row("retrain_again", 1.0, EVERY | {"probes": "over_suppressed"}), 3),
+            heldout.row_of(split_row("undo", 0.99, EVERY), 3)]          # a method's row is not counted
+    line = heldout.exact_line(rows)
+    assert "2 rows over seeds 3, 3 attacks each" in line and "on 1 of 2" in line
+    assert "retrain_again seed 3: probes over-suppressed (0.50, p 0.9)" in line and "probability 0.12" in line
+    assert heldout.exact_line(rows[2:]) == ""

@@ -243,6 +243,29 @@ def merge(out: str | Path, parts: Sequence[str | Path], note: str | None = None)
                         note=note)
 
 
+def exact_line(rows: Sequence[dict[str, Any]]) -> str:
+    """What the goal gives an exact deletion, from `rows`' retrains (the oracle and `retrain_again`, every seed):
+    on how many it read indistinguishable on every attack, which attacks said otherwise, and the chance, at the
+    rate measured, that one such deletion meets the goal on all of HELD_OUT_SEEDS; "" without such rows."""
+    exact = [r for r in rows if r["method"] in ("oracle", *CALIBRATION) and r["verdicts"]]
+    if not exact:
+        return ""
+    clean = [r for r in exact if all(v == "indistinguishable" for v in r["verdicts"].values())]
+    off = [f"{r['method']} seed {r['seed']}: " + ", ".join(f"{a} {v.replace('_', '-')} "
+                                                          f"({r['leakage'][a]['auc']:.2f}, p {r['leakage'][a]['p_value']:.2g})"
+                                                          for a, v in r["verdicts"].items() if v != "indistinguishable")
+           for r in exact if r not in clean]
+    sizes = sorted({len(r["verdicts"]) for r in exact})
+    rate = len(clean) / len(exact)
+    n = len(HELD_OUT_SEEDS)
+    return (f"Exact deletions (the retrain oracle and `retrain_again`, {len(exact)} rows over seeds "
+            f"{', '.join(map(str, sorted({r['seed'] for r in exact})))}, {'-'.join(map(str, sizes))} attacks each) "
+            f"read indistinguishable on every attack on {len(clean)} of {len(exact)}"
+            + (f"; the others: {'; '.join(off)}" if off else "")
+            + f". At that rate an exact deletion meets the goal on all {n} held-out seeds with probability "
+              f"{rate ** n:.2f}.")
+
+
 def verdict_cell(v: str | None, auc: float | None) -> str:
     """A verdict as a table cell: shortened, with its AUC."""
     short = {"indistinguishable": "indist.", "over_suppressed": "over-supp."}.get(v or "", v or "-")
@@ -276,5 +299,6 @@ def to_markdown(r: dict[str, Any]) -> str:
                      f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | {depth_cell(row)} | "
                      + " | ".join(cells)
                      + f" | {'**met**' if row['meets_goal'] else 'missed'} |")
+    lines += ["", exact_line(r["rows"])] if exact_line(r["rows"]) else []
     lines += ["", "Methods:"] + [f"- `{m}`: {label}" for m, label in r["labels"].items()]
     return "\n".join(lines) + "\n"

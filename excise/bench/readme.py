@@ -156,7 +156,7 @@ def _widths() -> str:
 
 def _heldout() -> str:
     """Per held-out seed and method: utility, each attack's verdict, the goal; from heldout.json."""
-    from excise.bench.heldout import depth_cell, verdict_cell
+    from excise.bench.heldout import depth_cell, exact_line, verdict_cell
 
     r = json.loads((RESULTS / "heldout.json").read_text())
     rows = [x for x in r["rows"] if x["seed"] in r["held_out_seeds"] and x["method"] != "original"]
@@ -180,7 +180,9 @@ def _heldout() -> str:
         return (f"`{m}` meets the goal on {k} of {n} held-out seeds{run_on} on the {len(ran)} attacks its rows ran"
                 + (f" (not run on them: {', '.join(missing)})" if missing else ""))
 
-    return "\n".join(lines) + "\n\n" + "; ".join(met(m) for m in methods) + ". A `-` cell: not run on that row.\n"
+    exact = exact_line(r["rows"])
+    return ("\n".join(lines) + "\n\n" + "; ".join(met(m) for m in methods) + ". A `-` cell: not run on that row.\n"
+            + (f"\n{exact}\n" if exact else ""))
 
 
 def _anchor() -> str:
