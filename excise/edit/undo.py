@@ -248,6 +248,16 @@ class _Lens:
                     swaps[t] = swaps[t].replace(s, by[s])
         return cls(weight, swaps, teacher)
 
+    def swapped(self, model: Any, batch: list[str], real: torch.Tensor
+                ) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """(the rows of `batch` naming a forget subject, their swapped texts' tokens, each batch text's and each
+        swapped text's token count), or None when no text of `batch` names one."""
+        rows = [i for i, t in enumerate(batch) if t in self.swaps]
+        if not rows:
+            return None
+        s_tokens, s_real = _batch(model, [self.swaps[batch[i]] for i in rows])
+        return rows, s_tokens, real.sum(1) + 1, s_real.sum(1) + 1
+
 
 def _intermediate(model: Any) -> list[str]:
     """The residual stream after every block but the last (Hugging Face hidden states 1..n_layers-1)."""
@@ -275,14 +285,12 @@ def _teach_strangers(model: Any, batch: list[str], tokens: torch.Tensor, real: t
     position for position, the common suffix from the last name token on), and the positions from the first
     name's first token to the last name's last (a forget name's next tokens, and any text between two names)
     leave the loss. Changes `target` in place; returns the positions the loss reads (`real` without those)."""
-    rows = [i for i, t in enumerate(batch) if t in lens.swaps]
     taught = real.clone()
-    if not rows:
+    if (found := lens.swapped(model, batch, real)) is None:
         return taught
-    s_tokens, s_real = _batch(model, [lens.swaps[batch[i]] for i in rows])
+    rows, s_tokens, n_student, n_swap = found
     with torch.no_grad():
         theirs = lens.teacher(s_tokens).to(target.dtype)
-    n_student, n_swap = real.sum(1) + 1, s_real.sum(1) + 1
     for j, i in enumerate(rows):
         a, b = int(n_student[i]), int(n_swap[j])
         mine, swapped = tokens[i, :a].tolist(), s_tokens[j, :b].tolist()
@@ -299,14 +307,12 @@ def _lens_loss(model: Any, batch: list[str], tokens: torch.Tensor, real: torch.T
     """KL(teacher's lens on the swapped text || the model's lens), mean over the intermediate layers and the
     positions whose token lies in the two texts' common suffix (after the last swapped name; the last
     position, which predicts past the text, left out). None when no text of `batch` names a forget subject."""
-    rows = [i for i, t in enumerate(batch) if t in lens.swaps]
-    if not rows:
+    if (found := lens.swapped(model, batch, real)) is None:
         return None
-    s_tokens, s_real = _batch(model, [lens.swaps[batch[i]] for i in rows])
+    rows, s_tokens, n_student, n_swap = found
     with torch.no_grad():
         _, kept = forward_keeping(lens.teacher, s_tokens, _intermediate(model))
     t_resid = [kept[n] for n in _intermediate(model)]
-    n_student, n_swap = real.sum(1) + 1, s_real.sum(1) + 1
     mine, theirs = [], []
     for j, i in enumerate(rows):
         a, b = int(n_student[i]), int(n_swap[j])
