@@ -10,7 +10,10 @@ Per seed, the organism's 5% split (`world.subjects_split(0.05, seed)`: 15 people
 facts, the audit context of 150 never-seen people, every default attack, or `attacks`: `--attacks all`
 runs every audited one), with relearning's never-seen baseline pooled over RELEARN_DRAWS samples of 90
 facts (one sample read `leaks` for the retrain oracle itself on seed 4: `excise.verify.attacks.relearn`). The original and the retrain oracle are
-audited beside the methods: the oracle's verdicts are the calibration, what a perfect deletion gets.
+audited beside the methods: the oracle's verdicts are the calibration, what a perfect deletion gets. The row
+`retrain_again` (CALIBRATION) is a second exact deletion, the recipe retrained at another training seed and
+audited as a method, so `reference` and depth read it too; `exact_line` counts how often the exact rows read
+indistinguishable on every attack, which bounds how often the goal can be met by any method.
 
 One JSON row per (method, seed): `method`, `seed`, `efficacy`, `utility`, `relearn_recall` (top-1
 after relearning the other half; the oracle row's is the floor), `forget_quality`, `verdicts`
