@@ -254,10 +254,13 @@ def exact_line(rows: Sequence[dict[str, Any]]) -> str:
     if not exact:
         return ""
     clean = [r for r in exact if all(v == "indistinguishable" for v in r["verdicts"].values())]
-    off = [f"{r['method']} seed {r['seed']}: " + ", ".join(f"{a} {v.replace('_', '-')} "
-                                                          f"({r['leakage'][a]['auc']:.2f}, p {r['leakage'][a]['p_value']:.2g})"
-                                                          for a, v in r["verdicts"].items() if v != "indistinguishable")
-           for r in exact if r not in clean]
+
+    def said(r: dict[str, Any]) -> str:
+        return f"{r['method']} seed {r['seed']}: " + ", ".join(
+            f"{a} {v.replace('_', '-')} ({r['leakage'][a]['auc']:.2f}, p {r['leakage'][a]['p_value']:.3g})"
+            for a, v in r["verdicts"].items() if v != "indistinguishable")
+
+    off = [said(r) for r in exact if r not in clean]
     sizes = sorted({len(r["verdicts"]) for r in exact})
     rate = len(clean) / len(exact)
     n = len(HELD_OUT_SEEDS)
