@@ -140,8 +140,9 @@ def test_the_readme_block_says_which_held_out_seeds_a_method_ran_on(tmp_path, mo
     (tmp_path / "heldout.json").write_text(json.dumps({"held_out_seeds": [3, 4, 5], "rows": rows}))
     monkeypatch.setattr(readme, "RESULTS", tmp_path)
     block = readme._heldout()
-    assert "`undo` meets the goal on 3 of 3 held-out seeds on the 3 attacks" in block
-    assert "`undo_alpha07_drop` meets the goal on 2 of 3 held-out seeds (run on 2: 3, 5) on the 3 attacks" in block
+    assert "`undo` meets the goal on 3 of 3 held-out seeds (3 at family-wise level) on the 3 attacks" in block
+    assert "`undo_alpha07_drop` meets the goal on 2 of 3 held-out seeds (run on 2: 3, 5) (2 at family-wise level) " \
+        "on the 3 attacks" in block
     assert "| 0 |" not in block
 
 
@@ -188,3 +189,18 @@ def test_the_exact_line_counts_the_retrains_that_read_indistinguishable_everywhe
     assert "2 rows over seeds 3, 3 attacks each" in line and "on 1 of 2" in line
     assert "retrain_again seed 3: probes over-suppressed (0.50, p 0.9)" in line and "probability 0.12" in line
     assert heldout.exact_line(rows[2:]) == ""
+
+
+def test_the_familywise_reading_tells_a_multiplicity_false_alarm_from_a_leak():
+    def row(p_probes: float, verdict: str = "over_suppressed", utility: float = 0.99) -> dict:
+        r = heldout.row_of(split_row("undo", utility, EVERY | {"probes": verdict}), 3)
+        r["leakage"]["probes"]["p_value"] = p_probes
+        return r
+
+    # three attacks: family-wise 0.05 rejects below 0.05 / 3 = 0.0167
+    assert heldout.meets_familywise(row(0.02)) and not row(0.02)["meets_goal"]
+    assert heldout.goal_cell(row(0.02)) == "missed (family-wise met)"
+    assert not heldout.meets_familywise(row(0.016, "leaks")) and heldout.goal_cell(row(0.016)) == "missed"
+    assert not heldout.meets_familywise(row(0.9, "underpowered"))
+    assert not heldout.meets_familywise(row(0.9, "indistinguishable", utility=0.94))
+    assert heldout.goal_cell(row(0.9, "indistinguishable")) == "**met**"

@@ -42,6 +42,7 @@ from excise.models import load
 from excise.provenance import earlier
 from excise.verify import AuditConfig
 from excise.verify.attacks import audited, to_run
+from excise.verify.leakage import ALPHA
 from excise.weights import copy_model
 
 TUNING_SEEDS = (0, 1, 2)
@@ -138,6 +139,17 @@ def _add_leakage(row: dict[str, Any], leakage: dict[str, dict[str, Any]]) -> Non
 def meets_goal(row: dict[str, Any]) -> bool:
     return (row["utility"] or 0) >= GOAL_UTILITY and bool(row["verdicts"]) and \
         all(v == "indistinguishable" for v in row["verdicts"].values())
+
+
+def meets_familywise(row: dict[str, Any]) -> bool:
+    """The goal read at family-wise level ALPHA over the row's attacks, not the goal itself: utility >=
+    GOAL_UTILITY, no verdict underpowered, and no attack's p-value below ALPHA / the row's attacks (Holm's
+    first step, which decides whether Holm rejects any). With one test per attack at ALPHA, eleven attacks
+    flag an exact deletion somewhere on about four seeds in ten; this reading tells that from a leak."""
+    verdicts = row["verdicts"]
+    return (row["utility"] or 0) >= GOAL_UTILITY and bool(verdicts) and \
+        all(v != "underpowered" for v in verdicts.values()) and \
+        all(row["leakage"][a]["p_value"] >= ALPHA / len(verdicts) for a in verdicts)
 
 
 def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequence[str] = METHODS,
@@ -266,10 +278,16 @@ def exact_line(rows: Sequence[dict[str, Any]]) -> str:
     n = len(HELD_OUT_SEEDS)
     return (f"Exact deletions (the retrain oracle and `retrain_again`, {len(exact)} rows over seeds "
             f"{', '.join(map(str, sorted({r['seed'] for r in exact})))}, {'-'.join(map(str, sizes))} attacks each) "
-            f"read indistinguishable on every attack on {len(clean)} of {len(exact)}"
+            f"read indistinguishable on every attack on {len(clean)} of {len(exact)} "
+            f"({sum(map(meets_familywise, exact))} of {len(exact)} at family-wise {ALPHA})"
             + (f"; the others: {'; '.join(off)}" if off else "")
             + f". At that rate an exact deletion meets the goal on all {n} held-out seeds with probability "
               f"{rate ** n:.2f}.")
+
+
+def goal_cell(row: dict[str, Any]) -> str:
+    """The goal, and where it is missed but met at family-wise level (`meets_familywise`), that too."""
+    return "**met**" if row["meets_goal"] else "missed (family-wise met)" if meets_familywise(row) else "missed"
 
 
 def verdict_cell(v: str | None, auc: float | None) -> str:
@@ -304,7 +322,7 @@ def to_markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {seed} | {row['method']} | {row['efficacy']:.3f} | {row['utility']:.3f} | "
                      f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | {depth_cell(row)} | "
                      + " | ".join(cells)
-                     + f" | {'**met**' if row['meets_goal'] else 'missed'} |")
+                     + f" | {goal_cell(row)} |")
     lines += ["", exact_line(r["rows"])] if exact_line(r["rows"]) else []
     lines += ["", "Methods:"] + [f"- `{m}`: {label}" for m, label in r["labels"].items()]
     return "\n".join(lines) + "\n"

@@ -156,7 +156,7 @@ def _widths() -> str:
 
 def _heldout() -> str:
     """Per held-out seed and method: utility, each attack's verdict, the goal; from heldout.json."""
-    from excise.bench.heldout import depth_cell, exact_line, verdict_cell
+    from excise.bench.heldout import depth_cell, exact_line, goal_cell, meets_familywise, verdict_cell
 
     r = json.loads((RESULTS / "heldout.json").read_text())
     rows = [x for x in r["rows"] if x["seed"] in r["held_out_seeds"] and x["method"] != "original"]
@@ -165,7 +165,7 @@ def _heldout() -> str:
              "|---|---|---|---|---|" + "---|" * (len(attacks) + 1)]
     for x in sorted(rows, key=lambda x: (x["seed"], x["method"] != "oracle", x["method"])):
         cells = [verdict_cell(x["verdicts"].get(a), x["leakage"].get(a, {}).get("auc")) for a in attacks]
-        goal = "-" if x["method"] == "oracle" else "**met**" if x["meets_goal"] else "missed"
+        goal = "-" if x["method"] == "oracle" else goal_cell(x)
         lines.append(f"| {x['seed']} | {x['method']} | {x['efficacy']:.3f} | {x['utility']:.3f} | {depth_cell(x)} | "
                      + " | ".join(cells) + f" | {goal} |")
     methods = [m for m in dict.fromkeys(x["method"] for x in rows) if m != "oracle"]
@@ -175,9 +175,11 @@ def _heldout() -> str:
         ran = {a for x in rows if x["method"] == m for a in x["verdicts"]}
         missing = [a for a in attacks if a not in ran]
         k = sum(x["meets_goal"] for x in rows if x["method"] == m)
+        family = sum(meets_familywise(x) for x in rows if x["method"] == m)
         seeds = sorted(x["seed"] for x in rows if x["method"] == m)
         run_on = f" (run on {len(seeds)}: {', '.join(map(str, seeds))})" if len(seeds) < n else ""
-        return (f"`{m}` meets the goal on {k} of {n} held-out seeds{run_on} on the {len(ran)} attacks its rows ran"
+        return (f"`{m}` meets the goal on {k} of {n} held-out seeds{run_on} ({family} at family-wise level) on the "
+                f"{len(ran)} attacks its rows ran"
                 + (f" (not run on them: {', '.join(missing)})" if missing else ""))
 
     exact = exact_line(r["rows"])
