@@ -172,6 +172,7 @@ def test_retrain_again_writes_the_other_retrain_into_the_organism_as_one_undoabl
     assert asked == [(forget, heldout.RETRAIN_AGAIN_SEED, heldout.organism.recipe().world_seed)]
     other = storage_owners(load(str(shipped), device="cpu"))
     mine = storage_owners(model)
+    # bitwise on any CPU: copy_ moves the stored values and undo writes back a snapshot; nothing is computed
     assert set(mine) == set(other) and all(torch.equal(p, other[n]) for n, p in mine.items())
     assert record.method == "retrain" and record.n_changed > 0
     record.undo()

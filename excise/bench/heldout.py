@@ -323,6 +323,7 @@ def to_markdown(r: dict[str, Any]) -> str:
                      f"{row['relearn_recall']:.3f} | {'-' if fq is None else f'{fq:.2g}'} | {depth_cell(row)} | "
                      + " | ".join(cells)
                      + f" | {goal_cell(row)} |")
-    lines += ["", exact_line(r["rows"])] if exact_line(r["rows"]) else []
+    exact = exact_line(r["rows"])
+    lines += ["", exact] if exact else []
     lines += ["", "Methods:"] + [f"- `{m}`: {label}" for m, label in r["labels"].items()]
     return "\n".join(lines) + "\n"
