@@ -162,7 +162,7 @@ def run(out: str | Path, seeds: Sequence[int] = HELD_OUT_SEEDS, methods: Sequenc
     out.mkdir(parents=True, exist_ok=True)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     start = time.perf_counter()
     kept_from = read_result(out / "heldout.json")
     rows = [r for r in (kept_from or {}).get("rows", [])
